@@ -1,0 +1,117 @@
+"""`python -m logbook`: ingest, summary and annotate from a shell.
+
+Errors a user can cause (a missing run directory, a bad step) are one-line
+messages and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+
+from . import annotations, layout
+
+
+def _open(args):
+    from . import open_run
+
+    return open_run(args.path, args.store, progress=not args.quiet)
+
+
+def cmd_ingest(args) -> int:
+    store, report = _open(args)
+    if store.note:
+        print(f"note: {store.note}", file=sys.stderr)
+    print(report.describe())
+    if not args.follow:
+        return 0
+    from .follow import Follower
+
+    def show(rep):
+        print(f"{time.strftime('%H:%M:%S')} +{rep.records:,} records ({rep.metric_points:,} points)", flush=True)
+
+    print(f"following {args.path} (Ctrl-C to stop)", flush=True)
+    follower = Follower(store, args.path, poll=args.poll, rescan_every=args.rescan, on_ingest=show)
+    follower.start()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        follower.stop()
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from . import queries
+    from .summary import format_text, summarize
+
+    store, _report = _open(args)
+    if store.note:
+        print(f"note: {store.note}", file=sys.stderr)
+    runs = queries.run_ids(store) if args.run is None else [args.run]
+    out = []
+    for run in runs:
+        if run not in queries.run_ids(store):
+            raise ValueError(f"no run named {run!r} in {args.path}")
+        out.append(summarize(store, run))
+    if args.json:
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=1, default=str, allow_nan=False))
+    else:
+        print("\n\n".join(format_text(s) for s in out))
+    return 0
+
+
+def cmd_annotate(args) -> int:
+    if not layout.is_run_dir(args.path):
+        raise ValueError(f"{args.path!r} is not a midflight run directory (no '{layout.SEGMENTS}/' folder)")
+    ann_id = annotations.annotate(args.path, step=args.step, text=args.text, kind=args.kind,
+                                  step_end=args.step_end, author=args.author)
+    print(f"annotation {ann_id} added at step {args.step}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m logbook", description="midflight logbook: ingest and read run logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add_path(sp):
+        sp.add_argument("path", help="a run directory, or a folder of run directories")
+        sp.add_argument("--store", default=None, help="DuckDB store file (default: PATH/.midflight/store.duckdb)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    sp = sub.add_parser("ingest", help="bring the store up to date with the run's logs")
+    add_path(sp)
+    sp.add_argument("--follow", action="store_true", help="keep ingesting as the run writes")
+    sp.add_argument("--poll", action="store_true", help="poll instead of inotify (network filesystems)")
+    sp.add_argument("--rescan", type=float, default=2.0, help="seconds between safety rescans in --follow")
+    sp.set_defaults(func=cmd_ingest)
+
+    sp = sub.add_parser("summary", help="what happened in a run")
+    add_path(sp)
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--run", default=None, help="only this run of a folder of runs")
+    sp.set_defaults(func=cmd_summary)
+
+    sp = sub.add_parser("annotate", help="pin a note to a step")
+    sp.add_argument("path", help="the run directory")
+    sp.add_argument("--step", type=int, required=True)
+    sp.add_argument("--step-end", type=int, default=None, help="end of a step range")
+    sp.add_argument("--text", required=True)
+    sp.add_argument("--kind", default="note", choices=annotations.KINDS)
+    sp.add_argument("--author", default=None)
+    sp.set_defaults(func=cmd_annotate)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("ignore", category=UserWarning)  # the CLI prints its own notes
+    try:
+        return args.func(args)
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, PermissionError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,97 @@
+"""Follow mode: keep the store current while a run is writing.
+
+watchdog wakes the ingester as soon as a log changes; a periodic rescan backs
+it up, because watchdog drops events silently when its queue overflows and sees
+nothing on network filesystems (use poll=True there: the polling observer).
+Ingest is incremental and exactly-once, so a spurious wake-up costs only a stat.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from pathlib import Path
+
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from . import layout
+from .ingest import IngestReport, ingest
+from .store import Store
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, flag: threading.Event):
+        self.flag = flag
+
+    def on_any_event(self, event) -> None:
+        path = getattr(event, "dest_path", "") or event.src_path
+        if isinstance(path, bytes):
+            path = path.decode(errors="replace")
+        if path.endswith((".jsonl", layout.SEGMENT_HEADER)) or event.is_directory:
+            self.flag.set()
+
+
+class Follower:
+    """Ingest `path` (a run or a folder of runs) into `store` now and whenever it changes.
+
+    on_ingest(report) is called after every ingest that added records.
+    """
+
+    def __init__(self, store: Store, path, *, poll: bool = False, rescan_every: float = 2.0,
+                 debounce: float = 0.02, on_ingest=None):
+        self.store, self.path = store, Path(path)
+        self.poll, self.rescan_every, self.debounce = poll, rescan_every, debounce
+        self.on_ingest = on_ingest
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._observer = None
+        self._thread: threading.Thread | None = None
+        self.last_report: IngestReport | None = None
+        self.ingests = 0
+
+    def start(self) -> Follower:
+        self.ingest_once()
+        self._observer = (PollingObserver(timeout=0.5) if self.poll else Observer())
+        self._observer.schedule(_Wake(self._wake), str(self.path), recursive=True)
+        self._observer.daemon = True
+        self._observer.start()
+        self._thread = threading.Thread(target=self._loop, name="midflight-follow", daemon=True)
+        self._thread.start()
+        return self
+
+    def ingest_once(self) -> IngestReport:
+        report = ingest(self.store, layout.discover_runs(self.path))
+        self.last_report = report
+        self.ingests += 1
+        if report.records and self.on_ingest is not None:
+            self.on_ingest(report)
+        return report
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.rescan_every)
+            if self._stop.is_set():
+                return
+            time.sleep(self.debounce)  # let a burst of writes land, then ingest once
+            self._wake.clear()
+            try:
+                self.ingest_once()
+            except Exception as exc:  # keep following; a bad moment is not fatal
+                warnings.warn(f"midflight follow: ingest failed, will retry: {exc!r}", stacklevel=1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> Follower:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,348 @@
+"""Ingest event logs into the store, exactly once.
+
+Each log file is append-only. The store keeps, per file, the byte offset up to
+which it has been ingested, and advances it in the same transaction that inserts
+that chunk's rows. A crash anywhere therefore either keeps a whole chunk (rows and
+offset) or none of it, and the next ingest resumes at the committed offset:
+re-running never duplicates or loses a row. A partial last line (a record being
+written, or a torn tail from a killed writer) is left for later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from . import layout, records
+from .store import Store
+
+CHUNK_BYTES = 32 << 20
+MAX_EXAMPLES = 5
+
+
+@dataclass
+class IngestReport:
+    files: int = 0
+    bytes: int = 0
+    records: int = 0
+    metric_points: int = 0
+    malformed: int = 0
+    examples: list = field(default_factory=list)  # (run, file, line_no, message, snippet)
+
+    def describe(self) -> str:
+        text = (f"ingested {self.records:,} records ({self.metric_points:,} metric points, "
+                f"{self.bytes / 1e6:.1f} MB) from {self.files} files")
+        if self.malformed:
+            text += f"; skipped {self.malformed:,} malformed lines, e.g.:"
+            for run, rel, line_no, msg, snippet in self.examples[:MAX_EXAMPLES]:
+                text += f"\n  {run}/{rel}:{line_no}: {msg}: {snippet}"
+        return text
+
+
+def ingest(store: Store, run_dirs, *, progress: bool = False, chunk_bytes: int = CHUNK_BYTES) -> IngestReport:
+    """Bring the store up to date with every complete record in `run_dirs`."""
+    report = IngestReport()
+    cur = store.cursor()
+    work = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        run_id = run_dir.name
+        headers, logs = layout.run_files(run_dir)
+        _upsert_run(cur, run_id, run_dir, headers)
+        for header in headers:
+            _ingest_header(cur, run_id, run_dir, header)
+        for path in logs:
+            rel = path.relative_to(run_dir).as_posix()
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            row = cur.execute("SELECT byte_offset, size, mtime FROM ingest_files WHERE run_id = ? AND rel_path = ?",
+                              [run_id, rel]).fetchone()
+            offset = row[0] if row else 0
+            if row and row[1] == st.st_size and row[2] == st.st_mtime:
+                continue
+            work.append((run_id, run_dir, path, rel, offset, st))
+    total = sum(max(st.st_size - off, 0) for *_, off, st in work)
+    bar = _progress(total, progress)
+    try:
+        for run_id, run_dir, path, rel, offset, st in work:
+            report.files += 1
+            _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes)
+    finally:
+        if bar is not None:
+            bar.close()
+    return report
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total < (8 << 20):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="ingest", file=sys.stderr)
+
+
+def _upsert_run(cur, run_id: str, run_dir: Path, headers: list[Path]) -> None:
+    name = None
+    if headers:
+        try:
+            name = json.loads(headers[-1].read_bytes()).get("run")
+        except (OSError, ValueError, AttributeError):
+            pass
+    cur.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?)", [run_id, str(run_dir.resolve()), name])
+
+
+def _ingest_header(cur, run_id: str, run_dir: Path, path: Path) -> None:
+    rel = path.relative_to(run_dir).as_posix()
+    st = path.stat()
+    row = cur.execute("SELECT size, mtime FROM ingest_files WHERE run_id = ? AND rel_path = ?", [run_id, rel]).fetchone()
+    if row and row[0] == st.st_size and row[1] == st.st_mtime:
+        return
+    malformed, examples = 0, []
+    try:
+        h = json.loads(path.read_bytes())
+        if not isinstance(h, dict):
+            raise ValueError("segment header is not a JSON object")
+        seg = path.parent.name
+        cur.execute("BEGIN TRANSACTION")
+        cur.execute(
+            "INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)",
+            [run_id, seg, _str(h.get("parent")), _int(h.get("resume_step")), _str(h.get("reason")),
+             _float(h.get("start_time")), _int(h.get("world_size")), _str(h.get("host")),
+             json.dumps(h.get("config")), json.dumps(h.get("config_diff") or {})],
+        )
+    except (ValueError, TypeError) as exc:
+        cur.execute("BEGIN TRANSACTION")
+        malformed, examples = 1, [[1, f"unreadable segment header: {exc}", ""]]
+    cur.execute("INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+                [run_id, rel, st.st_size, malformed, st.st_size, st.st_mtime, json.dumps(examples)])
+    cur.execute("COMMIT")
+
+
+def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -> None:
+    row = cur.execute("SELECT lines, malformed, examples FROM ingest_files WHERE run_id = ? AND rel_path = ?",
+                      [run_id, rel]).fetchone()
+    lines, malformed, examples = (row[0], row[1], json.loads(row[2] or "[]")) if row else (0, 0, [])
+    if st.st_size < offset:
+        report.malformed += 1
+        report.examples.append((run_id, rel, lines, "file shrank since it was ingested; new data ignored", ""))
+        return
+    rank = layout.rank_of(path)
+    segment_id = path.parent.name if rank is not None else None
+    while True:
+        try:
+            data, new_offset = records.read_complete(path, offset, chunk_bytes)
+        except OSError as exc:
+            report.malformed += 1
+            report.examples.append((run_id, rel, lines, f"cannot read: {exc}", ""))
+            return
+        batch = _Batch(run_id, segment_id, rank, lines, st.st_mtime)
+        for line in data.split(b"\n")[:-1]:
+            batch.add(line)
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            batch.flush(cur)
+            examples = (examples + batch.examples)[:MAX_EXAMPLES]
+            lines += batch.lines
+            malformed += batch.malformed
+            cur.execute("INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, rel, new_offset, lines, malformed, st.st_size if new_offset >= st.st_size else None,
+                         st.st_mtime, json.dumps(examples)])
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        report.bytes += new_offset - offset
+        report.records += batch.lines - batch.malformed
+        report.metric_points += batch.points
+        report.malformed += batch.malformed
+        report.examples.extend((run_id, rel, *e) for e in batch.examples)
+        if bar is not None:
+            bar.update(new_offset - offset)
+        if new_offset == offset or new_offset >= st.st_size:
+            return
+        offset = new_offset
+
+
+class _Batch:
+    """Rows parsed from one chunk of one file, inserted in one go (Arrow -> DuckDB)."""
+
+    def __init__(self, run_id: str, segment_id: str | None, rank: int | None, first_line: int, mtime: float):
+        self.run_id, self.segment_id, self.rank, self.mtime = run_id, segment_id, rank, mtime
+        self.line_no = first_line
+        self.lines = self.malformed = self.points = 0
+        self.examples: list = []
+        self.names: dict[str, int] = {}
+        self.m_steps, self.m_walls, self.m_ids, self.m_values = [], [], [], []
+        self.t_rows: list = []  # (device, step, wall, name, value)
+        self.events: list = []
+        self.opens: list = []
+        self.close: dict | None = None
+        self.annotation_ops: list = []
+        self.intervention_ops: list = []
+
+    def add(self, line: bytes) -> None:
+        self.lines += 1
+        self.line_no += 1
+        try:
+            rec = records.decode(line)
+            handler = _HANDLERS.get((rec["k"], self.rank is not None))
+            if handler is None:
+                raise ValueError(f"unexpected record kind {rec['k']!r} in this file")
+            handler(self, rec)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            self.malformed += 1
+            if len(self.examples) < MAX_EXAMPLES:
+                snippet = line[:120].decode("utf-8", "replace")
+                self.examples.append((self.line_no, str(exc)[:200] or type(exc).__name__, snippet))
+
+    # -- rank-log records
+    def _metrics(self, rec: dict) -> None:
+        names = rec["names"]
+        arr = np.asarray(rec["rows"], dtype=np.float64)
+        k = len(names)
+        if arr.ndim != 2 or arr.shape[1] != k + 2 or not all(isinstance(n, str) for n in names):
+            raise ValueError("metrics block rows do not match its names")
+        n = arr.shape[0]
+        ids = np.array([self.names.setdefault(name, len(self.names)) for name in names], dtype=np.int32)
+        self.m_steps.append(np.repeat(arr[:, 0].astype(np.int64), k))
+        self.m_walls.append(np.repeat(arr[:, 1], k))
+        self.m_ids.append(np.tile(ids, n))
+        self.m_values.append(arr[:, 2:].reshape(-1))
+        self.points += n * k
+
+    def _telemetry(self, rec: dict) -> None:
+        names, device = rec["names"], str(rec["device"])
+        arr = np.asarray(rec["rows"], dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != len(names) + 2:
+            raise ValueError("telemetry block rows do not match its names")
+        for row in arr:
+            step = None if np.isnan(row[1]) else int(row[1])
+            self.t_rows.extend((device, step, row[0], str(nm), v) for nm, v in zip(names, row[2:].tolist()))
+
+    def _event(self, rec: dict) -> None:
+        kind = rec["kind"]
+        if not isinstance(kind, str):
+            raise ValueError("event kind is not text")
+        self.events.append((_int(rec.get("step")), _float(rec.get("t")), kind, json.dumps(rec.get("fields") or {})))
+
+    def _open(self, rec: dict) -> None:
+        self.opens.append(rec)
+
+    def _close(self, rec: dict) -> None:
+        self.close = rec
+
+    # -- run-level records
+    def _annotation(self, rec: dict) -> None:
+        op = rec["op"]
+        if op not in ("create", "edit", "delete"):
+            raise ValueError(f"unknown annotation op {op!r}")
+        self.annotation_ops.append((str(rec["id"]), self.line_no, op, _float(rec.get("t")), _int(rec.get("step")),
+                                    _int(rec.get("step_end")), _str(rec.get("kind")), _str(rec.get("text")),
+                                    _str(rec.get("author"))))
+
+    def _intervention(self, rec: dict) -> None:
+        op = rec["op"]
+        if op not in ("request", "applied", "rejected"):
+            raise ValueError(f"unknown intervention op {op!r}")
+        self.intervention_ops.append((str(rec["id"]), self.line_no, op, _float(rec.get("t")), _str(rec.get("action")),
+                                      json.dumps(rec.get("params") or {}), _int(rec.get("step")),
+                                      _str(rec.get("detail")), _str(rec.get("author"))))
+
+    def flush(self, cur) -> None:
+        key = [self.run_id, self.segment_id, self.rank]
+        if self.rank is not None:
+            cur.execute("INSERT OR IGNORE INTO segments (run_id, segment_id, config, config_diff, has_header) "
+                        "VALUES (?, ?, '{}', '{}', false)", key[:2])
+            cur.execute("INSERT OR IGNORE INTO rank_logs (run_id, segment_id, rank) VALUES (?, ?, ?)", key)
+            cur.execute("UPDATE rank_logs SET last_write = ? WHERE run_id = ? AND segment_id = ? AND rank = ?",
+                        [self.mtime] + key)
+        for o in self.opens:
+            cur.execute("UPDATE segments SET start_time = coalesce(start_time, ?), world_size = coalesce(world_size, ?),"
+                        " host = coalesce(host, ?) WHERE run_id = ? AND segment_id = ?",
+                        [_float(o.get("t")), _int(o.get("world")), _str(o.get("host"))] + key[:2])
+            cur.execute("UPDATE rank_logs SET host = ?, pid = ?, local_rank = ?, world_size = ?, open_time = ? "
+                        "WHERE run_id = ? AND segment_id = ? AND rank = ?",
+                        [_str(o.get("host")), _int(o.get("pid")), _int(o.get("local_rank")), _int(o.get("world")),
+                         _float(o.get("t"))] + key)
+        if self.m_values:
+            steps = np.concatenate(self.m_steps)
+            table = pa.table({
+                "step": steps,
+                "name": pa.DictionaryArray.from_arrays(np.concatenate(self.m_ids), list(self.names)),
+                "value": np.concatenate(self.m_values),
+                "wall_time": np.concatenate(self.m_walls),
+            })
+            cur.register("_mf_metrics", table)
+            cur.execute("INSERT INTO metrics SELECT ?, ?, ?, step, name::VARCHAR, value, wall_time FROM _mf_metrics", key)
+            cur.unregister("_mf_metrics")
+            self._touch_rank(cur, key, int(steps.min()), int(steps.max()))
+        if self.t_rows:
+            cols = list(zip(*self.t_rows))
+            table = pa.table({"device": cols[0], "step": pa.array(cols[1], pa.int64()), "wall_time": cols[2],
+                              "name": cols[3], "value": pa.array(cols[4], pa.float64())})
+            cur.register("_mf_tel", table)
+            cur.execute("INSERT INTO telemetry SELECT ?, ?, ?, device, step, wall_time, name, value FROM _mf_tel", key)
+            cur.unregister("_mf_tel")
+        if self.events:
+            cols = list(zip(*self.events))
+            table = pa.table({"step": pa.array(cols[0], pa.int64()), "wall_time": pa.array(cols[1], pa.float64()),
+                              "kind": cols[2], "fields": cols[3]})
+            cur.register("_mf_events", table)
+            cur.execute("INSERT INTO events SELECT ?, ?, ?, step, wall_time, kind, fields::JSON FROM _mf_events", key)
+            cur.unregister("_mf_events")
+            steps = [s for s in cols[0] if s is not None]
+            if steps:
+                self._touch_rank(cur, key, min(steps), max(steps))
+        if self.close is not None:
+            c = self.close
+            cur.execute("UPDATE rank_logs SET close_time = ?, end_reason = ?, exit_code = ?, error = ?, "
+                        "dropped_records = ?, write_errors = ? WHERE run_id = ? AND segment_id = ? AND rank = ?",
+                        [_float(c.get("t")), _str(c.get("reason")), _int(c.get("exit_code")), _str(c.get("error")),
+                         _int(c.get("dropped_records")), _int(c.get("write_errors"))] + key)
+        for op in self.annotation_ops:
+            cur.execute("INSERT INTO annotation_ops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [self.run_id, *op])
+        for op in self.intervention_ops:
+            cur.execute("INSERT INTO intervention_ops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [self.run_id, *op])
+
+    @staticmethod
+    def _touch_rank(cur, key, lo: int, hi: int) -> None:
+        cur.execute("UPDATE rank_logs SET first_step = least(coalesce(first_step, ?), ?), "
+                    "last_step = greatest(coalesce(last_step, ?), ?) WHERE run_id = ? AND segment_id = ? AND rank = ?",
+                    [lo, lo, hi, hi] + key)
+
+
+_HANDLERS = {
+    (records.METRICS, True): _Batch._metrics,
+    (records.TELEMETRY, True): _Batch._telemetry,
+    (records.EVENT, True): _Batch._event,
+    (records.OPEN, True): _Batch._open,
+    (records.CLOSE, True): _Batch._close,
+    ("annotation", False): _Batch._annotation,
+    ("intervention", False): _Batch._intervention,
+}
+
+
+def _str(v):
+    return None if v is None else str(v)
+
+
+def _int(v):
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return int(v)
+
+
+def _float(v):
+    return None if v is None else float(v)
+
+

@@ -1,0 +1,231 @@
+"""Read-side of the store: parameterised SQL only, one cursor per call, DataFrames out.
+
+The dashboard, the CLI and the exporters read through these functions and
+nothing else. Every function takes the store and plain arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+
+from . import lineage
+from .store import Store
+
+X_AXES = ("step", "tokens", "time")
+TOKENS_METRIC = "tokens"  # cumulative tokens seen; the x-axis for x="tokens"
+STALE_AFTER_S = 60.0  # a segment with no close record and no write for this long is "unknown", not "running"
+
+
+def _df(cur, sql: str, params: list) -> pd.DataFrame:
+    return cur.execute(sql, params).df()
+
+
+# ----------------------------------------------------------------- runs and lineage
+def run_ids(store: Store) -> list[str]:
+    return [r[0] for r in store.cursor().execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()]
+
+
+def lineage_segments(store: Store, run: str) -> list[lineage.Seg]:
+    rows = store.cursor().execute(
+        """SELECT s.segment_id, s.parent_id, s.resume_step, coalesce(s.start_time, min(r.open_time)), min(r.first_step)
+           FROM segments s LEFT JOIN rank_logs r USING (run_id, segment_id)
+           WHERE s.run_id = ? GROUP BY s.segment_id, s.parent_id, s.resume_step, s.start_time""", [run]).fetchall()
+    return [lineage.Seg(*row) for row in rows]
+
+
+def effective_ranges(store: Store, run: str) -> list[lineage.Range]:
+    return lineage.effective_ranges(lineage_segments(store, run))
+
+
+def segments(store: Store, run: str, now: float | None = None) -> pd.DataFrame:
+    """One row per segment, oldest first, with its step range, end reason and whether it is on the effective path."""
+    df = _df(store.cursor(), """
+        SELECT s.segment_id, s.parent_id, s.resume_step, s.reason, s.start_time, s.world_size, s.host,
+               s.config, s.config_diff,
+               min(r.first_step) AS start_step, max(r.last_step) AS end_step,
+               max(r.close_time) AS end_time, max(r.last_write) AS last_write,
+               count(r.rank) AS ranks, count(r.end_reason) AS closed_ranks,
+               list(r.end_reason ORDER BY r.rank) FILTER (r.end_reason IS NOT NULL) AS reasons,
+               any_value(r.end_reason) FILTER (r.rank = 0) AS rank0_reason,
+               any_value(r.exit_code) FILTER (r.end_reason = 'crashed') AS exit_code,
+               any_value(r.error) FILTER (r.end_reason = 'crashed') AS error,
+               sum(coalesce(r.dropped_records, 0)) AS dropped_records
+        FROM segments s LEFT JOIN rank_logs r USING (run_id, segment_id)
+        WHERE s.run_id = ? GROUP BY ALL ORDER BY s.start_time NULLS FIRST, s.segment_id""", [run])
+    now = time.time() if now is None else now
+    df["end_reason"] = [_end_reason(row, now) for row in df.itertuples()]
+    on_path = {s.segment_id for s in lineage.effective_path(lineage_segments(store, run))}
+    df["effective"] = df["segment_id"].isin(on_path)
+    return df
+
+
+def _end_reason(row, now: float) -> str:
+    """completed | crashed | stopped | running | unknown (died without a close record)."""
+    reasons = [] if _missing(row.reasons) else list(row.reasons)
+    if "crashed" in reasons:
+        return "crashed"
+    if not _missing(row.rank0_reason):
+        return row.rank0_reason
+    if reasons and len(reasons) == row.ranks:
+        return reasons[0]
+    if not _missing(row.last_write) and now - row.last_write < STALE_AFTER_S:
+        return "running"
+    return "unknown"
+
+
+def _missing(v) -> bool:
+    return v is None or (not hasattr(v, "__len__") and bool(pd.isna(v)))
+
+
+def run_status(store: Store, run: str) -> str:
+    """running | finished | crashed | unknown, from the head segment."""
+    segs = segments(store, run)
+    if segs.empty:
+        return "unknown"
+    head = lineage.head(lineage_segments(store, run))
+    reason = segs.loc[segs.segment_id == head.segment_id, "end_reason"].iloc[0]
+    return {"completed": "finished", "stopped": "finished"}.get(reason, reason)
+
+
+# ----------------------------------------------------------------- metric series
+def metric_names(store: Store, run: str) -> list[str]:
+    rows = store.cursor().execute("SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name", [run]).fetchall()
+    return [r[0] for r in rows]
+
+
+def _range_filter(ranges: list[lineage.Range], which: str) -> tuple[str, list]:
+    if which == "all":
+        return "TRUE", []
+    parts, params = [], []
+    for r in ranges:
+        parts.append("(m.segment_id = ? AND m.step > ? AND m.step <= ?)")
+        params += [r.segment_id, r.lo, r.hi]
+    cond = "(" + " OR ".join(parts) + ")" if parts else "FALSE"
+    if which == "effective":
+        return cond, params
+    if which == "superseded":
+        return f"NOT {cond}", params
+    raise ValueError(f"which={which!r}: use 'effective', 'superseded' or 'all'")
+
+
+def _series_sql(store: Store, run: str, name: str, x: str, rank: int | None, which: str, x_range) -> tuple[str, list]:
+    if x not in X_AXES:
+        raise ValueError(f"x={x!r}: use one of {', '.join(X_AXES)}")
+    cond, params = _range_filter(effective_ranges(store, run), which)
+    join, xexpr = "", {"step": "m.step", "time": "m.wall_time", "tokens": "t.value"}[x]
+    jparams: list = []
+    if x == "tokens":
+        join = ("JOIN metrics t ON t.run_id = m.run_id AND t.segment_id = m.segment_id AND t.rank = m.rank "
+                "AND t.step = m.step AND t.name = ?")
+        jparams = [TOKENS_METRIC]
+    sql = (f"SELECT {xexpr} AS x, m.value AS value, m.step AS step, m.segment_id AS segment_id "
+           f"FROM metrics m {join} WHERE m.run_id = ? AND m.name = ? AND {cond}")
+    params = jparams + [run, name] + params
+    if rank is not None:
+        sql += " AND m.rank = ?"
+        params.append(rank)
+    if x_range is not None:
+        lo, hi = x_range
+        sql += f" AND {xexpr} BETWEEN ? AND ?"
+        params += [lo, hi]
+    return sql, params
+
+
+def series(store: Store, run: str, name: str, *, x: str = "step", rank: int | None = 0, which: str = "effective",
+           x_range: tuple | None = None, buckets: int | None = None) -> pd.DataFrame:
+    """A metric as columns x, value, step, segment_id, sorted by x.
+
+    which: "effective" (the curve after rollbacks), "superseded" (what rollbacks
+    discarded) or "all". x_range: (lo, hi) on the chosen axis, queried at full
+    resolution. buckets: if set and the range holds more than 4 points per bucket,
+    M4-downsample (first, last, min, max per bucket) so no spike and no NaN is lost.
+    """
+    sql, params = _series_sql(store, run, name, x, rank, which, x_range)
+    cur = store.cursor()
+    if buckets:
+        n = cur.execute(f"SELECT count(*), min(x), max(x) FROM ({sql})", params).fetchone()
+        if n[0] > 4 * buckets:
+            return _m4(cur, sql, params, int(buckets), n[1], n[2])
+    return _df(cur, sql + " ORDER BY x, step", params)
+
+
+def _m4(cur, sql: str, params: list, buckets: int, lo, hi) -> pd.DataFrame:
+    span = float(hi - lo) or 1.0
+    agg = cur.execute(f"""
+        WITH s AS ({sql}),
+        b AS (SELECT *, least(CAST(floor((x - ?) * ? / ?) AS BIGINT), ?) AS bucket FROM s)
+        SELECT
+          min(x), arg_min(value, x), arg_min(step, x), arg_min(segment_id, x),
+          max(x), arg_max(value, x), arg_max(step, x), arg_max(segment_id, x),
+          arg_min(x, value) FILTER (NOT isnan(value)), min(value) FILTER (NOT isnan(value)),
+          arg_min(step, value) FILTER (NOT isnan(value)), arg_min(segment_id, value) FILTER (NOT isnan(value)),
+          arg_max(x, value) FILTER (NOT isnan(value)), max(value) FILTER (NOT isnan(value)),
+          arg_max(step, value) FILTER (NOT isnan(value)), arg_max(segment_id, value) FILTER (NOT isnan(value)),
+          min(x) FILTER (isnan(value)), min(step) FILTER (isnan(value)),
+          arg_min(segment_id, x) FILTER (isnan(value))
+        FROM b GROUP BY bucket""", params + [lo, buckets, span, buckets - 1]).fetchnumpy()
+    cols = list(agg.values())
+    parts = []
+    for i in range(0, 16, 4):
+        parts.append(pd.DataFrame({"x": cols[i], "value": cols[i + 1], "step": cols[i + 2], "segment_id": cols[i + 3]}))
+    parts.append(pd.DataFrame({"x": cols[16], "value": np.nan, "step": cols[17], "segment_id": cols[18]}))
+    out = pd.concat(parts, ignore_index=True)
+    out = out[~pd.isna(out["x"])]
+    out = out.drop_duplicates(subset=["x", "step", "segment_id", "value"])
+    return out.sort_values(["x", "step"], kind="stable").reset_index(drop=True)
+
+
+def multi_series(store: Store, runs: list[str], name: str, **kwargs) -> pd.DataFrame:
+    """The same metric for several runs, stacked with a `run` column (for overlays)."""
+    frames = [series(store, run, name, **kwargs).assign(run=run) for run in runs]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=["x", "value", "step", "segment_id", "run"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def effective_steps(store: Store, run: str) -> int:
+    cond, params = _range_filter(effective_ranges(store, run), "effective")
+    row = store.cursor().execute(
+        f"SELECT count(DISTINCT m.step) FROM metrics m WHERE m.run_id = ? AND {cond}", [run] + params).fetchone()
+    return int(row[0])
+
+
+# ----------------------------------------------------------------- events, annotations, interventions
+def events(store: Store, run: str, kinds: list[str] | None = None) -> pd.DataFrame:
+    sql = "SELECT segment_id, rank, step, wall_time, kind, fields FROM events WHERE run_id = ?"
+    params: list = [run]
+    if kinds:
+        sql += " AND kind IN (SELECT unnest(?::VARCHAR[]))"
+        params.append(list(kinds))
+    return _df(store.cursor(), sql + " ORDER BY wall_time, step", params)
+
+
+def event_counts(store: Store, run: str) -> dict[str, int]:
+    rows = store.cursor().execute(
+        "SELECT kind, count(*) FROM events WHERE run_id = ? GROUP BY kind ORDER BY kind", [run]).fetchall()
+    return {k: int(n) for k, n in rows}
+
+
+def annotations(store: Store, run: str) -> pd.DataFrame:
+    return _df(store.cursor(), "SELECT * FROM annotations WHERE run_id = ? ORDER BY step, created_time", [run])
+
+
+def annotation_history(store: Store, run: str) -> pd.DataFrame:
+    """Every create, edit and delete, in order: the audit trail."""
+    return _df(store.cursor(), "SELECT * FROM annotation_ops WHERE run_id = ? ORDER BY seq", [run])
+
+
+def interventions(store: Store, run: str) -> pd.DataFrame:
+    return _df(store.cursor(), "SELECT * FROM interventions WHERE run_id = ? ORDER BY requested_time", [run])
+
+
+def ingest_problems(store: Store, run: str) -> list[dict]:
+    rows = store.cursor().execute(
+        "SELECT rel_path, malformed, examples FROM ingest_files WHERE run_id = ? AND malformed > 0 ORDER BY rel_path",
+        [run]).fetchall()
+    return [{"file": p, "malformed": int(n), "examples": json.loads(e or "[]")} for p, n, e in rows]

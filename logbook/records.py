@@ -1,0 +1,124 @@
+"""The event-log record format: JSON lines, one record per line, append-only.
+
+Why JSON lines (see docs/architecture.md): a record is complete exactly when its
+terminating newline is on disk, so a reader that stops at the last newline never
+sees a torn record; `tail -f` and `grep` work on a live run; and metric records are
+written *columnar* (one line holds a block of steps for one set of metric names),
+which keeps parsing fast enough for multi-million-point ingests.
+
+Non-finite floats are written as the bare tokens NaN, Infinity and -Infinity
+(Python's json dialect) so that a NaN loss is stored faithfully.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+FORMAT_VERSION = 1
+
+# Record kinds ("k" field).
+OPEN = "open"  # first record of a rank file: who is writing
+METRICS = "metrics"  # {"names": [...], "rows": [[step, wall_time, v1, ...], ...]}
+EVENT = "event"  # {"kind": str, "step": int|None, "t": float, "fields": {...}}
+TELEMETRY = "telemetry"  # {"device": str, "names": [...], "rows": [[wall_time, step|null, v1, ...]]}
+CLOSE = "close"  # last record of a rank file: why it ended
+
+
+def encode(record: dict) -> bytes:
+    """One record as one newline-terminated line. Never raises on odd field values."""
+    return (json.dumps(record, separators=(",", ":"), default=_fallback) + "\n").encode("utf-8")
+
+
+def _fallback(obj):
+    """Make anything a user passes as an event field storable (as text if need be)."""
+    try:
+        return float(obj)  # numpy scalars, 0-d tensors
+    except Exception:
+        return repr(obj)
+
+
+def decode(line: bytes) -> dict:
+    """Parse one line; raises ValueError for anything that is not a JSON object record."""
+    rec = json.loads(line)
+    if not isinstance(rec, dict) or not isinstance(rec.get("k"), str):
+        raise ValueError("not a midflight record (expected a JSON object with a 'k' field)")
+    return rec
+
+
+def read_complete(path: Path, offset: int, max_bytes: int) -> tuple[bytes, int]:
+    """Bytes of whole lines from `offset`, at most ~max_bytes; returns (data, new_offset).
+
+    A trailing partial line (a record still being written, or a torn tail left by
+    a killed writer) is not returned and not consumed. A single line longer than
+    max_bytes is still returned whole.
+    """
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(max_bytes)
+        end = data.rfind(b"\n")
+        while end < 0 and data:
+            more = f.read(max_bytes)
+            if not more:
+                return b"", offset  # only a partial line: wait for the rest
+            data += more
+            end = data.rfind(b"\n")
+    if end < 0:
+        return b"", offset
+    return data[: end + 1], offset + end + 1
+
+
+def append_line(path: Path, record: dict) -> None:
+    """Append one record durably, for small, rare writers (annotations, interventions).
+
+    O_APPEND plus a single write() keeps concurrent appenders (CLI and dashboard)
+    from interleaving; fsync makes the record survive a power cut.
+    """
+    data = encode(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        _terminate_torn_tail(fd)
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _terminate_torn_tail(fd: int) -> None:
+    """If a previous writer died mid-line, end that fragment so our record stays whole."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    last = os.pread(fd, 1, size - 1)
+    if last != b"\n":
+        os.write(fd, b"\n")
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write a small JSON document via temp file + rename, so readers see all or nothing."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(obj, indent=1, default=_fallback).encode("utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EIO,
+    )

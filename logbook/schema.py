@@ -1,0 +1,142 @@
+"""The DuckDB schema of the derived store.
+
+The store is rebuilt from the event logs, so a schema change needs no migration:
+a store whose version differs is deleted and re-ingested (see store.py).
+Wall times are Unix seconds (DOUBLE); steps are BIGINT; metric rows are narrow.
+"""
+
+SCHEMA_VERSION = 1
+
+DDL = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+
+CREATE TABLE runs (
+    run_id      VARCHAR PRIMARY KEY,   -- the run directory's name
+    path        VARCHAR,               -- where it was ingested from
+    name        VARCHAR                -- display name from the newest segment header
+);
+
+CREATE TABLE segments (
+    run_id      VARCHAR NOT NULL,
+    segment_id  VARCHAR NOT NULL,
+    parent_id   VARCHAR,               -- segment this launch resumed from; NULL for a root
+    resume_step BIGINT,                -- checkpoint step it resumed from; NULL for a fresh start
+    reason      VARCHAR,               -- why this launch happened
+    start_time  DOUBLE,
+    world_size  INTEGER,
+    host        VARCHAR,
+    config      JSON,
+    config_diff JSON,                  -- {"dotted.key": [old, new]} against the parent
+    has_header  BOOLEAN,               -- false when only rank logs were found
+    PRIMARY KEY (run_id, segment_id)
+);
+
+CREATE TABLE rank_logs (
+    run_id      VARCHAR NOT NULL,
+    segment_id  VARCHAR NOT NULL,
+    rank        INTEGER NOT NULL,
+    host        VARCHAR,
+    pid         INTEGER,
+    local_rank  INTEGER,
+    world_size  INTEGER,
+    open_time   DOUBLE,
+    close_time  DOUBLE,                -- NULL until a close record is read
+    end_reason  VARCHAR,               -- completed | crashed | stopped; NULL = no close record
+    exit_code   INTEGER,
+    error       VARCHAR,
+    first_step  BIGINT,
+    last_step   BIGINT,
+    last_write  DOUBLE,                -- log file mtime at the last ingest (heartbeat)
+    dropped_records BIGINT,
+    write_errors    BIGINT,
+    PRIMARY KEY (run_id, segment_id, rank)
+);
+
+CREATE TABLE metrics (
+    run_id      VARCHAR NOT NULL,
+    segment_id  VARCHAR NOT NULL,
+    rank        INTEGER NOT NULL,
+    step        BIGINT NOT NULL,
+    name        VARCHAR NOT NULL,
+    value       DOUBLE,                -- NaN and +-Inf stored as such
+    wall_time   DOUBLE
+);
+
+CREATE TABLE events (
+    run_id      VARCHAR NOT NULL,
+    segment_id  VARCHAR NOT NULL,
+    rank        INTEGER NOT NULL,
+    step        BIGINT,
+    wall_time   DOUBLE,
+    kind        VARCHAR NOT NULL,
+    fields      JSON
+);
+
+CREATE TABLE telemetry (
+    run_id      VARCHAR NOT NULL,
+    segment_id  VARCHAR NOT NULL,
+    rank        INTEGER NOT NULL,
+    device      VARCHAR NOT NULL,      -- "cuda:0", "cpu", ...
+    step        BIGINT,
+    wall_time   DOUBLE,
+    name        VARCHAR NOT NULL,
+    value       DOUBLE
+);
+
+CREATE TABLE annotation_ops (          -- audit trail: every create, edit and delete
+    run_id        VARCHAR NOT NULL,
+    annotation_id VARCHAR NOT NULL,
+    seq           BIGINT NOT NULL,     -- line number in annotations.jsonl
+    op            VARCHAR NOT NULL,    -- create | edit | delete
+    wall_time     DOUBLE,
+    step          BIGINT,
+    step_end      BIGINT,
+    kind          VARCHAR,
+    text          VARCHAR,
+    author        VARCHAR
+);
+
+CREATE VIEW annotations AS
+SELECT run_id, annotation_id, step, step_end, kind, text, author, wall_time AS updated_time,
+       (SELECT min(o.wall_time) FROM annotation_ops o
+         WHERE o.run_id = a.run_id AND o.annotation_id = a.annotation_id) AS created_time
+FROM annotation_ops a
+WHERE op <> 'delete'
+QUALIFY row_number() OVER (PARTITION BY run_id, annotation_id ORDER BY seq DESC) = 1
+    AND NOT EXISTS (SELECT 1 FROM annotation_ops d WHERE d.run_id = a.run_id
+                    AND d.annotation_id = a.annotation_id AND d.op = 'delete');
+
+CREATE TABLE intervention_ops (        -- requests from the dashboard/CLI and their outcomes
+    run_id          VARCHAR NOT NULL,
+    intervention_id VARCHAR NOT NULL,
+    seq             BIGINT NOT NULL,
+    op              VARCHAR NOT NULL,  -- request | applied | rejected
+    wall_time       DOUBLE,
+    action          VARCHAR,
+    params          JSON,
+    step            BIGINT,            -- step at which it was applied
+    detail          VARCHAR,           -- rejection reason, or a note
+    author          VARCHAR
+);
+
+CREATE VIEW interventions AS
+SELECT r.run_id, r.intervention_id, r.action, r.params, r.author, r.wall_time AS requested_time,
+       coalesce(s.op, 'pending') AS status, s.step AS applied_step, s.detail, s.wall_time AS resolved_time
+FROM intervention_ops r
+LEFT JOIN (SELECT * FROM intervention_ops WHERE op <> 'request'
+           QUALIFY row_number() OVER (PARTITION BY run_id, intervention_id ORDER BY seq DESC) = 1) s
+  ON s.run_id = r.run_id AND s.intervention_id = r.intervention_id
+WHERE r.op = 'request';
+
+CREATE TABLE ingest_files (            -- exactly-once bookkeeping, updated in the same transaction as the rows
+    run_id      VARCHAR NOT NULL,
+    rel_path    VARCHAR NOT NULL,      -- path inside the run directory
+    byte_offset BIGINT NOT NULL,       -- everything before this offset is ingested
+    lines       BIGINT NOT NULL,       -- complete lines consumed
+    malformed   BIGINT NOT NULL,       -- lines skipped as unreadable
+    size        BIGINT,
+    mtime       DOUBLE,
+    examples    JSON,                  -- a few malformed lines: [[line_no, message, snippet], ...]
+    PRIMARY KEY (run_id, rel_path)
+);
+"""

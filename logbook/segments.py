@@ -1,0 +1,109 @@
+"""Segments: one launch of a run, and its place in the restart lineage.
+
+A resume or rollback from a checkpoint starts a new segment whose parent is the
+segment it resumed from. Rank 0 writes the header once, atomically; the header
+carries the full config and its diff against the parent, so "what changed at
+this restart" is answered without reading any metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+from . import layout, records
+
+
+def new_segment_id(now: float | None = None) -> str:
+    """Sortable by start time, unique without coordination: seg-20261125T090102-3fa9c1."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return f"seg-{stamp}-{secrets.token_hex(3)}"
+
+
+def read_header(path: Path) -> dict | None:
+    try:
+        with open(path, "rb") as f:
+            header = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def existing_headers(run_dir: Path) -> list[dict]:
+    headers, _ = layout.run_files(run_dir)
+    found = [h for h in (read_header(p) for p in headers) if h and isinstance(h.get("segment"), str)]
+    return sorted(found, key=lambda h: (h.get("start_time") or 0, h["segment"]))
+
+
+def infer_parent(run_dir: Path, resume_step: int | None) -> str | None:
+    """The segment a resume from `resume_step` continues: the latest-started one that began at or before it.
+
+    OPT-175B's 12.08 resumed from step 13,251 after 12.07 had run on to 13,459:
+    12.07 began before 13,251, so it is the parent even though it ran past it.
+    A launch without a resume step starts a new root.
+    """
+    if resume_step is None:
+        return None
+    parent = None
+    for h in existing_headers(run_dir):
+        start = h.get("resume_step")
+        if start is None or start <= resume_step:
+            parent = h["segment"]
+    return parent
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_diff(old: dict | None, new: dict) -> dict:
+    """{dotted.key: [old, new]} for every key that changed, was added (old None) or removed (new None)."""
+    a, b = flatten(old or {}), flatten(new or {})
+    return {k: [a.get(k), b.get(k)] for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def write_header(run_dir: Path, header: dict) -> None:
+    seg_dir = layout.segment_dir(run_dir, header["segment"])
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    records.write_json_atomic(seg_dir / layout.SEGMENT_HEADER, header)
+
+
+def build_header(
+    run_dir: Path,
+    *,
+    segment_id: str,
+    name: str,
+    config: dict,
+    parent: str | None,
+    resume_step: int | None,
+    reason: str | None,
+    world_size: int,
+) -> dict:
+    parent_config = None
+    if parent is not None:
+        p = read_header(layout.segment_dir(run_dir, parent) / layout.SEGMENT_HEADER)
+        parent_config = (p or {}).get("config")
+    return {
+        "v": records.FORMAT_VERSION,
+        "segment": segment_id,
+        "run": name,
+        "parent": parent,
+        "resume_step": resume_step,
+        "reason": reason,
+        "start_time": time.time(),
+        "world_size": world_size,
+        "host": os.uname().nodename,
+        "pid": os.getpid(),
+        "config": config,
+        "config_diff": config_diff(parent_config, config) if parent is not None else {},
+    }

@@ -1,0 +1,86 @@
+"""A run's summary as one plain dict: what `python -m logbook summary --json` prints."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from . import queries
+from .store import Store
+
+
+def _num(v):
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else (int(f) if f.is_integer() else f)
+
+
+def _text(v):
+    return v if isinstance(v, str) else None
+
+
+def summarize(store: Store, run: str) -> dict:
+    segs = queries.segments(store, run)
+    segments = [
+        {
+            "id": r.segment_id,
+            "parent": _text(r.parent_id),
+            "resume_step": _num(r.resume_step),
+            "start_step": _num(r.start_step),
+            "end_step": _num(r.end_step),
+            "end_reason": r.end_reason,
+            "reason": _text(r.reason),
+            "effective": bool(r.effective),
+            "ranks": int(r.ranks),
+            "config_diff": json.loads(r.config_diff) if isinstance(r.config_diff, str) else {},
+            "error": _text(r.error),
+        }
+        for r in segs.itertuples()
+    ]
+    eff = queries.series(store, run, "loss", rank=0) if "loss" in queries.metric_names(store, run) else None
+    last_loss = _num(eff["value"].iloc[-1]) if eff is not None and not eff.empty else None
+    ends = [s["end_step"] for s in segments if s["end_step"] is not None]
+    return {
+        "run": run,
+        "status": queries.run_status(store, run),
+        "last_step": max(ends) if ends else None,
+        "effective_steps": queries.effective_steps(store, run),
+        "last_loss": last_loss,
+        "segments": segments,
+        "metrics": queries.metric_names(store, run),
+        "events": queries.event_counts(store, run),
+        "annotations": len(queries.annotations(store, run)),
+        "incidents": [],  # filled by the analysis layer (divergence detection)
+        "interventions": queries.interventions(store, run)[["intervention_id", "action", "status", "applied_step"]]
+        .astype(object).where(lambda d: d.notna(), None).to_dict("records"),
+        "energy": None,  # filled by the energy accounting layer
+        "co2eq_kg": None,
+        "ingest_problems": queries.ingest_problems(store, run),
+    }
+
+
+def format_text(s: dict) -> str:
+    lines = [f"run {s['run']}: {s['status']}, last step {s['last_step']}, "
+             f"{s['effective_steps']} effective steps, last loss {s['last_loss']}"]
+    lines.append(f"segments ({len(s['segments'])}):")
+    for seg in s["segments"]:
+        mark = "*" if seg["effective"] else " "
+        span = f"steps {seg['start_step']}..{seg['end_step']}"
+        resumed = f" resumed from {seg['resume_step']} of {seg['parent']}" if seg["parent"] else ""
+        why = f" ({seg['reason']})" if seg["reason"] else ""
+        lines.append(f" {mark} {seg['id']}: {span}, {seg['end_reason']}{resumed}{why}")
+        for key, (old, new) in seg["config_diff"].items():
+            lines.append(f"      {key}: {old} -> {new}")
+    lines.append("   (* = on the effective path)")
+    lines.append(f"metrics: {', '.join(s['metrics']) or '-'}")
+    lines.append(f"events: {', '.join(f'{k}={n}' for k, n in s['events'].items()) or '-'}")
+    lines.append(f"annotations: {s['annotations']}, interventions: {len(s['interventions'])}")
+    for p in s["ingest_problems"]:
+        lines.append(f"warning: {p['file']}: {p['malformed']} malformed lines skipped")
+        for line_no, msg, snippet in p["examples"][:3]:
+            lines.append(f"    line {line_no}: {msg}: {snippet[:80]}")
+    return "\n".join(lines)
