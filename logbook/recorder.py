@@ -63,7 +63,8 @@ class Run:
         self.max_pending_bytes = int(max_pending_bytes)
         # Counters a user (and the close record) can read.
         self.write_errors = 0
-        self.dropped_records = 0
+        self._dropped = 0  # touched by the flush thread only
+        self._rejected = 0  # calls refused at the call site; touched by callers only
         self.dropped_values = 0
         self.records_written = 0
 
@@ -92,6 +93,11 @@ class Run:
         self._prev_excepthook = sys.excepthook
         sys.excepthook = self._excepthook
 
+    @property
+    def dropped_records(self) -> int:
+        """Records lost: refused at the call site, unreadable at flush, or evicted while the disk was unwritable."""
+        return self._dropped + self._rejected
+
     # ------------------------------------------------------------------ hot path
     def log(self, metrics: dict, step: int | None = None) -> None:
         """Record scalar metrics for a step. Values: Python numbers, numpy scalars or 0-d tensors."""
@@ -101,6 +107,7 @@ class Run:
             self._next_step = step + 1
             self._q.append((_METRICS, step, time.time(), dict(metrics)))
         except Exception as exc:  # a caller's bad argument must not stop training
+            self._rejected += 1
             self._warn_once(("log-arg", type(exc)), f"run.log() ignored a call it could not read: {exc!r}")
 
     def event(self, kind: str, step: int | None = None, **fields) -> None:
@@ -108,6 +115,7 @@ class Run:
         try:
             self._q.append((_EVENT, str(kind), step, time.time(), fields))
         except Exception as exc:
+            self._rejected += 1
             self._warn_once(("event-arg", type(exc)), f"run.event() ignored a call it could not read: {exc!r}")
 
     def telemetry(self, values: dict, device: str, step: int | None = None) -> None:
@@ -115,6 +123,7 @@ class Run:
         try:
             self._q.append((_TELEMETRY, str(device), step, time.time(), dict(values)))
         except Exception as exc:
+            self._rejected += 1
             self._warn_once(("telemetry-arg", type(exc)), f"run.telemetry() ignored a call it could not read: {exc!r}")
 
     # ------------------------------------------------------------------ lifecycle
@@ -230,7 +239,7 @@ class Run:
         try:
             return int(step)
         except Exception:
-            self.dropped_records += 1
+            self._dropped += 1
             self._warn_once("bad-step", f"midflight dropped a record whose step {step!r} is not an integer")
             return None
 
@@ -292,7 +301,7 @@ class Run:
         try:
             if self._fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
                 self._torn = False
                 if os.fstat(self._fd).st_size and os.pread(self._fd, 1, os.fstat(self._fd).st_size - 1) != b"\n":
                     self._torn = True
@@ -337,7 +346,7 @@ class Run:
         cut = self._pending.find(b"\n", excess) + 1 or len(self._pending)
         n = self._pending.count(b"\n", 0, cut)
         del self._pending[:cut]
-        self.dropped_records += n
+        self._dropped += n
         self._warn_once("pending-cap", f"midflight's write buffer is full ({self.max_pending_bytes} bytes) "
                         f"while {self.path} is unwritable; dropping the oldest unwritten records (counted)")
 

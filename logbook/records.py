@@ -12,7 +12,7 @@ Non-finite floats are written as the bare tokens NaN, Infinity and -Infinity
 
 from __future__ import annotations
 
-import errno
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -73,13 +73,14 @@ def read_complete(path: Path, offset: int, max_bytes: int) -> tuple[bytes, int]:
 def append_line(path: Path, record: dict) -> None:
     """Append one record durably, for small, rare writers (annotations, interventions).
 
-    O_APPEND plus a single write() keeps concurrent appenders (CLI and dashboard)
-    from interleaving; fsync makes the record survive a power cut.
+    An exclusive flock plus O_APPEND keeps concurrent appenders (CLI and
+    dashboard) from interleaving; fsync makes the record survive a power cut.
     """
     data = encode(record)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the torn-tail check and the write are one step for all appenders
         _terminate_torn_tail(fd)
         view = memoryview(data)
         while view:
@@ -111,14 +112,3 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-
-
-def is_disk_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (
-        errno.ENOSPC,
-        errno.EDQUOT,
-        errno.EROFS,
-        errno.EACCES,
-        errno.EPERM,
-        errno.EIO,
-    )

@@ -1,0 +1,96 @@
+"""`python -m logbook`: real subprocesses, clear errors, the summary JSON contract."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import logbook
+
+SUMMARY_KEYS = {"run", "status", "last_step", "effective_steps", "segments", "metrics", "events", "annotations",
+                "incidents", "interventions", "energy", "co2eq_kg"}
+SEGMENT_KEYS = {"id", "parent", "resume_step", "start_step", "end_step", "end_reason", "reason"}
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "logbook", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    with logbook.init(run_dir, name="cli-run", config={"lr": 3e-4}) as run:
+        for s in range(1, 101):
+            run.log({"loss": 3.0 - s / 100, "grad_norm": 0.5}, step=s)
+        run.event("overflow", step=40, scale_before=8.0, scale_after=4.0)
+        run.event("checkpoint", step=50)
+    with logbook.init(run_dir, config={"lr": 1e-4}, resume_step=50, reason="spike at 90") as run:
+        for s in range(51, 121):
+            run.log({"loss": 2.0 - s / 1000}, step=s)
+    return run_dir
+
+
+def test_summary_json_contract(run_dir):
+    assert cli("annotate", run_dir, "--step", 90, "--text", "spike", "--kind", "optimizer").returncode == 0
+    out = cli("summary", run_dir, "--json")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    assert SUMMARY_KEYS <= set(s)
+    assert (s["run"], s["status"], s["last_step"], s["effective_steps"]) == ("run", "finished", 120, 120)
+    assert [SEGMENT_KEYS <= set(seg) for seg in s["segments"]] == [True, True]
+    first, second = s["segments"]
+    assert second["parent"] == first["id"] and second["resume_step"] == 50 and second["reason"] == "spike at 90"
+    assert (first["start_step"], first["end_step"], first["end_reason"]) == (1, 100, "completed")
+    assert s["metrics"] == ["grad_norm", "loss"]
+    assert s["events"] == {"checkpoint": 1, "overflow": 1} and s["annotations"] == 1
+    text = cli("summary", run_dir)
+    assert text.returncode == 0 and "resumed from 50" in text.stdout and "lr: 0.0003 -> 0.0001" in text.stdout
+
+
+def test_ingest_is_idempotent_from_the_cli(run_dir):
+    first = cli("ingest", run_dir, "-q")
+    again = cli("ingest", run_dir, "-q")
+    assert first.returncode == again.returncode == 0
+    assert "ingested 4 records" in first.stdout or "records" in first.stdout
+    assert "ingested 0 records" in again.stdout
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: (p / "file.txt").write_text("hi") and p / "file.txt", "is a file"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "not a midflight run directory"),
+])
+def test_bad_paths_give_one_line_errors(tmp_path, make, message):
+    out = cli("summary", make(tmp_path))
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_annotate_arguments(run_dir):
+    out = cli("annotate", run_dir, "--step", -5, "--text", "x")
+    assert out.returncode == 2 and "non-negative" in out.stderr and "Traceback" not in out.stderr
+    out = cli("annotate", run_dir, "--step", "ten", "--text", "x")
+    assert out.returncode == 2 and "invalid int value" in out.stderr
+
+
+def test_garbage_files_are_skipped_and_counted(run_dir):
+    seg = next((run_dir / "segments").iterdir())
+    with open(seg / "rank-00000.jsonl", "ab") as f:
+        f.write(b"this is not json\n")
+        f.write(b'{"k":"metrics","names":["loss"],"rows":[[1,2]]}\n')  # rows do not match names
+        f.write(b"\xff\xfe\x00binary\n")
+        f.write(b'{"k":"metrics","names":["loss"],"rows":[[101, 1.0, 0.5]]}\n')  # a good one after the garbage
+    (seg / "rank-00001.jsonl").write_bytes(os.urandom(4096) + b"\n")
+    (run_dir / "segments" / "not a segment!").mkdir()
+    out = cli("summary", run_dir, "--json")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    problems = {p["file"].split("/")[-1]: p for p in s["ingest_problems"]}
+    assert problems["rank-00000.jsonl"]["malformed"] == 3
+    assert problems["rank-00000.jsonl"]["examples"][0][0] > 1  # line numbers are reported
+    assert problems["rank-00001.jsonl"]["malformed"] >= 1
+    text = cli("summary", run_dir)
+    assert "malformed lines skipped" in text.stdout

@@ -1,0 +1,113 @@
+"""Effective history across restarts and rollbacks, superseded data, x-axes and M4 downsampling."""
+
+import math
+
+import numpy as np
+import pytest
+
+import logbook
+from logbook import lineage, queries
+from logbook.ingest import ingest
+from logbook.store import memory
+
+
+def _segment(run_dir, seg_id, steps, *, value, resume_step=None, parent=None, finish="completed"):
+    run = logbook.init(run_dir, segment_id=seg_id, resume_step=resume_step, parent=parent, flush_every=60)
+    for s in steps:
+        run.log({"loss": value(s), "tokens": s * 2048}, step=s)
+    run.finish(finish)
+
+
+def _store(*run_dirs):
+    store = memory()
+    ingest(store, list(run_dirs))
+    return store
+
+
+def test_opt_rollback_12_07_to_12_08(tmp_path):
+    """12.07 ran to 13,459; 12.08 resumed from 13,251 (the OPT-175B logbook's overlap)."""
+    run = tmp_path / "opt"
+    _segment(run, "12.06", range(12_000, 12_101), value=lambda s: 2.0)
+    _segment(run, "12.07", range(12_101, 13_460), value=lambda s: 2.1, resume_step=12_100, finish="crashed")
+    _segment(run, "12.08", range(13_252, 13_600), value=lambda s: 1.9, resume_step=13_251)
+    store = _store(run)
+    segs = queries.segments(store, "opt")
+    assert segs["parent_id"].tolist()[1:] == ["12.06", "12.07"]  # inferred from resume steps
+    eff = queries.series(store, "opt", "loss")
+    assert eff["step"].is_unique and eff["step"].is_monotonic_increasing
+    assert eff["step"].min() == 12_000 and eff["step"].max() == 13_599
+    by_step = dict(zip(eff["step"], eff["segment_id"]))
+    assert by_step[13_251] == "12.07" and by_step[13_252] == "12.08" and by_step[12_100] == "12.06"
+    sup = queries.series(store, "opt", "loss", which="superseded")
+    assert set(sup["segment_id"]) == {"12.07"}
+    assert (sup["step"].min(), sup["step"].max(), len(sup)) == (13_252, 13_459, 208)
+    everything = queries.series(store, "opt", "loss", which="all")
+    assert len(everything) == len(eff) + len(sup)
+    assert queries.effective_steps(store, "opt") == 13_600 - 12_000
+
+
+def test_abandoned_branch_is_superseded_even_where_nothing_overwrote_it(tmp_path):
+    run = tmp_path / "r"
+    _segment(run, "a", range(1, 1001), value=lambda s: 1.0)
+    _segment(run, "b", range(501, 601), value=lambda s: 9.0, resume_step=500, finish="crashed")
+    _segment(run, "c", range(801, 1201), value=lambda s: 0.5, resume_step=800, parent="a")
+    store = _store(run)
+    eff = queries.series(store, "r", "loss")
+    assert "b" not in set(eff["segment_id"])
+    assert eff.loc[eff.step == 550, "segment_id"].item() == "a"
+    assert [s.segment_id for s in lineage.effective_path(queries.lineage_segments(store, "r"))] == ["a", "c"]
+    segs = queries.segments(store, "r").set_index("segment_id")
+    assert segs.loc["b", "effective"] == False and segs.loc["c", "effective"] == True  # noqa: E712
+
+
+def test_lineage_survives_missing_and_cyclic_parents():
+    segs = [lineage.Seg("x", "y", 10, 2.0, 11), lineage.Seg("y", "x", 5, 1.0, 6)]
+    assert [s.segment_id for s in lineage.effective_path(segs)] == ["y", "x"]
+    orphan = [lineage.Seg("x", "gone", 10, 2.0, 11)]
+    assert lineage.effective_ranges(orphan) == [lineage.Range("x", 10, lineage.POS_INF)]
+
+
+def test_x_axes_tokens_and_time_and_multi_run(tmp_path):
+    _segment(tmp_path / "r1", "s", range(1, 51), value=lambda s: 1.0 / s)
+    _segment(tmp_path / "r2", "s", range(1, 31), value=lambda s: 2.0 / s)
+    store = _store(tmp_path / "r1", tmp_path / "r2")
+    tok = queries.series(store, "r1", "loss", x="tokens")
+    assert tok["x"].tolist() == [s * 2048 for s in range(1, 51)]
+    t = queries.series(store, "r1", "loss", x="time")
+    assert t["x"].is_monotonic_increasing and t["x"].iloc[0] > 1e9
+    zoom = queries.series(store, "r1", "loss", x_range=(10, 19))
+    assert zoom["step"].tolist() == list(range(10, 20))
+    both = queries.multi_series(store, ["r1", "r2"], "loss")
+    assert both.groupby("run").size().to_dict() == {"r1": 50, "r2": 30}
+    with pytest.raises(ValueError):
+        queries.series(store, "r1", "loss", x="epochs")
+
+
+@pytest.mark.slow
+def test_m4_keeps_a_single_spike_and_a_nan_among_10m_points():
+    store = memory()
+    n, spike_step, nan_step = 10_000_000, 7_654_321, 1_234_567
+    store.cursor().execute(
+        """INSERT INTO metrics SELECT 'big', 's', 0, i, 'loss',
+               CASE WHEN i = ? THEN 1e6 WHEN i = ? THEN 'nan'::DOUBLE ELSE 2.0 + sin(i / 1000.0) END, i
+           FROM range(?) t(i)""", [spike_step, nan_step, n])
+    store.cursor().execute("INSERT INTO segments (run_id, segment_id, config, config_diff, has_header) "
+                           "VALUES ('big', 's', '{}', '{}', true)")
+    store.cursor().execute("INSERT INTO runs VALUES ('big', '', 'big')")
+    down = queries.series(store, "big", "loss", buckets=1000)
+    assert len(down) <= 5 * 1000
+    assert down["value"].max() == 1e6 and down.loc[down["value"].idxmax(), "step"] == spike_step
+    assert down.loc[down["value"].isna(), "step"].tolist() == [nan_step]
+    assert down["value"].min() == pytest.approx(1.0, abs=1e-6)
+    assert down["x"].is_monotonic_increasing
+    # Zoom re-queries at full resolution: every point in a small range comes back.
+    zoom = queries.series(store, "big", "loss", buckets=1000, x_range=(spike_step - 1000, spike_step + 1000))
+    assert len(zoom) == 2001 and zoom["value"].max() == 1e6
+
+
+def test_m4_small_series_is_returned_whole(tmp_path):
+    _segment(tmp_path / "r", "s", range(100), value=lambda s: math.sin(s))
+    store = _store(tmp_path / "r")
+    got = queries.series(store, "r", "loss", buckets=50)
+    assert len(got) == 100
+    np.testing.assert_allclose(got["value"], [math.sin(s) for s in range(100)])
