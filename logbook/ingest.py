@@ -298,9 +298,6 @@ class _Batch:
             cur.register("_mf_events", table)
             cur.execute("INSERT INTO events SELECT ?, ?, ?, step, wall_time, kind, fields::JSON FROM _mf_events", key)
             cur.unregister("_mf_events")
-            steps = [s for s in cols[0] if s is not None]
-            if steps:
-                self._touch_rank(cur, key, min(steps), max(steps))
         if self.close is not None:
             c = self.close
             cur.execute("UPDATE rank_logs SET close_time = ?, end_reason = ?, exit_code = ?, error = ?, "
