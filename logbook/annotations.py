@@ -8,7 +8,6 @@ the file is its own audit trail. Text is stored and returned as plain text.
 from __future__ import annotations
 
 import getpass
-import json
 import time
 import uuid
 from pathlib import Path
@@ -39,7 +38,7 @@ def _run_path(run_dir) -> Path:
     return run_dir / layout.ANNOTATIONS
 
 
-def _author(author: str | None) -> str:
+def author_name(author: str | None) -> str:
     if author is not None:
         return str(author)
     try:
@@ -55,27 +54,20 @@ def annotate(run_dir, *, step: int, text: str, kind: str = "note", step_end: int
     ann_id = uuid.uuid4().hex[:12]
     records.append_line(_run_path(run_dir), {"k": "annotation", "op": "create", "id": ann_id, "t": time.time(),
                                              "step": step, "step_end": step_end, "kind": kind, "text": text,
-                                             "author": _author(author)})
+                                             "author": author_name(author)})
     return ann_id
 
 
 def current(run_dir) -> dict[str, dict]:
     """The live annotations, by id, read straight from the run's annotation log."""
-    path = Path(run_dir) / layout.ANNOTATIONS
     state: dict[str, dict] = {}
-    if not path.is_file():
-        return state
-    for line in path.read_bytes().split(b"\n"):
-        try:
-            rec = json.loads(line)
-            if rec.get("k") != "annotation":
-                continue
-            if rec["op"] == "delete":
-                state.pop(rec["id"], None)
-            else:
-                state[rec["id"]] = rec
-        except (ValueError, KeyError, AttributeError, TypeError):
-            continue  # torn or foreign line; ingest counts these
+    for rec in records.iter_records(Path(run_dir) / layout.ANNOTATIONS):
+        if rec["k"] != "annotation" or "id" not in rec:
+            continue
+        if rec.get("op") == "delete":
+            state.pop(rec["id"], None)
+        else:
+            state[rec["id"]] = rec
     return state
 
 
@@ -90,11 +82,11 @@ def edit_annotation(run_dir, ann_id: str, *, author: str | None = None, **change
     new = {k: changes.get(k, old.get(k)) for k in ("step", "step_end", "kind", "text")}
     _check(new["step"], new["step_end"], new["kind"], new["text"])
     records.append_line(_run_path(run_dir), {"k": "annotation", "op": "edit", "id": ann_id, "t": time.time(),
-                                             **new, "author": _author(author)})
+                                             **new, "author": author_name(author)})
 
 
 def delete_annotation(run_dir, ann_id: str, *, author: str | None = None) -> None:
     if ann_id not in current(run_dir):
         raise KeyError(f"no annotation {ann_id!r} in {run_dir}")
     records.append_line(_run_path(run_dir), {"k": "annotation", "op": "delete", "id": ann_id, "t": time.time(),
-                                             "author": _author(author)})
+                                             "author": author_name(author)})

@@ -48,6 +48,19 @@ def decode(line: bytes) -> dict:
     return rec
 
 
+def iter_records(path: Path):
+    """Every readable record of a small file, skipping torn or foreign lines (ingest counts those)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return
+    for line in data.split(b"\n"):
+        try:
+            yield decode(line)
+        except ValueError:
+            continue
+
+
 def read_complete(path: Path, offset: int, max_bytes: int) -> tuple[bytes, int]:
     """Bytes of whole lines from `offset`, at most ~max_bytes; returns (data, new_offset).
 
