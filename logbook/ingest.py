@@ -24,6 +24,7 @@ from .store import Store
 
 CHUNK_BYTES = 32 << 20
 MAX_EXAMPLES = 5
+PROGRESS_MIN_BYTES = 8 << 20  # smaller ingests finish before a bar is worth drawing
 
 
 @dataclass
@@ -82,7 +83,7 @@ def ingest(store: Store, run_dirs, *, progress: bool = False, chunk_bytes: int =
 
 
 def _progress(total: int, enabled: bool):
-    if not enabled or total < (8 << 20):
+    if not enabled or total < PROGRESS_MIN_BYTES:
         return None
     from tqdm import tqdm
 

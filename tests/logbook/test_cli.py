@@ -94,3 +94,13 @@ def test_garbage_files_are_skipped_and_counted(run_dir):
     assert problems["rank-00001.jsonl"]["malformed"] >= 1
     text = cli("summary", run_dir)
     assert "malformed lines skipped" in text.stdout
+
+
+def test_long_ingest_shows_progress(run_dir, monkeypatch, capsys):
+    from logbook import ingest as ingest_mod
+    from logbook.store import memory
+
+    monkeypatch.setattr(ingest_mod, "PROGRESS_MIN_BYTES", 0)
+    report = ingest_mod.ingest(memory(), [run_dir], progress=True)
+    err = capsys.readouterr().err
+    assert "ingest" in err and "100%" in err and report.records > 0

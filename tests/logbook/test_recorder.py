@@ -179,3 +179,30 @@ def test_rank_from_env_and_two_ranks_share_a_segment(tmp_path):
     seg_dirs = list((tmp_path / "run" / "segments").iterdir())
     assert len(seg_dirs) == 1
     assert sorted(p.name for p in seg_dirs[0].glob("rank-*.jsonl")) == ["rank-00000.jsonl", "rank-00001.jsonl"]
+
+
+def test_telemetry_samples_per_device(tmp_path):
+    with logbook.init(tmp_path / "run") as run:
+        run.telemetry({"gpu/power_w": 301.5, "gpu/temp_c": 64.0}, device="cuda:0")
+        run.telemetry({"gpu/power_w": 299.0, "gpu/temp_c": 66.0}, device="cuda:1", step=7)
+    store, report = _ingest(tmp_path / "run")
+    assert report.malformed == 0
+    rows = store.cursor().execute(
+        "SELECT device, step, name, value FROM telemetry ORDER BY device, name").fetchall()
+    assert rows == [("cuda:0", None, "gpu/power_w", 301.5), ("cuda:0", None, "gpu/temp_c", 64.0),
+                    ("cuda:1", 7, "gpu/power_w", 299.0), ("cuda:1", 7, "gpu/temp_c", 66.0)]
+
+
+def test_reopened_rank_file_with_torn_tail_keeps_every_record(tmp_path):
+    """A relaunch that reuses a segment id appends after a torn line without damaging its own records."""
+    run = logbook.init(tmp_path / "run", segment_id="seg-a")
+    run.log({"loss": 1.0}, step=1)
+    run.finish()
+    path = layout.rank_file(tmp_path / "run", "seg-a", 0)
+    with open(path, "ab") as f:
+        f.write(b'{"k":"metrics","names":["loss"],"rows":[[2,')  # killed mid-write
+    with logbook.init(tmp_path / "run", segment_id="seg-a") as run:
+        run.log({"loss": 3.0}, step=3)
+    store, report = _ingest(tmp_path / "run")
+    assert queries.series(store, "run", "loss")["step"].tolist() == [1, 3]
+    assert report.malformed == 1  # the torn fragment, now terminated, is counted once
