@@ -57,7 +57,7 @@ def ingest(store: Store, run_dirs, *, progress: bool = False, chunk_bytes: int =
         headers, logs = layout.run_files(run_dir)
         _upsert_run(cur, run_id, run_dir, headers)
         for header in headers:
-            _ingest_header(cur, run_id, run_dir, header)
+            _ingest_header(cur, run_id, run_dir, header, report)
         for path in logs:
             rel = path.relative_to(run_dir).as_posix()
             try:
@@ -100,28 +100,27 @@ def _upsert_run(cur, run_id: str, run_dir: Path, headers: list[Path]) -> None:
     cur.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?)", [run_id, str(run_dir.resolve()), name])
 
 
-def _ingest_header(cur, run_id: str, run_dir: Path, path: Path) -> None:
+def _ingest_header(cur, run_id: str, run_dir: Path, path: Path, report: IngestReport) -> None:
     rel = path.relative_to(run_dir).as_posix()
     st = path.stat()
     row = cur.execute("SELECT size, mtime FROM ingest_files WHERE run_id = ? AND rel_path = ?", [run_id, rel]).fetchone()
     if row and row[0] == st.st_size and row[1] == st.st_mtime:
         return
-    malformed, examples = 0, []
+    malformed, examples, row = 0, [], None
     try:
         h = json.loads(path.read_bytes())
         if not isinstance(h, dict):
             raise ValueError("segment header is not a JSON object")
-        seg = path.parent.name
-        cur.execute("BEGIN TRANSACTION")
-        cur.execute(
-            "INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)",
-            [run_id, seg, _str(h.get("parent")), _int(h.get("resume_step")), _str(h.get("reason")),
-             _float(h.get("start_time")), _int(h.get("world_size")), _str(h.get("host")),
-             json.dumps(h.get("config")), json.dumps(h.get("config_diff") or {})],
-        )
-    except (ValueError, TypeError) as exc:
-        cur.execute("BEGIN TRANSACTION")
+        row = [run_id, path.parent.name, _str(h.get("parent")), _int(h.get("resume_step")), _str(h.get("reason")),
+               _float(h.get("start_time")), _int(h.get("world_size")), _str(h.get("host")),
+               json.dumps(h.get("config")), json.dumps(h.get("config_diff") or {})]
+    except (ValueError, TypeError, RecursionError) as exc:
         malformed, examples = 1, [[1, f"unreadable segment header: {exc}", ""]]
+        report.malformed += 1
+        report.examples.append((run_id, rel, *examples[0]))
+    cur.execute("BEGIN TRANSACTION")
+    if row is not None:
+        cur.execute("INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)", row)
     cur.execute("INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
                 [run_id, rel, st.st_size, malformed, st.st_size, st.st_mtime, json.dumps(examples)])
     cur.execute("COMMIT")
@@ -198,7 +197,7 @@ class _Batch:
             if handler is None:
                 raise ValueError(f"unexpected record kind {rec['k']!r} in this file")
             handler(self, rec)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
             self.malformed += 1
             if len(self.examples) < MAX_EXAMPLES:
                 snippet = line[:120].decode("utf-8", "replace")

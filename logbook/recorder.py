@@ -157,7 +157,7 @@ class Run:
                                 f"{self.path}; everything before them is on disk")
             self._close_fd()
         atexit.unregister(self._at_exit)
-        if sys.excepthook is self._excepthook:
+        if sys.excepthook == self._excepthook:  # bound methods compare equal, never identical
             sys.excepthook = self._prev_excepthook
 
     def __enter__(self) -> Run:

@@ -104,3 +104,13 @@ def test_long_ingest_shows_progress(run_dir, monkeypatch, capsys):
     report = ingest_mod.ingest(memory(), [run_dir], progress=True)
     err = capsys.readouterr().err
     assert "ingest" in err and "100%" in err and report.records > 0
+
+
+def test_garbage_segment_header_is_reported_not_fatal(run_dir):
+    seg = sorted((run_dir / "segments").iterdir())[0]
+    (seg / "segment.json").write_bytes(b"\x00\x01 not json" + b"[" * 100_000)
+    out = cli("ingest", run_dir)
+    assert out.returncode == 0, out.stderr
+    assert "skipped 1 malformed" in out.stdout and "segment header" in out.stdout
+    s = json.loads(cli("summary", run_dir, "--json").stdout)
+    assert len(s["segments"]) == 2 and s["last_step"] == 120  # the rank logs still carry the data
