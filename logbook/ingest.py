@@ -11,7 +11,6 @@ written, or a torn tail from a killed writer) is left for later.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +72,7 @@ def ingest(store: Store, run_dirs, *, progress: bool = False, chunk_bytes: int =
     total = sum(max(st.st_size - off, 0) for *_, off, st in work)
     bar = _progress(total, progress)
     try:
-        for run_id, run_dir, path, rel, offset, st in work:
+        for run_id, _, path, rel, offset, st in work:
             report.files += 1
             _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes)
     finally:

@@ -271,13 +271,13 @@ class Run:
                 for key, v in values.items():
                     if isinstance(v, torch.Tensor):
                         by_device.setdefault(v.device, []).append((values, key, v))
-        for device, refs in by_device.items():
+        for refs in by_device.values():
             try:
                 flat = torch.stack([v.detach().reshape(()).to(torch.float64) for _, _, v in refs])
                 resolved = flat.cpu().tolist()
             except Exception:  # a tensor with more than one element, or an odd device
                 resolved = []
-                for _, key, v in refs:
+                for _, _, v in refs:
                     try:
                         resolved.append(float(v.detach().reshape(()).item()))
                     except Exception:

@@ -4,11 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from logbook import open_run, queries
-from logbook.summary import summarize
-from logbook.store import open_store
+from logbook import layout, open_run, queries
 from logbook.ingest import ingest
-from logbook import layout
+from logbook.store import open_store
+from logbook.summary import summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 
