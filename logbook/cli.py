@@ -33,9 +33,10 @@ def cmd_ingest(args) -> int:
     def show(rep):
         print(f"{time.strftime('%H:%M:%S')} +{rep.records:,} records ({rep.metric_points:,} points)", flush=True)
 
-    print(f"following {args.path} (Ctrl-C to stop)", flush=True)
     follower = Follower(store, args.path, poll=args.poll, rescan_every=args.rescan, on_ingest=show)
     follower.start()
+    how = "polling" if follower.poll else "inotify"
+    print(f"following {args.path} ({how}, rescan every {args.rescan:g}s; Ctrl-C to stop)", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("ingest", help="bring the store up to date with the run's logs")
     add_path(sp)
     sp.add_argument("--follow", action="store_true", help="keep ingesting as the run writes")
-    sp.add_argument("--poll", action="store_true", help="poll instead of inotify (network filesystems)")
+    sp.add_argument("--poll", action="store_true", default=None,
+                    help="poll instead of inotify (chosen automatically on NFS, Lustre, CIFS, ...)")
     sp.add_argument("--rescan", type=float, default=2.0, help="seconds between safety rescans in --follow")
     sp.set_defaults(func=cmd_ingest)
 

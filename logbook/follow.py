@@ -22,6 +22,28 @@ from .ingest import IngestReport, ingest
 from .store import Store
 
 
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "fuse.sshfs", "9p", "ceph",
+              "fuse.gcsfuse", "fuse.s3fs", "fuse.juicefs", "wekafs"}
+
+
+def filesystem_type(path, mounts: str = "/proc/mounts") -> str | None:
+    """The filesystem type of the mount holding `path` (Linux), or None if it cannot be told."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    target, best, fstype = str(Path(path).resolve()), -1, None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, fstype = len(point), parts[2]
+    return fstype
+
+
 class _Wake(FileSystemEventHandler):
     def __init__(self, flag: threading.Event):
         self.flag = flag
@@ -37,12 +59,17 @@ class _Wake(FileSystemEventHandler):
 class Follower:
     """Ingest `path` (a run or a folder of runs) into `store` now and whenever it changes.
 
+    poll: True for the polling observer, False for inotify, None to choose by
+    filesystem (polling on NFS, Lustre, CIFS and the like, where inotify never
+    hears about writes made on other machines).
     on_ingest(report) is called after every ingest that added records.
     """
 
-    def __init__(self, store: Store, path, *, poll: bool = False, rescan_every: float = 2.0,
+    def __init__(self, store: Store, path, *, poll: bool | None = None, rescan_every: float = 2.0,
                  debounce: float = 0.02, on_ingest=None):
         self.store, self.path = store, Path(path)
+        if poll is None:
+            poll = filesystem_type(self.path) in NETWORK_FS
         self.poll, self.rescan_every, self.debounce = poll, rescan_every, debounce
         self.on_ingest = on_ingest
         self._wake, self._stop = threading.Event(), threading.Event()
