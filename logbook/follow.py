@@ -13,7 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
-from watchdog.events import FileSystemEventHandler
+from watchdog.events import EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
@@ -49,6 +49,8 @@ class _Wake(FileSystemEventHandler):
         self.flag = flag
 
     def on_any_event(self, event) -> None:
+        if event.event_type in (EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE):
+            return  # a read is not a change: ingest itself reads segment.json, and waking on that would loop
         path = getattr(event, "dest_path", "") or event.src_path
         if isinstance(path, bytes):
             path = path.decode(errors="replace")

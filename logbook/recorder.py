@@ -306,7 +306,7 @@ class Run:
                 if os.fstat(self._fd).st_size and os.pread(self._fd, 1, os.fstat(self._fd).st_size - 1) != b"\n":
                     self._torn = True
             if self._torn:
-                os.write(self._fd, b"\n")  # end a fragment left by a failed write; readers count it as malformed
+                os.write(self._fd, records.TORN_TERMINATOR)  # readers count the fragment as one malformed line
                 self._torn = False
             data = bytes(self._pending)
             while written < len(data):

@@ -19,6 +19,11 @@ from pathlib import Path
 
 FORMAT_VERSION = 1
 
+# Ends a fragment left by a writer that died or failed mid-line. Not a bare newline: a fragment
+# cut just before its own newline is a whole record, and a newline would bring it back to life
+# next to the full copy written again after it. No JSON prefix followed by this parses.
+TORN_TERMINATOR = b"#torn\n"
+
 # Record kinds ("k" field).
 OPEN = "open"  # first record of a rank file: who is writing
 METRICS = "metrics"  # {"names": [...], "rows": [[step, wall_time, v1, ...], ...]}
@@ -109,9 +114,8 @@ def _terminate_torn_tail(fd: int) -> None:
     size = os.fstat(fd).st_size
     if size == 0:
         return
-    last = os.pread(fd, 1, size - 1)
-    if last != b"\n":
-        os.write(fd, b"\n")
+    if os.pread(fd, 1, size - 1) != b"\n":
+        os.write(fd, TORN_TERMINATOR)
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
@@ -120,8 +124,13 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     data = json.dumps(obj, indent=1, default=_fallback).encode("utf-8")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # os.write may write less than asked (a disk filling up): never publish a partial file
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
