@@ -101,6 +101,9 @@ class Run:
     # ------------------------------------------------------------------ hot path
     def log(self, metrics: dict, step: int | None = None) -> None:
         """Record scalar metrics for a step. Values: Python numbers, numpy scalars or 0-d tensors."""
+        if self._finished:
+            self._warn_once("after-finish", "run.log() after run.finish() is ignored")
+            return
         try:
             if step is None:
                 step = self._next_step
@@ -130,11 +133,14 @@ class Run:
     def flush(self) -> bool:
         """Write everything queued so far; True if nothing is left pending. Safe from any thread."""
         with self._lock:
-            try:
-                self._write(self._encode(self._drain()))
-            except Exception as exc:  # never into the training loop
-                self._warn_once(("flush", type(exc)), f"midflight recorder error (recording continues): {exc!r}")
+            self._flush_locked()
             return not self._pending
+
+    def _flush_locked(self, close: dict | None = None) -> None:
+        try:
+            self._write(self._encode(self._drain()) + (records.encode(close) if close else b""))
+        except Exception as exc:  # never into the training loop, never kill the flush thread
+            self._warn_once(("flush", type(exc)), f"midflight recorder error (recording continues): {exc!r}")
 
     def finish(self, reason: str = "completed", *, exit_code: int | None = None, error: str | None = None) -> None:
         """End this rank's segment with a close record: completed, crashed or stopped (by intervention)."""
@@ -146,12 +152,11 @@ class Run:
         self._stop.set()
         self._thread.join(timeout=max(5.0, 4 * self.flush_every))
         with self._lock:
-            data = self._encode(self._drain())
             close = {"k": records.CLOSE, "t": time.time(), "reason": reason, "exit_code": exit_code,
                      "error": error, "last_step": self._next_step - 1 if self._next_step else None,
                      "dropped_records": self.dropped_records, "dropped_values": self.dropped_values,
                      "write_errors": self.write_errors}
-            self._write(data + records.encode(close))
+            self._flush_locked(close)
             if self._pending:
                 self._warn_once("final", f"midflight could not write the last {len(self._pending)} bytes of "
                                 f"{self.path}; everything before them is on disk")
@@ -187,12 +192,9 @@ class Run:
     # ------------------------------------------------------------------ flush thread
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_every):
-            try:
-                with self._lock:
-                    self._write(self._encode(self._drain()))
-                    self._heartbeat()
-            except Exception as exc:  # never let the thread die silently
-                self._warn_once(("loop", type(exc)), f"midflight recorder error (recording continues): {exc!r}")
+            with self._lock:
+                self._flush_locked()
+                self._heartbeat()
 
     def _drain(self) -> list:
         q = self._q
