@@ -179,7 +179,8 @@ class _Batch:
         self.lines = self.malformed = self.points = 0
         self.examples: list = []
         self.names: dict[str, int] = {}
-        self.m_steps, self.m_walls, self.m_ids, self.m_values = [], [], [], []
+        self.m_blocks: dict[tuple, list] = {}  # names -> [rows array per record]; widened once, in flush
+        self.m_ids: dict[tuple, np.ndarray] = {}  # names -> their name ids, checked once per chunk
         self.t_rows: list = []  # (device, step, wall, name, value)
         self.events: list = []
         self.opens: list = []
@@ -205,17 +206,28 @@ class _Batch:
     # -- rank-log records
     def _metrics(self, rec: dict) -> None:
         names = rec["names"]
+        key = tuple(names) if isinstance(names, list) else None  # unhashable names -> TypeError -> malformed
+        if key not in self.m_ids and (not key or not all(isinstance(n, str) for n in key)):
+            raise ValueError("metrics block has no names, or a name that is not text")
         arr = np.asarray(rec["rows"], dtype=np.float64)
-        k = len(names)
-        if arr.ndim != 2 or arr.shape[1] != k + 2 or not all(isinstance(n, str) for n in names):
+        if arr.ndim != 2 or arr.shape[1] != len(key) + 2:
             raise ValueError("metrics block rows do not match its names")
-        n = arr.shape[0]
-        ids = np.array([self.names.setdefault(name, len(self.names)) for name in names], dtype=np.int32)
-        self.m_steps.append(np.repeat(arr[:, 0].astype(np.int64), k))
-        self.m_walls.append(np.repeat(arr[:, 1], k))
-        self.m_ids.append(np.tile(ids, n))
-        self.m_values.append(arr[:, 2:].reshape(-1))
-        self.points += n * k
+        if key not in self.m_ids:
+            self.m_ids[key] = np.array([self.names.setdefault(n, len(self.names)) for n in key], dtype=np.int32)
+        self.m_blocks.setdefault(key, []).append(arr)
+        self.points += arr.shape[0] * len(key)
+
+    def _metric_columns(self) -> tuple:
+        """(steps, name ids, values, wall times) of all metrics records, widened to one row per point."""
+        steps, ids, values, walls = [], [], [], []
+        for key, arrs in self.m_blocks.items():
+            arr = np.concatenate(arrs) if len(arrs) > 1 else arrs[0]
+            k, n = len(key), arr.shape[0]
+            steps.append(np.repeat(arr[:, 0].astype(np.int64), k))
+            walls.append(np.repeat(arr[:, 1], k))
+            ids.append(np.tile(self.m_ids[key], n))
+            values.append(arr[:, 2:].reshape(-1))
+        return np.concatenate(steps), np.concatenate(ids), np.concatenate(values), np.concatenate(walls)
 
     def _telemetry(self, rec: dict) -> None:
         names, device = rec["names"], str(rec["device"])
@@ -271,13 +283,13 @@ class _Batch:
                         "WHERE run_id = ? AND segment_id = ? AND rank = ?",
                         [_str(o.get("host")), _int(o.get("pid")), _int(o.get("local_rank")), _int(o.get("world")),
                          _float(o.get("t"))] + key)
-        if self.m_values:
-            steps = np.concatenate(self.m_steps)
+        if self.points:
+            steps, ids, values, walls = self._metric_columns()
             table = pa.table({
                 "step": steps,
-                "name": pa.DictionaryArray.from_arrays(np.concatenate(self.m_ids), list(self.names)),
-                "value": np.concatenate(self.m_values),
-                "wall_time": np.concatenate(self.m_walls),
+                "name": pa.DictionaryArray.from_arrays(ids, list(self.names)),
+                "value": values,
+                "wall_time": walls,
             })
             cur.register("_mf_metrics", table)
             cur.execute("INSERT INTO metrics SELECT ?, ?, ?, step, name::VARCHAR, value, wall_time FROM _mf_metrics", key)

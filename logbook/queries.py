@@ -155,27 +155,27 @@ def series(store: Store, run: str, name: str, *, x: str = "step", rank: int | No
 
 def _m4(cur, sql: str, params: list, buckets: int, lo, hi) -> pd.DataFrame:
     span = float(hi - lo) or 1.0
+    # One struct-valued arg_min/arg_max per M4 role (first, last, min, max, first NaN) instead of one
+    # aggregate per column: 5 aggregate states per bucket instead of 19.
     agg = cur.execute(f"""
         WITH s AS ({sql}),
-        b AS (SELECT *, least(CAST(floor((x - ?) * ? / ?) AS BIGINT), ?) AS bucket FROM s)
-        SELECT
-          min(x), arg_min(value, x), arg_min(step, x), arg_min(segment_id, x),
-          max(x), arg_max(value, x), arg_max(step, x), arg_max(segment_id, x),
-          arg_min(x, value) FILTER (NOT isnan(value)), min(value) FILTER (NOT isnan(value)),
-          arg_min(step, value) FILTER (NOT isnan(value)), arg_min(segment_id, value) FILTER (NOT isnan(value)),
-          arg_max(x, value) FILTER (NOT isnan(value)), max(value) FILTER (NOT isnan(value)),
-          arg_max(step, value) FILTER (NOT isnan(value)), arg_max(segment_id, value) FILTER (NOT isnan(value)),
-          min(x) FILTER (isnan(value)), min(step) FILTER (isnan(value)),
-          arg_min(segment_id, x) FILTER (isnan(value))
-        FROM b GROUP BY bucket""", params + [lo, buckets, span, buckets - 1]).fetchnumpy()
+        b AS (SELECT {{'x': x, 'value': value, 'step': step, 'segment_id': segment_id}} AS p, x, value,
+                     least(CAST(floor((x - ?) * ? / ?) AS BIGINT), ?) AS bucket FROM s),
+        g AS (SELECT arg_min(p, x) AS r0, arg_max(p, x) AS r1,
+                     arg_min(p, value) FILTER (NOT isnan(value)) AS r2,
+                     arg_max(p, value) FILTER (NOT isnan(value)) AS r3,
+                     arg_min(p, x) FILTER (isnan(value)) AS r4
+              FROM b GROUP BY bucket)
+        SELECT r0.x, r0.value, r0.step, r0.segment_id, r1.x, r1.value, r1.step, r1.segment_id,
+               r2.x, r2.value, r2.step, r2.segment_id, r3.x, r3.value, r3.step, r3.segment_id,
+               r4.x, r4.value, r4.step, r4.segment_id
+        FROM g""", params + [lo, buckets, span, buckets - 1]).fetchnumpy()
     cols = list(agg.values())
-    parts = []
-    for i in range(0, 16, 4):
-        parts.append(pd.DataFrame({"x": cols[i], "value": cols[i + 1], "step": cols[i + 2], "segment_id": cols[i + 3]}))
-    parts.append(pd.DataFrame({"x": cols[16], "value": np.nan, "step": cols[17], "segment_id": cols[18]}))
+    parts = [pd.DataFrame({"x": cols[i], "value": cols[i + 1], "step": cols[i + 2], "segment_id": cols[i + 3]})
+             for i in range(0, 20, 4)]
     out = pd.concat(parts, ignore_index=True)
     out = out[~pd.isna(out["x"])]
-    out = out.drop_duplicates(subset=["x", "step", "segment_id", "value"])
+    out = out.drop_duplicates(subset=["x", "step", "segment_id", "value"]).astype({"step": "int64"})
     return out.sort_values(["x", "step"], kind="stable").reset_index(drop=True)
 
 

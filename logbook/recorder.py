@@ -100,7 +100,12 @@ class Run:
 
     # ------------------------------------------------------------------ hot path
     def log(self, metrics: dict, step: int | None = None) -> None:
-        """Record scalar metrics for a step. Values: Python numbers, numpy scalars or 0-d tensors."""
+        """Record scalar metrics for a step. Values: Python numbers, numpy scalars or 0-d tensors.
+
+        A tensor is read on the flush thread (up to `flush_every` s later), not now, so that this call
+        never waits for the GPU. For a tensor you modify in place afterwards (an accumulator), pass
+        `t.detach().clone()`; `loss.detach()` of a fresh loss is fine as it is.
+        """
         if self._finished:
             self._warn_once("after-finish", "run.log() after run.finish() is ignored")
             return
@@ -262,30 +267,39 @@ class Run:
         return tuple(names), vals
 
     def _resolve_tensors(self, items: list) -> None:
-        """Replace 0-d tensors in metric dicts by floats: one device->host copy per device."""
+        """Replace 0-d tensors in metric dicts by floats: one stacked device->host copy per (device, dtype)."""
         torch = sys.modules.get("torch")
         if torch is None:
             return
-        by_device: dict = {}
+        tensor = torch.Tensor
+        groups: dict = {}  # (device, dtype) -> (dicts, keys, tensors)
         for item in items:
-            if item[0] in (_METRICS, _TELEMETRY):
+            if item[0] == _METRICS or item[0] == _TELEMETRY:
                 values = item[-1]
                 for key, v in values.items():
-                    if isinstance(v, torch.Tensor):
-                        by_device.setdefault(v.device, []).append((values, key, v))
-        for refs in by_device.values():
-            try:
-                flat = torch.stack([v.detach().reshape(()).to(torch.float64) for _, _, v in refs])
-                resolved = flat.cpu().tolist()
-            except Exception:  # a tensor with more than one element, or an odd device
-                resolved = []
-                for _, _, v in refs:
-                    try:
-                        resolved.append(float(v.detach().reshape(()).item()))
-                    except Exception:
-                        resolved.append(None)  # dropped and counted by _clean
-            for (values, key, _), value in zip(refs, resolved):
-                values[key] = value
+                    if isinstance(v, tensor):
+                        group = groups.get((v.device, v.dtype))
+                        if group is None:
+                            group = groups[(v.device, v.dtype)] = ([], [], [])
+                        group[0].append(values)
+                        group[1].append(key)
+                        group[2].append(v)
+        if not groups:
+            return
+        with torch.no_grad():
+            for dicts, keys, tensors in groups.values():
+                try:  # one dtype per group: stack, then one exact conversion and one copy
+                    flat = torch.stack([v if v.dim() == 0 else v.reshape(()) for v in tensors])
+                    resolved = flat.to("cpu", torch.float64).tolist()
+                except Exception:  # a tensor with more than one element, or an odd device
+                    resolved = []
+                    for v in tensors:
+                        try:
+                            resolved.append(float(v.detach().reshape(()).item()))
+                        except Exception:
+                            resolved.append(None)  # dropped and counted by _clean
+                for values, key, value in zip(dicts, keys, resolved):
+                    values[key] = value
 
     def _write(self, data: bytes) -> None:
         if self._header is not None:

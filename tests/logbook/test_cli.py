@@ -114,3 +114,15 @@ def test_garbage_segment_header_is_reported_not_fatal(run_dir):
     assert "skipped 1 malformed" in out.stdout and "segment header" in out.stdout
     s = json.loads(cli("summary", run_dir, "--json").stdout)
     assert len(s["segments"]) == 2 and s["last_step"] == 120  # the rank logs still carry the data
+
+
+def test_metrics_record_without_names_is_one_malformed_line(run_dir):
+    seg = sorted((run_dir / "segments").iterdir())[0]
+    assert cli("ingest", run_dir, "-q").returncode == 0
+    with open(seg / "rank-00000.jsonl", "ab") as f:
+        f.write(b'{"k":"metrics","names":[],"rows":[[1,2.0]]}\n')
+    for _ in range(2):  # not fatal, and not stuck: the offset moves past it
+        out = cli("ingest", run_dir)
+        assert out.returncode == 0, out.stderr
+    s = json.loads(cli("summary", run_dir, "--json").stdout)
+    assert s["ingest_problems"][0]["malformed"] == 1
