@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import layout, records
+from . import layout, records, schema
 from .store import Store
 
 CHUNK_BYTES = 32 << 20
@@ -293,6 +293,7 @@ class _Batch:
             })
             cur.register("_mf_metrics", table)
             cur.execute("INSERT INTO metrics SELECT ?, ?, ?, step, name::VARCHAR, value, wall_time FROM _mf_metrics", key)
+            cur.execute(_TILES_SQL, key)
             cur.unregister("_mf_metrics")
             self._touch_rank(cur, key, int(steps.min()), int(steps.max()))
         if self.t_rows:
@@ -326,6 +327,26 @@ class _Batch:
                     "last_step = greatest(coalesce(last_step, ?), ?) WHERE run_id = ? AND segment_id = ? AND rank = ?",
                     [lo, lo, hi, hi] + key)
 
+
+# Fold this chunk's points into the per-tile M4 summaries, merging with tiles that earlier chunks began.
+_TILES_SQL = f"""
+INSERT OR REPLACE INTO metric_tiles
+WITH pts AS (SELECT name::VARCHAR AS name, step >> {schema.TILE_SHIFT} AS tile, step, value,
+                    {{'step': step, 'value': value}} AS p FROM _mf_metrics),
+new AS (SELECT ?::VARCHAR AS run_id, ?::VARCHAR AS segment_id, ?::INTEGER AS rank, name, tile, count(*) AS n,
+               arg_min(p, step) AS p_first, arg_max(p, step) AS p_last,
+               arg_min(p, value) FILTER (NOT isnan(value)) AS p_min,
+               arg_max(p, value) FILTER (NOT isnan(value)) AS p_max,
+               arg_min(p, step) FILTER (isnan(value)) AS p_nan
+        FROM pts GROUP BY name, tile),
+merged AS (SELECT * FROM new
+         UNION ALL BY NAME
+         SELECT t.* FROM metric_tiles t SEMI JOIN new USING (run_id, segment_id, rank, name, tile))
+SELECT run_id, segment_id, rank, name, tile, sum(n),
+       arg_min(p_first, p_first.step), arg_max(p_last, p_last.step),
+       arg_min(p_min, p_min.value), arg_max(p_max, p_max.value), arg_min(p_nan, p_nan.step)
+FROM merged GROUP BY run_id, segment_id, rank, name, tile
+"""
 
 _HANDLERS = {
     (records.METRICS, True): _Batch._metrics,

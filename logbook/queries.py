@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import lineage
+from . import downsample, lineage
 from .store import Store
 
 X_AXES = ("step", "tokens", "time")
@@ -144,39 +144,18 @@ def series(store: Store, run: str, name: str, *, x: str = "step", rank: int | No
     resolution. buckets: if set and the range holds more than 4 points per bucket,
     M4-downsample (first, last, min, max per bucket) so no spike and no NaN is lost.
     """
-    sql, params = _series_sql(store, run, name, x, rank, which, x_range)
     cur = store.cursor()
+    if buckets and x == "step" and which in ("effective", "all"):
+        ranges = effective_ranges(store, run) if which == "effective" else None
+        fast = downsample.m4_from_tiles(cur, run, name, rank, downsample.step_spans(ranges, x_range), int(buckets))
+        if fast is not None:
+            return fast
+    sql, params = _series_sql(store, run, name, x, rank, which, x_range)
     if buckets:
-        n = cur.execute(f"SELECT count(*), min(x), max(x) FROM ({sql})", params).fetchone()
-        if n[0] > 4 * buckets:
-            return _m4(cur, sql, params, int(buckets), n[1], n[2])
+        n, lo, hi = cur.execute(f"SELECT count(*), min(x), max(x) FROM ({sql})", params).fetchone()
+        if n > 4 * buckets:
+            return downsample.m4(cur, sql, params, lo, (float(hi - lo) or 1.0) / buckets, int(buckets))
     return _df(cur, sql + " ORDER BY x, step", params)
-
-
-def _m4(cur, sql: str, params: list, buckets: int, lo, hi) -> pd.DataFrame:
-    span = float(hi - lo) or 1.0
-    # One struct-valued arg_min/arg_max per M4 role (first, last, min, max, first NaN) instead of one
-    # aggregate per column: 5 aggregate states per bucket instead of 19.
-    agg = cur.execute(f"""
-        WITH s AS ({sql}),
-        b AS (SELECT {{'x': x, 'value': value, 'step': step, 'segment_id': segment_id}} AS p, x, value,
-                     least(CAST(floor((x - ?) * ? / ?) AS BIGINT), ?) AS bucket FROM s),
-        g AS (SELECT arg_min(p, x) AS r0, arg_max(p, x) AS r1,
-                     arg_min(p, value) FILTER (NOT isnan(value)) AS r2,
-                     arg_max(p, value) FILTER (NOT isnan(value)) AS r3,
-                     arg_min(p, x) FILTER (isnan(value)) AS r4
-              FROM b GROUP BY bucket)
-        SELECT r0.x, r0.value, r0.step, r0.segment_id, r1.x, r1.value, r1.step, r1.segment_id,
-               r2.x, r2.value, r2.step, r2.segment_id, r3.x, r3.value, r3.step, r3.segment_id,
-               r4.x, r4.value, r4.step, r4.segment_id
-        FROM g""", params + [lo, buckets, span, buckets - 1]).fetchnumpy()
-    cols = list(agg.values())
-    parts = [pd.DataFrame({"x": cols[i], "value": cols[i + 1], "step": cols[i + 2], "segment_id": cols[i + 3]})
-             for i in range(0, 20, 4)]
-    out = pd.concat(parts, ignore_index=True)
-    out = out[~pd.isna(out["x"])]
-    out = out.drop_duplicates(subset=["x", "step", "segment_id", "value"]).astype({"step": "int64"})
-    return out.sort_values(["x", "step"], kind="stable").reset_index(drop=True)
 
 
 def multi_series(store: Store, runs: list[str], name: str, **kwargs) -> pd.DataFrame:

@@ -5,7 +5,8 @@ a store whose version differs is deleted and re-ingested (see store.py).
 Wall times are Unix seconds (DOUBLE); steps are BIGINT; metric rows are narrow.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+TILE_SHIFT = 8  # metric_tiles cover 2**8 = 256 steps each
 
 DDL = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -60,6 +61,24 @@ CREATE TABLE metrics (
     name        VARCHAR NOT NULL,
     value       DOUBLE,                -- NaN and +-Inf stored as such
     wall_time   DOUBLE
+);
+
+-- M4 summary of every 256-step tile of every series, kept in step with `metrics` by ingest (same
+-- transaction). A downsampled query over millions of points reads these candidates instead of
+-- the raw rows; every candidate is a real point, so no extreme and no NaN can be lost.
+CREATE TABLE metric_tiles (
+    run_id      VARCHAR NOT NULL,
+    segment_id  VARCHAR NOT NULL,
+    rank        INTEGER NOT NULL,
+    name        VARCHAR NOT NULL,
+    tile        BIGINT NOT NULL,       -- step >> 8
+    n           BIGINT NOT NULL,       -- points in the tile
+    p_first     STRUCT(step BIGINT, value DOUBLE),   -- lowest step
+    p_last      STRUCT(step BIGINT, value DOUBLE),   -- highest step
+    p_min       STRUCT(step BIGINT, value DOUBLE),   -- lowest non-NaN value (NULL if all NaN)
+    p_max       STRUCT(step BIGINT, value DOUBLE),   -- highest non-NaN value
+    p_nan       STRUCT(step BIGINT, value DOUBLE),   -- first NaN (NULL if none)
+    PRIMARY KEY (run_id, segment_id, rank, name, tile)
 );
 
 CREATE TABLE events (

@@ -21,7 +21,8 @@ from logbook.store import open_store
 
 from .proc_helpers import cli, duplicate_metric_keys, metric_points, parse_bytes, parse_log, python, store_snapshot_diff
 
-TABLES = ("runs", "segments", "rank_logs", "metrics", "events", "telemetry", "annotation_ops", "ingest_files")
+TABLES = ("runs", "segments", "rank_logs", "metrics", "metric_tiles", "events", "telemetry", "annotation_ops",
+          "ingest_files")
 CHUNK = 64 * 1024
 
 INGESTER = """

@@ -7,6 +7,7 @@ import pytest
 
 import logbook
 from logbook import lineage, queries
+from logbook import ingest as ingest_mod
 from logbook.ingest import ingest
 from logbook.store import memory
 
@@ -94,12 +95,18 @@ def test_m4_keeps_a_single_spike_and_a_nan_among_10m_points():
     store.cursor().execute("INSERT INTO segments (run_id, segment_id, config, config_diff, has_header) "
                            "VALUES ('big', 's', '{}', '{}', true)")
     store.cursor().execute("INSERT INTO runs VALUES ('big', '', 'big')")
-    down = queries.series(store, "big", "loss", buckets=1000)
-    assert len(down) <= 5 * 1000
-    assert down["value"].max() == 1e6 and down.loc[down["value"].idxmax(), "step"] == spike_step
-    assert down.loc[down["value"].isna(), "step"].tolist() == [nan_step]
-    assert down["value"].min() == pytest.approx(1.0, abs=1e-6)
-    assert down["x"].is_monotonic_increasing
+    cur = store.cursor()
+    for path in ("raw rows", "ingest-time tiles"):
+        if path == "ingest-time tiles":  # build the tiles exactly as ingest does, from the same rows
+            cur.execute("CREATE TEMP VIEW _mf_metrics AS SELECT step, name, value, wall_time FROM metrics")
+            cur.execute(ingest_mod._TILES_SQL, ["big", "s", 0])
+            assert cur.execute("SELECT sum(n) FROM metric_tiles").fetchone()[0] == n
+        down = queries.series(store, "big", "loss", buckets=1000)
+        assert len(down) <= 5 * 1000, path
+        assert down["value"].max() == 1e6 and down.loc[down["value"].idxmax(), "step"] == spike_step, path
+        assert down.loc[down["value"].isna(), "step"].tolist() == [nan_step], path
+        assert down["value"].min() == pytest.approx(1.0, abs=1e-6), path
+        assert down["x"].is_monotonic_increasing, path
     # Zoom re-queries at full resolution: every point in a small range comes back.
     zoom = queries.series(store, "big", "loss", buckets=1000, x_range=(spike_step - 1000, spike_step + 1000))
     assert len(zoom) == 2001 and zoom["value"].max() == 1e6
@@ -111,3 +118,47 @@ def test_m4_small_series_is_returned_whole(tmp_path):
     got = queries.series(store, "r", "loss", buckets=50)
     assert len(got) == 100
     np.testing.assert_allclose(got["value"], [math.sin(s) for s in range(100)])
+
+
+def _reference_m4(df, origin: int, width: int) -> set:
+    """M4 by hand with numpy/pandas over raw points: first, last, min, max and first NaN per bucket."""
+    out = set()
+    df = df.assign(bucket=(df["step"] - origin) // width)
+    for _, g in df.groupby("bucket"):
+        g = g.sort_values("step")
+        pick = [g.iloc[0], g.iloc[-1]]
+        finite = g[~g["value"].isna()]
+        if len(finite):
+            pick += [finite.loc[finite["value"].idxmin()], finite.loc[finite["value"].idxmax()]]
+        nans = g[g["value"].isna()]
+        if len(nans):
+            pick.append(nans.iloc[0])
+        out |= {(int(p["step"]), "nan" if math.isnan(p["value"]) else p["value"]) for p in pick}
+    return out
+
+
+def test_tile_path_equals_m4_of_the_raw_effective_points(tmp_path):
+    """Downsampling from ingest-time tiles gives exactly the M4 of the raw points, across a mid-tile rollback."""
+    rng = np.random.default_rng(7)
+    run = tmp_path / "r"
+    values = {}
+    for seg, steps, resume in (("a", range(0, 120_000), None), ("b", range(90_038, 200_000), 90_037)):
+        v = rng.normal(2.0, 0.1, len(steps))
+        v[rng.choice(len(steps), 5, replace=False)] = 1e3  # spikes
+        v[rng.choice(len(steps), 3, replace=False)] = np.nan
+        values[seg] = dict(zip(steps, v))
+        _segment(run, seg, steps, value=values[seg].__getitem__, resume_step=resume)
+    store = memory()
+    ingest(store, [run], chunk_bytes=1 << 20)  # many chunks: tiles are merged across chunk boundaries
+    assert store.cursor().execute("SELECT sum(n) FROM metric_tiles WHERE name = 'loss'").fetchone()[0] == 229_962
+    raw = queries.series(store, "r", "loss")
+    for buckets, x_range in ((300, None), (200, (12_345, 187_654))):
+        got = queries.series(store, "r", "loss", buckets=buckets, x_range=x_range)
+        pts = raw if x_range is None else raw[(raw.step >= x_range[0]) & (raw.step <= x_range[1])]
+        origin = (int(pts.step.min()) >> 8) << 8
+        width = math.ceil((int(pts.step.max()) - origin + 1) / buckets / 256) * 256
+        want = _reference_m4(pts, origin, width)
+        have = {(int(s), "nan" if math.isnan(v) else v) for s, v in zip(got["step"], got["value"])}
+        assert have == want
+        assert len(got) < len(pts) / 50
+        assert set(got.loc[got.step > 90_037, "segment_id"]) == {"b"}
