@@ -42,8 +42,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from _common import Timer, machine_info, median, note, print_header, print_table, progress  # noqa: E402
 
-NAMES = ["loss", "grad_norm", "lr", "loss_scale", "tokens_per_s", "step_time", "param_norm", "update_ratio",
-         "clip_frac", "mem_gb"]
+NAMES = [
+    "loss",
+    "grad_norm",
+    "lr",
+    "loss_scale",
+    "tokens_per_s",
+    "step_time",
+    "param_norm",
+    "update_ratio",
+    "clip_frac",
+    "mem_gb",
+]
 GOAL_POINTS_PER_S = 2e6
 
 
@@ -71,8 +81,7 @@ def write_with_recorder(run_dir: Path, steps: int, block: int, seed: int = 0) ->
     import logbook
 
     rng = np.random.default_rng(seed)
-    run = logbook.init(run_dir, name="bench-ingest", config={"bench": "ingest", "steps": steps},
-                       flush_every=3600.0)
+    run = logbook.init(run_dir, name="bench-ingest", config={"bench": "ingest", "steps": steps}, flush_every=3600.0)
     log = run.log
     bar = progress(steps, f"write {steps:,} steps (Recorder)")
     chunk = max(block, 10_000 // block * block)  # generate values a few blocks at a time
@@ -94,8 +103,9 @@ def write_direct(run_dir: Path, steps: int, block: int, seed: int = 0) -> None:
     from logbook import records
 
     rng = np.random.default_rng(seed)
-    run = logbook.init(run_dir, name="bench-ingest", config={"bench": "ingest", "steps": steps},
-                       flush_every=3600.0)  # header + open record, exactly as the Recorder writes them
+    run = logbook.init(
+        run_dir, name="bench-ingest", config={"bench": "ingest", "steps": steps}, flush_every=3600.0
+    )  # header + open record, exactly as the Recorder writes them
     t0 = time.time()
     bar = progress(steps, f"write {steps:,} steps (direct)")
     with open(run.path, "ab") as f:
@@ -135,14 +145,24 @@ def time_ingest(run_dir: Path, store_path: Path, repeats: int) -> dict:
             ingest(store, [run_dir])
         store.close()
         if report.malformed or rows != report.metric_points or again.metric_points:
-            note(f"warning: malformed={report.malformed} rows={rows} points={report.metric_points} "
-                 f"re-ingested points={again.metric_points}")
+            note(
+                f"warning: malformed={report.malformed} rows={rows} points={report.metric_points} "
+                f"re-ingested points={again.metric_points}"
+            )
         full.append(t_full.s)
         again_s.append(t_again.s)
         reopen_s.append(t_reopen.s)
-    return {"s": median(full), "s_min": min(full), "s_max": max(full), "points": report.metric_points,
-            "bytes": report.bytes, "records": report.records, "again_s": median(again_s),
-            "reopen_s": median(reopen_s), "store_mb": store_path.stat().st_size / 1e6}
+    return {
+        "s": median(full),
+        "s_min": min(full),
+        "s_max": max(full),
+        "points": report.metric_points,
+        "bytes": report.bytes,
+        "records": report.records,
+        "again_s": median(again_s),
+        "reopen_s": median(reopen_s),
+        "store_mb": store_path.stat().st_size / 1e6,
+    }
 
 
 def warm_up(tmp: Path) -> None:
@@ -179,12 +199,14 @@ def time_insert_floor(points: int, tmp: Path, repeats: int) -> float:
 
     n_steps = points // len(NAMES)
     ids = np.tile(np.arange(len(NAMES), dtype=np.int32), n_steps)
-    table = pa.table({
-        "step": np.repeat(np.arange(n_steps, dtype=np.int64), len(NAMES)),
-        "name": pa.DictionaryArray.from_arrays(ids, NAMES),
-        "value": np.random.default_rng(1).random(ids.size),
-        "wall_time": np.repeat(1.7e9 + np.arange(n_steps) * 0.2, len(NAMES)),
-    })
+    table = pa.table(
+        {
+            "step": np.repeat(np.arange(n_steps, dtype=np.int64), len(NAMES)),
+            "name": pa.DictionaryArray.from_arrays(ids, NAMES),
+            "value": np.random.default_rng(1).random(ids.size),
+            "wall_time": np.repeat(1.7e9 + np.arange(n_steps) * 0.2, len(NAMES)),
+        }
+    )
     path = tmp / "floor.duckdb"
     times = []
     for _ in range(repeats):
@@ -195,8 +217,7 @@ def time_insert_floor(points: int, tmp: Path, repeats: int) -> float:
         cur.register("_floor", table)
         with Timer() as t:
             cur.execute("BEGIN TRANSACTION")
-            cur.execute("INSERT INTO metrics SELECT 'run', 'seg', 0, step, name::VARCHAR, value, wall_time "
-                        "FROM _floor")
+            cur.execute("INSERT INTO metrics SELECT 'run', 'seg', 0, step, name::VARCHAR, value, wall_time FROM _floor")
             cur.execute("COMMIT")
         store.close()
         times.append(t.s)
@@ -235,8 +256,16 @@ def run_case(tmp: Path, label: str, writer: str, steps: int, block: int, repeats
     note(f"{label}: wrote {size / 1e6:.0f} MB in {t_gen.s:.1f} s; ingesting")
     res = time_ingest(run_dir, tmp / f"{label}.duckdb", repeats)
     note(f"{label}: ingest {res['s']:.2f} s; measuring the parse floor")
-    res.update(label=label, writer=writer, steps=steps, block=block, gen_s=t_gen.s, size=size,
-               parse_s=time_parse_floor(run_dir, repeats), run_dir=run_dir)
+    res.update(
+        label=label,
+        writer=writer,
+        steps=steps,
+        block=block,
+        gen_s=t_gen.s,
+        size=size,
+        parse_s=time_parse_floor(run_dir, repeats),
+        run_dir=run_dir,
+    )
     return res
 
 
@@ -244,11 +273,17 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="100k steps (1M points) per case instead of 1M steps")
     ap.add_argument("--steps", type=int, help="steps per case (10 metrics each)")
-    ap.add_argument("--blocks", default="2500,5",
-                    help="rows per metrics record, one case each (default 2500,5: the 0.5 s flush at a 200 µs "
-                         "and a 100 ms step)")
-    ap.add_argument("--writer", choices=["recorder", "direct"], default="recorder",
-                    help="who writes the logs (default: the real Recorder)")
+    ap.add_argument(
+        "--blocks",
+        default="2500,5",
+        help="rows per metrics record, one case each (default 2500,5: the 0.5 s flush at a 200 µs and a 100 ms step)",
+    )
+    ap.add_argument(
+        "--writer",
+        choices=["recorder", "direct"],
+        default="recorder",
+        help="who writes the logs (default: the real Recorder)",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="timed ingests per case, fresh store each (median)")
     ap.add_argument("--profile", action="store_true", help="cProfile each case's ingest")
     ap.add_argument("--top", type=int, default=15, help="functions to show in the profile")
@@ -262,10 +297,20 @@ def main(argv=None) -> None:
 
     import logbook
 
-    print_header("bench_ingest: event logs -> DuckDB store",
-                 machine_info({"duckdb": duckdb.__version__, "pyarrow": pyarrow.__version__, "numpy": np.__version__,
-                               "logbook": Path(logbook.__file__).parent, "steps": steps,
-                               "metrics/step": len(NAMES), "writer": args.writer}))
+    print_header(
+        "bench_ingest: event logs -> DuckDB store",
+        machine_info(
+            {
+                "duckdb": duckdb.__version__,
+                "pyarrow": pyarrow.__version__,
+                "numpy": np.__version__,
+                "logbook": Path(logbook.__file__).parent,
+                "steps": steps,
+                "metrics/step": len(NAMES),
+                "writer": args.writer,
+            }
+        ),
+    )
     tmp = Path(tempfile.mkdtemp(prefix="mf-bench-ingest-"))
     try:
         warm_up(tmp)
@@ -275,30 +320,85 @@ def main(argv=None) -> None:
         rows = []
         for c in cases:
             pps = c["points"] / c["s"]
-            rows.append([f"ingest, {c['block']:,} rows/record", c["points"], c["size"] / 1e6, c["records"], c["s"],
-                         f"{c['s_min']:.2f} .. {c['s_max']:.2f}", pps, c["size"] / 1e6 / c["s"],
-                         f"{pps / GOAL_POINTS_PER_S:.2f}x", c["again_s"] * 1e3, c["reopen_s"] * 1e3])
+            rows.append(
+                [
+                    f"ingest, {c['block']:,} rows/record",
+                    c["points"],
+                    c["size"] / 1e6,
+                    c["records"],
+                    c["s"],
+                    f"{c['s_min']:.2f} .. {c['s_max']:.2f}",
+                    pps,
+                    c["size"] / 1e6 / c["s"],
+                    f"{pps / GOAL_POINTS_PER_S:.2f}x",
+                    c["again_s"] * 1e3,
+                    c["reopen_s"] * 1e3,
+                ]
+            )
         for c in cases:
-            rows.append([f"floor: read + json.loads, {c['block']:,} rows/record", c["points"], c["size"] / 1e6,
-                         c["records"], c["parse_s"], "-", c["points"] / c["parse_s"], c["size"] / 1e6 / c["parse_s"],
-                         f"{c['points'] / c['parse_s'] / GOAL_POINTS_PER_S:.2f}x", "-", "-"])
+            rows.append(
+                [
+                    f"floor: read + json.loads, {c['block']:,} rows/record",
+                    c["points"],
+                    c["size"] / 1e6,
+                    c["records"],
+                    c["parse_s"],
+                    "-",
+                    c["points"] / c["parse_s"],
+                    c["size"] / 1e6 / c["parse_s"],
+                    f"{c['points'] / c['parse_s'] / GOAL_POINTS_PER_S:.2f}x",
+                    "-",
+                    "-",
+                ]
+            )
         p = cases[0]["points"]
-        rows.append(["floor: DuckDB INSERT from Arrow", p, "-", "-", insert_s, "-", p / insert_s, "-",
-                     f"{p / insert_s / GOAL_POINTS_PER_S:.2f}x", "-", "-"])
-        print_table(["what", "points", "log MB", "records", "median s", "min .. max s", "points/s", "MB/s",
-                     "vs goal 2M/s", "re-ingest ms", "reopen+re-ingest ms"], rows,
-                    title=f"Ingest of one rank's log, {steps:,} steps x {len(NAMES)} metrics, fresh on-disk store "
-                          f"each time; median of {args.repeats}")
-        gen = [[c["label"], c["writer"], c["block"], c["gen_s"], c["steps"] / c["gen_s"], c["store_mb"]]
-               for c in cases]
-        print_table(["case", "writer", "rows/record", "write s", "steps/s written", "store MB"], gen,
-                    title="Generation (not part of the goal) and resulting store size")
+        rows.append(
+            [
+                "floor: DuckDB INSERT from Arrow",
+                p,
+                "-",
+                "-",
+                insert_s,
+                "-",
+                p / insert_s,
+                "-",
+                f"{p / insert_s / GOAL_POINTS_PER_S:.2f}x",
+                "-",
+                "-",
+            ]
+        )
+        print_table(
+            [
+                "what",
+                "points",
+                "log MB",
+                "records",
+                "median s",
+                "min .. max s",
+                "points/s",
+                "MB/s",
+                "vs goal 2M/s",
+                "re-ingest ms",
+                "reopen+re-ingest ms",
+            ],
+            rows,
+            title=f"Ingest of one rank's log, {steps:,} steps x {len(NAMES)} metrics, fresh on-disk store "
+            f"each time; median of {args.repeats}",
+        )
+        gen = [[c["label"], c["writer"], c["block"], c["gen_s"], c["steps"] / c["gen_s"], c["store_mb"]] for c in cases]
+        print_table(
+            ["case", "writer", "rows/record", "write s", "steps/s written", "store MB"],
+            gen,
+            title="Generation (not part of the goal) and resulting store size",
+        )
         if args.profile:
             for c in cases:
                 note(f"profiling the ingest of {c['label']}")
                 text = profile_ingest(c["run_dir"], tmp / "profile.duckdb", args.top)
-                print(f"cProfile of ingest, {c['block']:,} rows/record, {c['points']:,} points "
-                      "(DuckDB's C++ time shows as ingest.py:flush's own time):")
+                print(
+                    f"cProfile of ingest, {c['block']:,} rows/record, {c['points']:,} points "
+                    "(DuckDB's C++ time shows as ingest.py:flush's own time):"
+                )
                 print(text)
     finally:
         if args.keep:

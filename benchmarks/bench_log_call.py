@@ -42,16 +42,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_info, median, note, print_header, print_table, progress, spread  # noqa: E402
 
-NAMES = ["loss", "grad_norm", "lr", "loss_scale", "tokens_per_s", "step_time", "param_norm", "update_ratio",
-         "clip_frac", "mem_gb"]
-VALUES = [2.718281828459045, 0.8414709848078965, 0.00029999999999999997, 65536.0, 123456.78901234,
-          0.21347826086956523, 1234.5678901234567, 0.0012345678901234567, 0.0625, 41.99999237060547]
+NAMES = [
+    "loss",
+    "grad_norm",
+    "lr",
+    "loss_scale",
+    "tokens_per_s",
+    "step_time",
+    "param_norm",
+    "update_ratio",
+    "clip_frac",
+    "mem_gb",
+]
+VALUES = [
+    2.718281828459045,
+    0.8414709848078965,
+    0.00029999999999999997,
+    65536.0,
+    123456.78901234,
+    0.21347826086956523,
+    1234.5678901234567,
+    0.0012345678901234567,
+    0.0625,
+    41.99999237060547,
+]
 
 
 def step_metrics(v):
     """The dict every variant builds each step (the baseline builds it and drops it)."""
-    return {"loss": v[0], "grad_norm": v[1], "lr": v[2], "loss_scale": v[3], "tokens_per_s": v[4],
-            "step_time": v[5], "param_norm": v[6], "update_ratio": v[7], "clip_frac": v[8], "mem_gb": v[9]}
+    return {
+        "loss": v[0],
+        "grad_norm": v[1],
+        "lr": v[2],
+        "loss_scale": v[3],
+        "tokens_per_s": v[4],
+        "step_time": v[5],
+        "param_norm": v[6],
+        "update_ratio": v[7],
+        "clip_frac": v[8],
+        "mem_gb": v[9],
+    }
 
 
 # ----------------------------------------------------------------- the loggers under test
@@ -156,7 +186,7 @@ def micro(variants: list[tuple[Variant, list, int]], repeats: int) -> dict:
     steps = {v.name: 0 for v, _, _ in variants}
     bar = progress(repeats * len(variants), "log-call micro")
     for r in range(repeats):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]  # rotate who goes first
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]  # rotate who goes first
         for variant, values, n in order:
             wall, cpu, full_gcs = time_batch(variant, values, steps[variant.name], n)
             steps[variant.name] += n
@@ -178,10 +208,26 @@ def micro_table(res: dict, baseline: str, peer: str) -> list[list]:
         wall = median(r["wall_us"])
         cost = wall - base_wall if name != baseline else wall
         cpu = median(r["cpu_us"]) - base_cpu if name != baseline else median(r["cpu_us"])
-        vs_peer = (f"{cost / peer_cost:.4f} (1/{peer_cost / cost:,.0f})" if name not in (baseline, peer) and cost > 0
-                   else "1" if name == peer else "-")
-        rows.append([name, wall, cost, min(r["wall_us"]), max(r["wall_us"]), f"{spread(r['wall_us']) * 100:.0f}%",
-                     cpu, f"{r['full_gcs'] / r['steps'] * 1e5:.1f}", vs_peer])
+        vs_peer = (
+            f"{cost / peer_cost:.4f} (1/{peer_cost / cost:,.0f})"
+            if name not in (baseline, peer) and cost > 0
+            else "1"
+            if name == peer
+            else "-"
+        )
+        rows.append(
+            [
+                name,
+                wall,
+                cost,
+                min(r["wall_us"]),
+                max(r["wall_us"]),
+                f"{spread(r['wall_us']) * 100:.0f}%",
+                cpu,
+                f"{r['full_gcs'] / r['steps'] * 1e5:.1f}",
+                vs_peer,
+            ]
+        )
     return rows
 
 
@@ -238,7 +284,7 @@ def e2e(work: Workload, variants: list[tuple[Variant, list]], steps: int, rounds
     first = {v.name: 0 for v, _ in variants}
     bar = progress(rounds * len(variants), "end-to-end")
     for r in range(rounds):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for variant, values in order:
             out[variant.name].append(e2e_trial(work, variant, values, first[variant.name], steps))
             first[variant.name] += steps
@@ -259,10 +305,16 @@ def e2e_table(res: dict, baseline: str, steps: int, bounds: dict) -> list[list]:
             rows.append([name, step_us, "-", "-", f"{spread(walls) * 100:.1f}%", "-"])
             continue
         lo, hi = bounds.get(name, (None, None))
-        rows.append([name, step_us, f"{(median(ratios) - 1) * 100:+.2f}%",
-                     f"{(min(ratios) - 1) * 100:+.2f}% .. {(max(ratios) - 1) * 100:+.2f}%",
-                     f"{spread(walls) * 100:.1f}%",
-                     f"{lo / base_step * 100:+.2f}% .. {hi / base_step * 100:+.2f}%" if lo is not None else "-"])
+        rows.append(
+            [
+                name,
+                step_us,
+                f"{(median(ratios) - 1) * 100:+.2f}%",
+                f"{(min(ratios) - 1) * 100:+.2f}% .. {(max(ratios) - 1) * 100:+.2f}%",
+                f"{spread(walls) * 100:.1f}%",
+                f"{lo / base_step * 100:+.2f}% .. {hi / base_step * 100:+.2f}%" if lo is not None else "-",
+            ]
+        )
     return rows
 
 
@@ -275,20 +327,31 @@ def run_micro(tmp: Path, calls: int, repeats: int) -> dict:
     mf_f = Midflight(tmp / "micro-float", "midflight log() floats")
     mf_t = Midflight(tmp / "micro-tensor", "midflight log() 0-d tensors")
     tb = TensorBoard(tmp / "micro-tb")
-    res = micro([(base, floats, calls), (mf_f, floats, calls), (mf_t, tensors, calls), (tb, floats, tb_calls)],
-                repeats)
+    res = micro([(base, floats, calls), (mf_f, floats, calls), (mf_t, tensors, calls), (tb, floats, tb_calls)], repeats)
     for v in (mf_f, mf_t, tb):
         v.close()
-    print_table(["variant", "wall µs/step", "cost µs/step (- baseline)", "min", "max", "spread",
-                 "CPU µs/step incl. flush", "full GCs per 100k steps", "cost vs tensorboard"],
-                micro_table(res, base.name, tb.name),
-                title=f"Per call: median of {repeats} repeats of {calls:,} steps "
-                      f"(tensorboard: {tb_calls:,} steps); 10 scalars per step; goal <= 5 µs")
+    print_table(
+        [
+            "variant",
+            "wall µs/step",
+            "cost µs/step (- baseline)",
+            "min",
+            "max",
+            "spread",
+            "CPU µs/step incl. flush",
+            "full GCs per 100k steps",
+            "cost vs tensorboard",
+        ],
+        micro_table(res, base.name, tb.name),
+        title=f"Per call: median of {repeats} repeats of {calls:,} steps "
+        f"(tensorboard: {tb_calls:,} steps); 10 scalars per step; goal <= 5 µs",
+    )
     # What the micro numbers predict for a training step: at best only the caller's cost shows
     # (the flush thread runs on the spare core), at worst all CPU of all threads serialises with it.
     base_wall, base_cpu = median(res[base.name]["wall_us"]), median(res[base.name]["cpu_us"])
-    return {n: (median(r["wall_us"]) - base_wall, median(r["cpu_us"]) - base_cpu)
-            for n, r in res.items() if n != base.name}
+    return {
+        n: (median(r["wall_us"]) - base_wall, median(r["cpu_us"]) - base_cpu) for n, r in res.items() if n != base.name
+    }
 
 
 def run_e2e(tmp: Path, step_us: float, steps: int, rounds: int, torch_threads: int, bounds: dict) -> None:
@@ -300,16 +363,23 @@ def run_e2e(tmp: Path, step_us: float, steps: int, rounds: int, torch_threads: i
     mf_f = Midflight(tmp / "e2e-float", "midflight log() floats")
     mf_t = Midflight(tmp / "e2e-tensor", "midflight log() 0-d tensors")
     tb = TensorBoard(tmp / "e2e-tb")
-    walls = e2e(work, [(base, floats), (control, floats), (mf_f, floats), (mf_t, tensors), (tb, floats)],
-                steps, rounds)
+    walls = e2e(work, [(base, floats), (control, floats), (mf_f, floats), (mf_t, tensors), (tb, floats)], steps, rounds)
     for v in (mf_f, mf_t, tb):
         v.close()
-    print_table(["variant", "µs/step", "overhead (median of rounds)", "min .. max of rounds",
-                 "spread of rounds", "micro predicts (caller .. all CPU)"],
-                e2e_table(walls, base.name, steps, bounds),
-                title=f"End to end: {rounds} rounds x {steps:,} steps of a {work.size}x{work.size} matmul "
-                      f"(torch threads={torch_threads}); goal <= +0.2%; peers on a GPU: "
-                      "TensorBoard +1.07%, W&B offline +0.75%")
+    print_table(
+        [
+            "variant",
+            "µs/step",
+            "overhead (median of rounds)",
+            "min .. max of rounds",
+            "spread of rounds",
+            "micro predicts (caller .. all CPU)",
+        ],
+        e2e_table(walls, base.name, steps, bounds),
+        title=f"End to end: {rounds} rounds x {steps:,} steps of a {work.size}x{work.size} matmul "
+        f"(torch threads={torch_threads}); goal <= +0.2%; peers on a GPU: "
+        "TensorBoard +1.07%, W&B offline +0.75%",
+    )
 
 
 def main(argv=None) -> None:
@@ -320,9 +390,13 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, help="training steps per end-to-end trial (default 10000; quick 3000)")
     ap.add_argument("--rounds", type=int, help="end-to-end rounds (default 9; quick 3)")
     ap.add_argument("--step-us", type=float, default=200.0, help="toy workload step time to aim for (µs)")
-    ap.add_argument("--torch-threads", type=int, default=1,
-                    help="torch intra-op threads for the workload (default 1: the other core is left for the "
-                         "logging threads, as the host CPU is on a GPU node)")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for the workload (default 1: the other core is left for the "
+        "logging threads, as the host CPU is on a GPU node)",
+    )
     ap.add_argument("--skip-e2e", action="store_true", help="only the per-call table")
     args = ap.parse_args(argv)
     calls = args.calls or (5000 if args.quick else 20000)
@@ -336,10 +410,19 @@ def main(argv=None) -> None:
     import logbook
 
     torch.set_num_threads(args.torch_threads)
-    print_header("bench_log_call: cost of one log() of 10 scalars",
-                 machine_info({"logbook": Path(logbook.__file__).parent, "torch": torch.__version__,
-                               "tensorboard": tensorboard.__version__, "torch_threads": args.torch_threads,
-                               "calls": calls, "repeats": repeats}))
+    print_header(
+        "bench_log_call: cost of one log() of 10 scalars",
+        machine_info(
+            {
+                "logbook": Path(logbook.__file__).parent,
+                "torch": torch.__version__,
+                "tensorboard": tensorboard.__version__,
+                "torch_threads": args.torch_threads,
+                "calls": calls,
+                "repeats": repeats,
+            }
+        ),
+    )
     tmp = Path(tempfile.mkdtemp(prefix="mf-bench-log-"))
     try:
         bounds = run_micro(tmp, calls, repeats)

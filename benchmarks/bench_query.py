@@ -46,11 +46,13 @@ BLOCK = 10_000  # rows per metrics record when writing directly
 # ----------------------------------------------------------------- the store
 def loss_block(rng: np.random.Generator, first: int, n: int) -> np.ndarray:
     s = np.arange(first, first + n, dtype=np.float64)
-    return np.column_stack([
-        2.0 + 8.0 / np.sqrt(1.0 + s / 5000.0) + rng.normal(0, 0.05, n),  # loss
-        np.abs(rng.lognormal(-0.5, 0.4, n)),  # grad_norm
-        6e-4 * np.minimum(1.0, (s + 1) / 2000.0),  # lr
-    ])
+    return np.column_stack(
+        [
+            2.0 + 8.0 / np.sqrt(1.0 + s / 5000.0) + rng.normal(0, 0.05, n),  # loss
+            np.abs(rng.lognormal(-0.5, 0.4, n)),  # grad_norm
+            6e-4 * np.minimum(1.0, (s + 1) / 2000.0),  # lr
+        ]
+    )
 
 
 def write_run(run_dir: Path, steps: int, spike_step: int, nan_step: int, writer: str, seed: int = 0) -> None:
@@ -72,8 +74,15 @@ def write_run(run_dir: Path, steps: int, spike_step: int, nan_step: int, writer:
                     vals[s - first, 0] = v
             rows = vals.tolist()
             if f is not None:
-                f.write(records.encode({"k": records.METRICS, "names": NAMES, "rows": [
-                    [first + j, t0 + (first + j) * 0.2, *r] for j, r in enumerate(rows)]}))
+                f.write(
+                    records.encode(
+                        {
+                            "k": records.METRICS,
+                            "names": NAMES,
+                            "rows": [[first + j, t0 + (first + j) * 0.2, *r] for j, r in enumerate(rows)],
+                        }
+                    )
+                )
             else:
                 for j, r in enumerate(rows):
                     run.log(dict(zip(NAMES, r)), step=first + j)
@@ -117,24 +126,31 @@ def timed(fn, repeats: int) -> tuple[list[float], object]:
 
 def baseline_fetch(store, run: str, name: str):
     """The plainest possible read of one metric: every point, no ordering, no downsampling."""
-    return store.cursor().execute("SELECT step, value FROM metrics WHERE run_id = ? AND name = ?",
-                                  [run, name]).fetchnumpy()
+    return (
+        store.cursor()
+        .execute("SELECT step, value FROM metrics WHERE run_id = ? AND name = ?", [run, name])
+        .fetchnumpy()
+    )
+
+
+def raw_m4(store, run: str):
+    """M4 straight over the raw rows: what the tile path replaces (uses queries' private helper, read-only)."""
+    from logbook import downsample, queries
+
+    sql, params = queries._series_sql(store, run, "loss", "step", 0, "effective", None)
+    cur = store.cursor()
+    n, lo, hi = cur.execute(f"SELECT count(*), min(x), max(x) FROM ({sql})", params).fetchone()
+    return downsample.m4(cur, sql, params, lo, (hi - lo) / BUCKETS, BUCKETS)
 
 
 def breakdown(store, run: str, repeats: int) -> list[list]:
-    """Time the stages of series(buckets=2000) separately (uses queries' private helpers, read-only)."""
+    """The tile path against M4 over the raw rows, same series, same bucket count."""
     from logbook import queries
 
-    sql, params = queries._series_sql(store, run, "loss", "step", 0, "effective", None)
-
-    def count_pass():
-        return store.cursor().execute(f"SELECT count(*), min(x), max(x) FROM ({sql})", params).fetchone()
-
-    n, lo, hi = count_pass()
     stages = [
         ("lineage lookup (effective_ranges)", lambda: queries.effective_ranges(store, run)),
-        ("count/min/max pass", count_pass),
-        ("M4 pass (SQL aggregate + pandas)", lambda: queries._m4(store.cursor(), sql, params, BUCKETS, lo, hi)),
+        ("M4 from ingest-time tiles (what series() does)", lambda: queries.series(store, run, "loss", buckets=BUCKETS)),
+        ("M4 over the raw rows (count pass + aggregate)", lambda: raw_m4(store, run)),
     ]
     rows = []
     for label, fn in stages:
@@ -144,16 +160,14 @@ def breakdown(store, run: str, repeats: int) -> list[list]:
 
 
 def explain_m4(store, run: str) -> str:
-    """DuckDB's own profile of the M4 aggregate query."""
+    """DuckDB's own profile of the downsampled query (tile path)."""
     from logbook import queries
 
-    sql, params = queries._series_sql(store, run, "loss", "step", 0, "effective", None)
     cur = store.cursor()
-    n, lo, hi = cur.execute(f"SELECT count(*), min(x), max(x) FROM ({sql})", params).fetchone()
     out = Path(tempfile.mkdtemp(prefix="mf-explain-")) / "profile.txt"
     cur.execute("PRAGMA enable_profiling = 'query_tree'")
     cur.execute(f"PRAGMA profiling_output = '{out}'")
-    queries._m4(cur, sql, params, BUCKETS, lo, hi)
+    queries.series(store, run, "loss", buckets=BUCKETS)
     cur.execute("PRAGMA disable_profiling")
     return out.read_text() if out.exists() else "(no profile written)"
 
@@ -170,12 +184,18 @@ def checks(down, zoom, raw, spike_step: int, nan_step: int, zoom_range, raw_rang
     out = [
         ["downsampled: spike 1e6 at its step", f"step {spike_step:,}", has_point(down, spike_step, 1e6)],
         ["downsampled: NaN at its step", f"step {nan_step:,}", has_point(down, nan_step, float("nan"))],
-        ["downsampled: at most 4 rows per bucket (+NaN rows)", f"{len(down):,} rows",
-         len(down) <= 4 * BUCKETS + int(down["value"].isna().sum())],
+        [
+            "downsampled: at most 4 rows per bucket (+NaN rows)",
+            f"{len(down):,} rows",
+            len(down) <= 4 * BUCKETS + int(down["value"].isna().sum()),
+        ],
         ["downsampled: sorted by x", "", bool(down["x"].is_monotonic_increasing)],
         ["zoom: spike kept", f"steps {zoom_range[0]:,}..{zoom_range[1]:,}", has_point(zoom, spike_step, 1e6)],
-        ["raw: every step of the range", f"{len(raw):,} rows",
-         raw["step"].tolist() == list(range(raw_range[0], raw_range[1] + 1))],
+        [
+            "raw: every step of the range",
+            f"{len(raw):,} rows",
+            raw["step"].tolist() == list(range(raw_range[0], raw_range[1] + 1)),
+        ],
         ["raw: NaN kept", f"steps {raw_range[0]:,}..{raw_range[1]:,}", has_point(raw, nan_step, float("nan"))],
     ]
     return [[what, where, "yes" if ok else "NO"] for what, where, ok in out]
@@ -192,8 +212,12 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="1M steps instead of 10M")
     ap.add_argument("--steps", type=int, help="steps in the run (each logs loss, grad_norm and lr)")
     ap.add_argument("--repeats", type=int, help="timed repeats per query after one warm-up (default 7; quick 5)")
-    ap.add_argument("--writer", choices=["direct", "recorder"], default="direct",
-                    help="write the log straight from numpy (default, fast) or through the real Recorder")
+    ap.add_argument(
+        "--writer",
+        choices=["direct", "recorder"],
+        default="direct",
+        help="write the log straight from numpy (default, fast) or through the real Recorder",
+    )
     ap.add_argument("--explain", action="store_true", help="print DuckDB's profile of the M4 query")
     ap.add_argument("--keep", action="store_true", help="keep the generated run and store")
     args = ap.parse_args(argv)
@@ -205,24 +229,42 @@ def main(argv=None) -> None:
     import logbook
     from logbook import queries
 
-    print_header("bench_query: downsampled series from the store",
-                 machine_info({"duckdb": duckdb.__version__, "logbook": Path(logbook.__file__).parent,
-                               "steps": steps, "metrics/step": len(NAMES),
-                               "buckets": BUCKETS, "repeats": repeats, "writer": args.writer}))
+    print_header(
+        "bench_query: downsampled series from the store",
+        machine_info(
+            {
+                "duckdb": duckdb.__version__,
+                "logbook": Path(logbook.__file__).parent,
+                "steps": steps,
+                "metrics/step": len(NAMES),
+                "buckets": BUCKETS,
+                "repeats": repeats,
+                "writer": args.writer,
+            }
+        ),
+    )
     tmp = Path(tempfile.mkdtemp(prefix="mf-bench-query-"))
     try:
         store, run, spike_step, nan_step, write_s, ingest_s, points = build_store(tmp, steps, args.writer)
         zoom_w = min(1_000_000, steps // 10)
         zoom_range, raw_range = centred(spike_step, zoom_w, steps), centred(nan_step, 10_000, steps)
         cases = [
-            (f"downsampled: series(buckets={BUCKETS}), all {steps:,} points",
-             lambda: queries.series(store, run, "loss", buckets=BUCKETS)),
-            (f"zoom: series(buckets={BUCKETS}, x_range={zoom_w:,} steps)",
-             lambda: queries.series(store, run, "loss", buckets=BUCKETS, x_range=zoom_range)),
-            ("raw: series(x_range=10,000 steps), full resolution",
-             lambda: queries.series(store, run, "loss", x_range=raw_range)),
-            (f"baseline: SELECT step, value WHERE name=? (all {steps:,} points)",
-             lambda: baseline_fetch(store, run, "loss")),
+            (
+                f"downsampled: series(buckets={BUCKETS}), all {steps:,} points",
+                lambda: queries.series(store, run, "loss", buckets=BUCKETS),
+            ),
+            (
+                f"zoom: series(buckets={BUCKETS}, x_range={zoom_w:,} steps)",
+                lambda: queries.series(store, run, "loss", buckets=BUCKETS, x_range=zoom_range),
+            ),
+            (
+                "raw: series(x_range=10,000 steps), full resolution",
+                lambda: queries.series(store, run, "loss", x_range=raw_range),
+            ),
+            (
+                f"baseline: SELECT step, value WHERE name=? (all {steps:,} points)",
+                lambda: baseline_fetch(store, run, "loss"),
+            ),
         ]
         results, outputs = [], []
         bar = progress(len(cases), "queries")
@@ -237,18 +279,30 @@ def main(argv=None) -> None:
         for label, times, out in results:
             n_out = len(next(iter(out.values()))) if isinstance(out, dict) else len(out)  # fetchnumpy: a dict
             rows.append([label, median(times), min(times), max(times), n_out, f"{median(times) / base_ms:.2f}x"])
-        print_table(["query (warm)", "median ms", "min ms", "max ms", "rows out", "vs baseline"], rows,
-                    title=f"Queries on one run of {steps:,} steps x {len(NAMES)} metrics ({points:,} rows in "
-                          f"the store); goal: downsampled <= {GOAL_MS:.0f} ms")
-        print_table(["stage of the downsampled query", "median ms", "min ms", "max ms"],
-                    breakdown(store, run, repeats), title="Where the downsampled query's time goes")
-        print_table(["check", "where", "ok"],
-                    checks(outputs[0], outputs[1], outputs[2], spike_step, nan_step, zoom_range, raw_range),
-                    title="Spike and NaN survive downsampling")
-        print_table(["step", "seconds", "rate"],
-                    [["write the log", write_s, f"{steps / write_s:,.0f} steps/s"],
-                     ["ingest into the store", ingest_s, f"{points / ingest_s:,.0f} points/s"]],
-                    title="Building the store (not part of the goal)")
+        print_table(
+            ["query (warm)", "median ms", "min ms", "max ms", "rows out", "vs baseline"],
+            rows,
+            title=f"Queries on one run of {steps:,} steps x {len(NAMES)} metrics ({points:,} rows in "
+            f"the store); goal: downsampled <= {GOAL_MS:.0f} ms",
+        )
+        print_table(
+            ["stage of the downsampled query", "median ms", "min ms", "max ms"],
+            breakdown(store, run, repeats),
+            title="Where the downsampled query's time goes",
+        )
+        print_table(
+            ["check", "where", "ok"],
+            checks(outputs[0], outputs[1], outputs[2], spike_step, nan_step, zoom_range, raw_range),
+            title="Spike and NaN survive downsampling",
+        )
+        print_table(
+            ["step", "seconds", "rate"],
+            [
+                ["write the log", write_s, f"{steps / write_s:,.0f} steps/s"],
+                ["ingest into the store", ingest_s, f"{points / ingest_s:,.0f} points/s"],
+            ],
+            title="Building the store (not part of the goal)",
+        )
         if args.explain:
             print("DuckDB profile of the M4 query:")
             print(explain_m4(store, run))

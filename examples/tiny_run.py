@@ -52,8 +52,19 @@ def batch(data: torch.Tensor, step: int, seed: int):
     return x, data[ix + CONTEXT]
 
 
-def train(run_dir: Path, data, *, start: int, end: int, lr: float, clip: float, resume_step=None, reason=None,
-          spike_at=None, crash_at=None):
+def train(
+    run_dir: Path,
+    data,
+    *,
+    start: int,
+    end: int,
+    lr: float,
+    clip: float,
+    resume_step=None,
+    reason=None,
+    spike_at=None,
+    crash_at=None,
+):
     torch.manual_seed(0)
     model = ByteMLP()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -80,13 +91,25 @@ def train(run_dir: Path, data, *, start: int, end: int, lr: float, clip: float, 
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             dt = time.perf_counter() - t0
-            run.log({"loss": loss.detach(), "ppl": loss.detach().exp(), "grad_norm": grad_norm,
-                     "clipped": float(grad_norm > clip), "lr": opt.param_groups[0]["lr"],
-                     "tokens": step * BATCH, "step_time_ms": dt * 1e3, "tokens_per_s": BATCH / dt}, step=step)
+            run.log(
+                {
+                    "loss": loss.detach(),
+                    "ppl": loss.detach().exp(),
+                    "grad_norm": grad_norm,
+                    "clipped": float(grad_norm > clip),
+                    "lr": opt.param_groups[0]["lr"],
+                    "tokens": step * BATCH,
+                    "step_time_ms": dt * 1e3,
+                    "tokens_per_s": BATCH / dt,
+                },
+                step=step,
+            )
             if step % 100 == 0:
                 (run_dir / "ckpt").mkdir(parents=True, exist_ok=True)
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step},
-                           run_dir / "ckpt" / f"step-{step}.pt")
+                torch.save(
+                    {"model": model.state_dict(), "opt": opt.state_dict(), "step": step},
+                    run_dir / "ckpt" / f"step-{step}.pt",
+                )
                 run.event("checkpoint", step=step, path=f"ckpt/step-{step}.pt")
             if step == crash_at:
                 raise RuntimeError("NCCL watchdog timeout (simulated): rank 0 lost its peer")
@@ -100,14 +123,30 @@ def main():
     data = corpus()
     print(f"training on {len(data):,} bytes of the Python standard library -> {args.run_dir}")
     try:
-        train(args.run_dir, data, start=1, end=args.steps, lr=3e-3, clip=1.0, spike_at=args.steps // 2,
-              crash_at=args.steps // 2 + 50)
+        train(
+            args.run_dir,
+            data,
+            start=1,
+            end=args.steps,
+            lr=3e-3,
+            clip=1.0,
+            spike_at=args.steps // 2,
+            crash_at=args.steps // 2 + 50,
+        )
     except RuntimeError as exc:
         print(f"segment 1 crashed: {exc}")
     logbook.annotate(args.run_dir, step=args.steps // 2, kind="lr", text="LR typo: 40x peak; loss spiked")
     resume = (args.steps // 2 // 100) * 100 - 100 if args.steps >= 300 else 0
-    train(args.run_dir, data, start=resume + 1, end=args.steps, lr=1.5e-3, clip=0.3, resume_step=resume,
-          reason="rollback after the LR spike and crash; lr 3e-3 -> 1.5e-3, clip 1.0 -> 0.3")
+    train(
+        args.run_dir,
+        data,
+        start=resume + 1,
+        end=args.steps,
+        lr=1.5e-3,
+        clip=0.3,
+        resume_step=resume,
+        reason="rollback after the LR spike and crash; lr 3e-3 -> 1.5e-3, clip 1.0 -> 0.3",
+    )
     print("segment 2 completed")
 
 

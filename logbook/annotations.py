@@ -47,14 +47,26 @@ def author_name(author: str | None) -> str:
         return "unknown"
 
 
-def annotate(run_dir, *, step: int, text: str, kind: str = "note", step_end: int | None = None,
-             author: str | None = None) -> str:
+def annotate(
+    run_dir, *, step: int, text: str, kind: str = "note", step_end: int | None = None, author: str | None = None
+) -> str:
     """Pin a note to `step` (or steps step..step_end) of the run; returns the annotation id."""
     _check(step, step_end, kind, text)
     ann_id = uuid.uuid4().hex[:12]
-    records.append_line(_run_path(run_dir), {"k": "annotation", "op": "create", "id": ann_id, "t": time.time(),
-                                             "step": step, "step_end": step_end, "kind": kind, "text": text,
-                                             "author": author_name(author)})
+    records.append_line(
+        _run_path(run_dir),
+        {
+            "k": "annotation",
+            "op": "create",
+            "id": ann_id,
+            "t": time.time(),
+            "step": step,
+            "step_end": step_end,
+            "kind": kind,
+            "text": text,
+            "author": author_name(author),
+        },
+    )
     return ann_id
 
 
@@ -81,12 +93,16 @@ def edit_annotation(run_dir, ann_id: str, *, author: str | None = None, **change
         raise KeyError(f"no annotation {ann_id!r} in {run_dir}")
     new = {k: changes.get(k, old.get(k)) for k in ("step", "step_end", "kind", "text")}
     _check(new["step"], new["step_end"], new["kind"], new["text"])
-    records.append_line(_run_path(run_dir), {"k": "annotation", "op": "edit", "id": ann_id, "t": time.time(),
-                                             **new, "author": author_name(author)})
+    records.append_line(
+        _run_path(run_dir),
+        {"k": "annotation", "op": "edit", "id": ann_id, "t": time.time(), **new, "author": author_name(author)},
+    )
 
 
 def delete_annotation(run_dir, ann_id: str, *, author: str | None = None) -> None:
     if ann_id not in current(run_dir):
         raise KeyError(f"no annotation {ann_id!r} in {run_dir}")
-    records.append_line(_run_path(run_dir), {"k": "annotation", "op": "delete", "id": ann_id, "t": time.time(),
-                                             "author": author_name(author)})
+    records.append_line(
+        _run_path(run_dir),
+        {"k": "annotation", "op": "delete", "id": ann_id, "t": time.time(), "author": author_name(author)},
+    )

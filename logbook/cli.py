@@ -68,8 +68,9 @@ def cmd_summary(args) -> int:
 def cmd_annotate(args) -> int:
     if not layout.is_run_dir(args.path):
         raise ValueError(f"{args.path!r} is not a midflight run directory (no '{layout.SEGMENTS}/' folder)")
-    ann_id = annotations.annotate(args.path, step=args.step, text=args.text, kind=args.kind,
-                                  step_end=args.step_end, author=args.author)
+    ann_id = annotations.annotate(
+        args.path, step=args.step, text=args.text, kind=args.kind, step_end=args.step_end, author=args.author
+    )
     print(f"annotation {ann_id} added at step {args.step}")
     return 0
 
@@ -86,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("ingest", help="bring the store up to date with the run's logs")
     add_path(sp)
     sp.add_argument("--follow", action="store_true", help="keep ingesting as the run writes")
-    sp.add_argument("--poll", action="store_true", default=None,
-                    help="poll instead of inotify (chosen automatically on NFS, Lustre, CIFS, ...)")
+    sp.add_argument(
+        "--poll",
+        action="store_true",
+        default=None,
+        help="poll instead of inotify (chosen automatically on NFS, Lustre, CIFS, ...)",
+    )
     sp.add_argument("--rescan", type=float, default=2.0, help="seconds between safety rescans in --follow")
     sp.set_defaults(func=cmd_ingest)
 

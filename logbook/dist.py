@@ -56,7 +56,9 @@ def agree_on(value: str, info: DistInfo) -> str:
 
 def launch_key() -> str | None:
     """A string all ranks of one torchrun launch share, when torch.distributed is not up yet."""
-    parts = [os.environ.get(k) for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")]
+    parts = [
+        os.environ.get(k) for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")
+    ]
     if not any(parts[:3]):
         return None
     return "|".join(p or "" for p in parts)

@@ -24,7 +24,8 @@ def m4(cur, sql: str, params: list, origin: float, width: float, nbuckets: int) 
     """M4 of the rows of `sql` (columns x, value, step, segment_id) over buckets [origin + i*width, ...)."""
     # One struct-valued arg_min/arg_max per M4 role (first, last, min, max, first NaN): 5 aggregate
     # states per bucket. NaN is kept out of min/max so that it cannot hide the real extremes.
-    agg = cur.execute(f"""
+    agg = cur.execute(
+        f"""
         WITH s AS ({sql}),
         b AS (SELECT {{'x': x, 'value': value, 'step': step, 'segment_id': segment_id}} AS p, x, value,
                      least(CAST(floor((x - ?) / ?) AS BIGINT), ?) AS bucket FROM s),
@@ -36,10 +37,14 @@ def m4(cur, sql: str, params: list, origin: float, width: float, nbuckets: int) 
         SELECT r0.x, r0.value, r0.step, r0.segment_id, r1.x, r1.value, r1.step, r1.segment_id,
                r2.x, r2.value, r2.step, r2.segment_id, r3.x, r3.value, r3.step, r3.segment_id,
                r4.x, r4.value, r4.step, r4.segment_id
-        FROM g""", params + [origin, width, nbuckets - 1]).fetchnumpy()
+        FROM g""",
+        params + [origin, width, nbuckets - 1],
+    ).fetchnumpy()
     cols = list(agg.values())
-    parts = [pd.DataFrame({"x": cols[i], "value": cols[i + 1], "step": cols[i + 2], "segment_id": cols[i + 3]})
-             for i in range(0, 20, 4)]
+    parts = [
+        pd.DataFrame({"x": cols[i], "value": cols[i + 1], "step": cols[i + 2], "segment_id": cols[i + 3]})
+        for i in range(0, 20, 4)
+    ]
     out = pd.concat(parts, ignore_index=True)
     out = out[~pd.isna(out["x"])]
     out = out.drop_duplicates(subset=["x", "step", "segment_id", "value"]).astype({"step": "int64"})
@@ -76,20 +81,24 @@ def m4_from_tiles(cur, run: str, name: str, rank: int | None, spans: list[tuple]
             raw.append((seg, (tb + 1) * TILE, b))
     t_where, t_params = _where("metric_tiles", "tile", run, name, rank, tiles)
     r_where, r_params = _where("metrics", "step", run, name, rank, raw)
-    n_t, lo_t, hi_t = cur.execute(f"SELECT sum(n), min(p_first.step), max(p_last.step) FROM metric_tiles "
-                                  f"WHERE {t_where}", t_params).fetchone()
-    n_r, lo_r, hi_r = cur.execute(f"SELECT count(*), min(step), max(step) FROM metrics WHERE {r_where}",
-                                  r_params).fetchone()
+    n_t, lo_t, hi_t = cur.execute(
+        f"SELECT sum(n), min(p_first.step), max(p_last.step) FROM metric_tiles WHERE {t_where}", t_params
+    ).fetchone()
+    n_r, lo_r, hi_r = cur.execute(
+        f"SELECT count(*), min(step), max(step) FROM metrics WHERE {r_where}", r_params
+    ).fetchone()
     n = int(n_t or 0) + int(n_r or 0)
     ends = [v for v in (lo_t, hi_t, lo_r, hi_r) if v is not None]
     if n <= 4 * buckets or not ends or max(ends) - min(ends) + 1 < buckets * TILE:
         return None
     origin = (min(ends) >> TILE_SHIFT) << TILE_SHIFT
     width = math.ceil((max(ends) - origin + 1) / buckets / TILE) * TILE  # buckets are whole tiles
-    sql = (f"SELECT p.step AS x, p.value AS value, p.step AS step, segment_id FROM ("
-           f"SELECT segment_id, unnest([p_first, p_last, p_min, p_max, p_nan]) AS p FROM metric_tiles "
-           f"WHERE {t_where}) WHERE p IS NOT NULL "
-           f"UNION ALL SELECT step AS x, value, step, segment_id FROM metrics WHERE {r_where}")
+    sql = (
+        f"SELECT p.step AS x, p.value AS value, p.step AS step, segment_id FROM ("
+        f"SELECT segment_id, unnest([p_first, p_last, p_min, p_max, p_nan]) AS p FROM metric_tiles "
+        f"WHERE {t_where}) WHERE p IS NOT NULL "
+        f"UNION ALL SELECT step AS x, value, step, segment_id FROM metrics WHERE {r_where}"
+    )
     return m4(cur, sql, t_params + r_params, origin, width, math.ceil((max(ends) - origin + 1) / width))
 
 

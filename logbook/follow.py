@@ -21,9 +21,23 @@ from . import layout
 from .ingest import IngestReport, ingest
 from .store import Store
 
-
-NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "fuse.sshfs", "9p", "ceph",
-              "fuse.gcsfuse", "fuse.s3fs", "fuse.juicefs", "wekafs"}
+NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "fuse.sshfs",
+    "9p",
+    "ceph",
+    "fuse.gcsfuse",
+    "fuse.s3fs",
+    "fuse.juicefs",
+    "wekafs",
+}
 
 
 def filesystem_type(path, mounts: str = "/proc/mounts") -> str | None:
@@ -67,8 +81,16 @@ class Follower:
     on_ingest(report) is called after every ingest that added records.
     """
 
-    def __init__(self, store: Store, path, *, poll: bool | None = None, rescan_every: float = 2.0,
-                 debounce: float = 0.02, on_ingest=None):
+    def __init__(
+        self,
+        store: Store,
+        path,
+        *,
+        poll: bool | None = None,
+        rescan_every: float = 2.0,
+        debounce: float = 0.02,
+        on_ingest=None,
+    ):
         self.store, self.path = store, Path(path)
         if poll is None:
             poll = filesystem_type(self.path) in NETWORK_FS
@@ -82,7 +104,7 @@ class Follower:
 
     def start(self) -> Follower:
         self.ingest_once()
-        self._observer = (PollingObserver(timeout=0.5) if self.poll else Observer())
+        self._observer = PollingObserver(timeout=0.5) if self.poll else Observer()
         self._observer.schedule(_Wake(self._wake), str(self.path), recursive=True)
         self._observer.daemon = True
         self._observer.start()

@@ -36,8 +36,10 @@ class IngestReport:
     examples: list = field(default_factory=list)  # (run, file, line_no, message, snippet)
 
     def describe(self) -> str:
-        text = (f"ingested {self.records:,} records ({self.metric_points:,} metric points, "
-                f"{self.bytes / 1e6:.1f} MB) from {self.files} files")
+        text = (
+            f"ingested {self.records:,} records ({self.metric_points:,} metric points, "
+            f"{self.bytes / 1e6:.1f} MB) from {self.files} files"
+        )
         if self.malformed:
             text += f"; skipped {self.malformed:,} malformed lines, e.g.:"
             for run, rel, line_no, msg, snippet in self.examples[:MAX_EXAMPLES]:
@@ -63,8 +65,9 @@ def ingest(store: Store, run_dirs, *, progress: bool = False, chunk_bytes: int =
                 st = path.stat()
             except OSError:
                 continue
-            row = cur.execute("SELECT byte_offset, size, mtime FROM ingest_files WHERE run_id = ? AND rel_path = ?",
-                              [run_id, rel]).fetchone()
+            row = cur.execute(
+                "SELECT byte_offset, size, mtime FROM ingest_files WHERE run_id = ? AND rel_path = ?", [run_id, rel]
+            ).fetchone()
             offset = row[0] if row else 0
             if row and row[1] == st.st_size and row[2] == st.st_mtime:
                 continue
@@ -102,7 +105,9 @@ def _upsert_run(cur, run_id: str, run_dir: Path, headers: list[Path]) -> None:
 def _ingest_header(cur, run_id: str, run_dir: Path, path: Path, report: IngestReport) -> None:
     rel = path.relative_to(run_dir).as_posix()
     st = path.stat()
-    row = cur.execute("SELECT size, mtime FROM ingest_files WHERE run_id = ? AND rel_path = ?", [run_id, rel]).fetchone()
+    row = cur.execute(
+        "SELECT size, mtime FROM ingest_files WHERE run_id = ? AND rel_path = ?", [run_id, rel]
+    ).fetchone()
     if row and row[0] == st.st_size and row[1] == st.st_mtime:
         return
     malformed, examples, row = 0, [], None
@@ -110,9 +115,18 @@ def _ingest_header(cur, run_id: str, run_dir: Path, path: Path, report: IngestRe
         h = json.loads(path.read_bytes())
         if not isinstance(h, dict):
             raise ValueError("segment header is not a JSON object")
-        row = [run_id, path.parent.name, _str(h.get("parent")), _int(h.get("resume_step")), _str(h.get("reason")),
-               _float(h.get("start_time")), _int(h.get("world_size")), _str(h.get("host")),
-               json.dumps(h.get("config")), json.dumps(h.get("config_diff") or {})]
+        row = [
+            run_id,
+            path.parent.name,
+            _str(h.get("parent")),
+            _int(h.get("resume_step")),
+            _str(h.get("reason")),
+            _float(h.get("start_time")),
+            _int(h.get("world_size")),
+            _str(h.get("host")),
+            json.dumps(h.get("config")),
+            json.dumps(h.get("config_diff") or {}),
+        ]
     except (ValueError, TypeError, RecursionError) as exc:
         malformed, examples = 1, [[1, f"unreadable segment header: {exc}", ""]]
         report.malformed += 1
@@ -120,14 +134,17 @@ def _ingest_header(cur, run_id: str, run_dir: Path, path: Path, report: IngestRe
     cur.execute("BEGIN TRANSACTION")
     if row is not None:
         cur.execute("INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)", row)
-    cur.execute("INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
-                [run_id, rel, st.st_size, malformed, st.st_size, st.st_mtime, json.dumps(examples)])
+    cur.execute(
+        "INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+        [run_id, rel, st.st_size, malformed, st.st_size, st.st_mtime, json.dumps(examples)],
+    )
     cur.execute("COMMIT")
 
 
 def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -> None:
-    row = cur.execute("SELECT lines, malformed, examples FROM ingest_files WHERE run_id = ? AND rel_path = ?",
-                      [run_id, rel]).fetchone()
+    row = cur.execute(
+        "SELECT lines, malformed, examples FROM ingest_files WHERE run_id = ? AND rel_path = ?", [run_id, rel]
+    ).fetchone()
     lines, malformed, examples = (row[0], row[1], json.loads(row[2] or "[]")) if row else (0, 0, [])
     if st.st_size < offset:
         report.malformed += 1
@@ -151,9 +168,19 @@ def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -
             examples = (examples + batch.examples)[:MAX_EXAMPLES]
             lines += batch.lines
             malformed += batch.malformed
-            cur.execute("INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [run_id, rel, new_offset, lines, malformed, st.st_size if new_offset >= st.st_size else None,
-                         st.st_mtime, json.dumps(examples)])
+            cur.execute(
+                "INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    run_id,
+                    rel,
+                    new_offset,
+                    lines,
+                    malformed,
+                    st.st_size if new_offset >= st.st_size else None,
+                    st.st_mtime,
+                    json.dumps(examples),
+                ],
+            )
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -255,67 +282,128 @@ class _Batch:
         op = rec["op"]
         if op not in ("create", "edit", "delete"):
             raise ValueError(f"unknown annotation op {op!r}")
-        self.annotation_ops.append((str(rec["id"]), self.line_no, op, _float(rec.get("t")), _int(rec.get("step")),
-                                    _int(rec.get("step_end")), _str(rec.get("kind")), _str(rec.get("text")),
-                                    _str(rec.get("author"))))
+        self.annotation_ops.append(
+            (
+                str(rec["id"]),
+                self.line_no,
+                op,
+                _float(rec.get("t")),
+                _int(rec.get("step")),
+                _int(rec.get("step_end")),
+                _str(rec.get("kind")),
+                _str(rec.get("text")),
+                _str(rec.get("author")),
+            )
+        )
 
     def _intervention(self, rec: dict) -> None:
         op = rec["op"]
         if op not in ("request", "applied", "rejected"):
             raise ValueError(f"unknown intervention op {op!r}")
-        self.intervention_ops.append((str(rec["id"]), self.line_no, op, _float(rec.get("t")), _str(rec.get("action")),
-                                      json.dumps(rec.get("params") or {}), _int(rec.get("step")),
-                                      _str(rec.get("detail")), _str(rec.get("author"))))
+        self.intervention_ops.append(
+            (
+                str(rec["id"]),
+                self.line_no,
+                op,
+                _float(rec.get("t")),
+                _str(rec.get("action")),
+                json.dumps(rec.get("params") or {}),
+                _int(rec.get("step")),
+                _str(rec.get("detail")),
+                _str(rec.get("author")),
+            )
+        )
 
     def flush(self, cur) -> None:
         key = [self.run_id, self.segment_id, self.rank]
         if self.rank is not None:
-            cur.execute("INSERT OR IGNORE INTO segments (run_id, segment_id, config, config_diff, has_header) "
-                        "VALUES (?, ?, '{}', '{}', false)", key[:2])
+            cur.execute(
+                "INSERT OR IGNORE INTO segments (run_id, segment_id, config, config_diff, has_header) "
+                "VALUES (?, ?, '{}', '{}', false)",
+                key[:2],
+            )
             cur.execute("INSERT OR IGNORE INTO rank_logs (run_id, segment_id, rank) VALUES (?, ?, ?)", key)
-            cur.execute("UPDATE rank_logs SET last_write = ? WHERE run_id = ? AND segment_id = ? AND rank = ?",
-                        [self.mtime] + key)
+            cur.execute(
+                "UPDATE rank_logs SET last_write = ? WHERE run_id = ? AND segment_id = ? AND rank = ?",
+                [self.mtime] + key,
+            )
         for o in self.opens:
-            cur.execute("UPDATE segments SET start_time = coalesce(start_time, ?), world_size = coalesce(world_size, ?),"
-                        " host = coalesce(host, ?) WHERE run_id = ? AND segment_id = ?",
-                        [_float(o.get("t")), _int(o.get("world")), _str(o.get("host"))] + key[:2])
-            cur.execute("UPDATE rank_logs SET host = ?, pid = ?, local_rank = ?, world_size = ?, open_time = ? "
-                        "WHERE run_id = ? AND segment_id = ? AND rank = ?",
-                        [_str(o.get("host")), _int(o.get("pid")), _int(o.get("local_rank")), _int(o.get("world")),
-                         _float(o.get("t"))] + key)
+            cur.execute(
+                "UPDATE segments SET start_time = coalesce(start_time, ?), world_size = coalesce(world_size, ?),"
+                " host = coalesce(host, ?) WHERE run_id = ? AND segment_id = ?",
+                [_float(o.get("t")), _int(o.get("world")), _str(o.get("host"))] + key[:2],
+            )
+            cur.execute(
+                "UPDATE rank_logs SET host = ?, pid = ?, local_rank = ?, world_size = ?, open_time = ? "
+                "WHERE run_id = ? AND segment_id = ? AND rank = ?",
+                [
+                    _str(o.get("host")),
+                    _int(o.get("pid")),
+                    _int(o.get("local_rank")),
+                    _int(o.get("world")),
+                    _float(o.get("t")),
+                ]
+                + key,
+            )
         if self.points:
             steps, ids, values, walls = self._metric_columns()
-            table = pa.table({
-                "step": steps,
-                "name": pa.DictionaryArray.from_arrays(ids, list(self.names)),
-                "value": values,
-                "wall_time": walls,
-            })
+            table = pa.table(
+                {
+                    "step": steps,
+                    "name": pa.DictionaryArray.from_arrays(ids, list(self.names)),
+                    "value": values,
+                    "wall_time": walls,
+                }
+            )
             cur.register("_mf_metrics", table)
-            cur.execute("INSERT INTO metrics SELECT ?, ?, ?, step, name::VARCHAR, value, wall_time FROM _mf_metrics", key)
+            cur.execute(
+                "INSERT INTO metrics SELECT ?, ?, ?, step, name::VARCHAR, value, wall_time FROM _mf_metrics", key
+            )
             cur.execute(_TILES_SQL, key)
             cur.unregister("_mf_metrics")
             self._touch_rank(cur, key, int(steps.min()), int(steps.max()))
         if self.t_rows:
             cols = list(zip(*self.t_rows))
-            table = pa.table({"device": cols[0], "step": pa.array(cols[1], pa.int64()), "wall_time": cols[2],
-                              "name": cols[3], "value": pa.array(cols[4], pa.float64())})
+            table = pa.table(
+                {
+                    "device": cols[0],
+                    "step": pa.array(cols[1], pa.int64()),
+                    "wall_time": cols[2],
+                    "name": cols[3],
+                    "value": pa.array(cols[4], pa.float64()),
+                }
+            )
             cur.register("_mf_tel", table)
             cur.execute("INSERT INTO telemetry SELECT ?, ?, ?, device, step, wall_time, name, value FROM _mf_tel", key)
             cur.unregister("_mf_tel")
         if self.events:
             cols = list(zip(*self.events))
-            table = pa.table({"step": pa.array(cols[0], pa.int64()), "wall_time": pa.array(cols[1], pa.float64()),
-                              "kind": cols[2], "fields": cols[3]})
+            table = pa.table(
+                {
+                    "step": pa.array(cols[0], pa.int64()),
+                    "wall_time": pa.array(cols[1], pa.float64()),
+                    "kind": cols[2],
+                    "fields": cols[3],
+                }
+            )
             cur.register("_mf_events", table)
             cur.execute("INSERT INTO events SELECT ?, ?, ?, step, wall_time, kind, fields::JSON FROM _mf_events", key)
             cur.unregister("_mf_events")
         if self.close is not None:
             c = self.close
-            cur.execute("UPDATE rank_logs SET close_time = ?, end_reason = ?, exit_code = ?, error = ?, "
-                        "dropped_records = ?, write_errors = ? WHERE run_id = ? AND segment_id = ? AND rank = ?",
-                        [_float(c.get("t")), _str(c.get("reason")), _int(c.get("exit_code")), _str(c.get("error")),
-                         _int(c.get("dropped_records")), _int(c.get("write_errors"))] + key)
+            cur.execute(
+                "UPDATE rank_logs SET close_time = ?, end_reason = ?, exit_code = ?, error = ?, "
+                "dropped_records = ?, write_errors = ? WHERE run_id = ? AND segment_id = ? AND rank = ?",
+                [
+                    _float(c.get("t")),
+                    _str(c.get("reason")),
+                    _int(c.get("exit_code")),
+                    _str(c.get("error")),
+                    _int(c.get("dropped_records")),
+                    _int(c.get("write_errors")),
+                ]
+                + key,
+            )
         for op in self.annotation_ops:
             cur.execute("INSERT INTO annotation_ops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [self.run_id, *op])
         for op in self.intervention_ops:
@@ -323,9 +411,11 @@ class _Batch:
 
     @staticmethod
     def _touch_rank(cur, key, lo: int, hi: int) -> None:
-        cur.execute("UPDATE rank_logs SET first_step = least(coalesce(first_step, ?), ?), "
-                    "last_step = greatest(coalesce(last_step, ?), ?) WHERE run_id = ? AND segment_id = ? AND rank = ?",
-                    [lo, lo, hi, hi] + key)
+        cur.execute(
+            "UPDATE rank_logs SET first_step = least(coalesce(first_step, ?), ?), "
+            "last_step = greatest(coalesce(last_step, ?), ?) WHERE run_id = ? AND segment_id = ? AND rank = ?",
+            [lo, lo, hi, hi] + key,
+        )
 
 
 # Fold this chunk's points into the per-tile M4 summaries, merging with tiles that earlier chunks began.
@@ -373,5 +463,3 @@ def _int(v):
 
 def _float(v):
     return None if v is None else float(v)
-
-

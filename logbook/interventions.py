@@ -43,16 +43,35 @@ def request(run_dir, action: str, params: dict | None = None, *, author: str | N
     if extra:
         raise ValueError(f"{action} does not take {', '.join(sorted(extra))}; it takes {sorted(ACTIONS[action])}")
     req_id = uuid.uuid4().hex[:12]
-    records.append_line(_path(run_dir), {"k": "intervention", "op": "request", "id": req_id, "t": time.time(),
-                                         "action": action, "params": params, "author": author_name(author)})
+    records.append_line(
+        _path(run_dir),
+        {
+            "k": "intervention",
+            "op": "request",
+            "id": req_id,
+            "t": time.time(),
+            "action": action,
+            "params": params,
+            "author": author_name(author),
+        },
+    )
     return req_id
 
 
 def resolve(run_dir, req_id: str, *, applied: bool, step: int | None = None, detail: str | None = None) -> None:
     """The run's answer: applied at `step`, or rejected with `detail` as the reason."""
-    records.append_line(_path(run_dir), {"k": "intervention", "op": "applied" if applied else "rejected",
-                                         "id": req_id, "t": time.time(), "step": step, "detail": detail,
-                                         "author": "trainer"})
+    records.append_line(
+        _path(run_dir),
+        {
+            "k": "intervention",
+            "op": "applied" if applied else "rejected",
+            "id": req_id,
+            "t": time.time(),
+            "step": step,
+            "detail": detail,
+            "author": "trainer",
+        },
+    )
 
 
 def pending(run_dir) -> list[dict]:

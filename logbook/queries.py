@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pandas as pd
 
 from . import downsample, lineage
@@ -30,10 +29,17 @@ def run_ids(store: Store) -> list[str]:
 
 
 def lineage_segments(store: Store, run: str) -> list[lineage.Seg]:
-    rows = store.cursor().execute(
-        """SELECT s.segment_id, s.parent_id, s.resume_step, coalesce(s.start_time, min(r.open_time)), min(r.first_step)
+    rows = (
+        store.cursor()
+        .execute(
+            """SELECT s.segment_id, s.parent_id, s.resume_step, coalesce(s.start_time, min(r.open_time)),
+                  min(r.first_step)
            FROM segments s LEFT JOIN rank_logs r USING (run_id, segment_id)
-           WHERE s.run_id = ? GROUP BY s.segment_id, s.parent_id, s.resume_step, s.start_time""", [run]).fetchall()
+           WHERE s.run_id = ? GROUP BY s.segment_id, s.parent_id, s.resume_step, s.start_time""",
+            [run],
+        )
+        .fetchall()
+    )
     return [lineage.Seg(*row) for row in rows]
 
 
@@ -43,7 +49,9 @@ def effective_ranges(store: Store, run: str) -> list[lineage.Range]:
 
 def segments(store: Store, run: str, now: float | None = None) -> pd.DataFrame:
     """One row per segment, oldest first, with its step range, end reason and whether it is on the effective path."""
-    df = _df(store.cursor(), """
+    df = _df(
+        store.cursor(),
+        """
         SELECT s.segment_id, s.parent_id, s.resume_step, s.reason, s.start_time, s.world_size, s.host,
                s.config, s.config_diff,
                min(r.first_step) AS start_step, max(r.last_step) AS end_step,
@@ -55,7 +63,9 @@ def segments(store: Store, run: str, now: float | None = None) -> pd.DataFrame:
                any_value(r.error) FILTER (r.end_reason = 'crashed') AS error,
                sum(coalesce(r.dropped_records, 0)) AS dropped_records
         FROM segments s LEFT JOIN rank_logs r USING (run_id, segment_id)
-        WHERE s.run_id = ? GROUP BY ALL ORDER BY s.start_time NULLS FIRST, s.segment_id""", [run])
+        WHERE s.run_id = ? GROUP BY ALL ORDER BY s.start_time NULLS FIRST, s.segment_id""",
+        [run],
+    )
     now = time.time() if now is None else now
     df["end_reason"] = [_end_reason(row, now) for row in df.itertuples()]
     on_path = {s.segment_id for s in lineage.effective_path(lineage_segments(store, run))}
@@ -119,11 +129,15 @@ def _series_sql(store: Store, run: str, name: str, x: str, rank: int | None, whi
     join, xexpr = "", {"step": "m.step", "time": "m.wall_time", "tokens": "t.value"}[x]
     jparams: list = []
     if x == "tokens":
-        join = ("JOIN metrics t ON t.run_id = m.run_id AND t.segment_id = m.segment_id AND t.rank = m.rank "
-                "AND t.step = m.step AND t.name = ?")
+        join = (
+            "JOIN metrics t ON t.run_id = m.run_id AND t.segment_id = m.segment_id AND t.rank = m.rank "
+            "AND t.step = m.step AND t.name = ?"
+        )
         jparams = [TOKENS_METRIC]
-    sql = (f"SELECT {xexpr} AS x, m.value AS value, m.step AS step, m.segment_id AS segment_id "
-           f"FROM metrics m {join} WHERE m.run_id = ? AND m.name = ? AND {cond}")
+    sql = (
+        f"SELECT {xexpr} AS x, m.value AS value, m.step AS step, m.segment_id AS segment_id "
+        f"FROM metrics m {join} WHERE m.run_id = ? AND m.name = ? AND {cond}"
+    )
     params = jparams + [run, name] + params
     if rank is not None:
         sql += " AND m.rank = ?"
@@ -135,8 +149,17 @@ def _series_sql(store: Store, run: str, name: str, x: str, rank: int | None, whi
     return sql, params
 
 
-def series(store: Store, run: str, name: str, *, x: str = "step", rank: int | None = 0, which: str = "effective",
-           x_range: tuple | None = None, buckets: int | None = None) -> pd.DataFrame:
+def series(
+    store: Store,
+    run: str,
+    name: str,
+    *,
+    x: str = "step",
+    rank: int | None = 0,
+    which: str = "effective",
+    x_range: tuple | None = None,
+    buckets: int | None = None,
+) -> pd.DataFrame:
     """A metric as columns x, value, step, segment_id, sorted by x.
 
     which: "effective" (the curve after rollbacks), "superseded" (what rollbacks
@@ -169,8 +192,11 @@ def multi_series(store: Store, runs: list[str], name: str, **kwargs) -> pd.DataF
 
 def effective_steps(store: Store, run: str) -> int:
     cond, params = _range_filter(effective_ranges(store, run), "effective")
-    row = store.cursor().execute(
-        f"SELECT count(DISTINCT m.step) FROM metrics m WHERE m.run_id = ? AND {cond}", [run] + params).fetchone()
+    row = (
+        store.cursor()
+        .execute(f"SELECT count(DISTINCT m.step) FROM metrics m WHERE m.run_id = ? AND {cond}", [run] + params)
+        .fetchone()
+    )
     return int(row[0])
 
 
@@ -185,8 +211,11 @@ def events(store: Store, run: str, kinds: list[str] | None = None) -> pd.DataFra
 
 
 def event_counts(store: Store, run: str) -> dict[str, int]:
-    rows = store.cursor().execute(
-        "SELECT kind, count(*) FROM events WHERE run_id = ? GROUP BY kind ORDER BY kind", [run]).fetchall()
+    rows = (
+        store.cursor()
+        .execute("SELECT kind, count(*) FROM events WHERE run_id = ? GROUP BY kind ORDER BY kind", [run])
+        .fetchall()
+    )
     return {k: int(n) for k, n in rows}
 
 
@@ -204,7 +233,13 @@ def interventions(store: Store, run: str) -> pd.DataFrame:
 
 
 def ingest_problems(store: Store, run: str) -> list[dict]:
-    rows = store.cursor().execute(
-        "SELECT rel_path, malformed, examples FROM ingest_files WHERE run_id = ? AND malformed > 0 ORDER BY rel_path",
-        [run]).fetchall()
+    rows = (
+        store.cursor()
+        .execute(
+            "SELECT rel_path, malformed, examples FROM ingest_files "
+            "WHERE run_id = ? AND malformed > 0 ORDER BY rel_path",
+            [run],
+        )
+        .fetchall()
+    )
     return [{"file": p, "malformed": int(n), "examples": json.loads(e or "[]")} for p, n, e in rows]

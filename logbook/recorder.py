@@ -83,10 +83,23 @@ class Run:
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
-        self._q.append((_RAW, {"k": records.OPEN, "v": records.FORMAT_VERSION, "run": name,
-                               "segment": segment_id, "rank": info.rank, "local_rank": info.local_rank,
-                               "world": info.world_size, "host": os.uname().nodename,
-                               "pid": os.getpid(), "t": time.time()}))
+        self._q.append(
+            (
+                _RAW,
+                {
+                    "k": records.OPEN,
+                    "v": records.FORMAT_VERSION,
+                    "run": name,
+                    "segment": segment_id,
+                    "rank": info.rank,
+                    "local_rank": info.local_rank,
+                    "world": info.world_size,
+                    "host": os.uname().nodename,
+                    "pid": os.getpid(),
+                    "t": time.time(),
+                },
+            )
+        )
         self._thread = threading.Thread(target=self._loop, name=f"midflight-recorder-r{info.rank}", daemon=True)
         self._thread.start()
         atexit.register(self._at_exit)
@@ -157,14 +170,24 @@ class Run:
         self._stop.set()
         self._thread.join(timeout=max(5.0, 4 * self.flush_every))
         with self._lock:
-            close = {"k": records.CLOSE, "t": time.time(), "reason": reason, "exit_code": exit_code,
-                     "error": error, "last_step": self._next_step - 1 if self._next_step else None,
-                     "dropped_records": self.dropped_records, "dropped_values": self.dropped_values,
-                     "write_errors": self.write_errors}
+            close = {
+                "k": records.CLOSE,
+                "t": time.time(),
+                "reason": reason,
+                "exit_code": exit_code,
+                "error": error,
+                "last_step": self._next_step - 1 if self._next_step else None,
+                "dropped_records": self.dropped_records,
+                "dropped_values": self.dropped_values,
+                "write_errors": self.write_errors,
+            }
             self._flush_locked(close)
             if self._pending:
-                self._warn_once("final", f"midflight could not write the last {len(self._pending)} bytes of "
-                                f"{self.path}; everything before them is on disk")
+                self._warn_once(
+                    "final",
+                    f"midflight could not write the last {len(self._pending)} bytes of "
+                    f"{self.path}; everything before them is on disk",
+                )
             self._close_fd()
         atexit.unregister(self._at_exit)
         if sys.excepthook == self._excepthook:  # bound methods compare equal, never identical
@@ -260,7 +283,9 @@ class Run:
                     v = float(v)  # bool, numpy scalar
                 except Exception:
                     self.dropped_values += 1
-                    self._warn_once(("bad-value", key), f"midflight dropped metric {key!r}: value {v!r:.80} is not a number")
+                    self._warn_once(
+                        ("bad-value", key), f"midflight dropped metric {key!r}: value {v!r:.80} is not a number"
+                    )
                     continue
             names.append(key if type(key) is str else str(key))
             vals.append(v)
@@ -363,8 +388,11 @@ class Run:
         n = self._pending.count(b"\n", 0, cut)
         del self._pending[:cut]
         self._dropped += n
-        self._warn_once("pending-cap", f"midflight's write buffer is full ({self.max_pending_bytes} bytes) "
-                        f"while {self.path} is unwritable; dropping the oldest unwritten records (counted)")
+        self._warn_once(
+            "pending-cap",
+            f"midflight's write buffer is full ({self.max_pending_bytes} bytes) "
+            f"while {self.path} is unwritable; dropping the oldest unwritten records (counted)",
+        )
 
     def _heartbeat(self) -> None:
         """Touch the log while idle so a live run (long eval, slow step) is not mistaken for a dead one."""
@@ -379,9 +407,12 @@ class Run:
     def _io_failed(self, exc: OSError, what: str) -> None:
         self.write_errors += 1
         self._failing = True
-        self._warn_once(("io", exc.errno, what), f"midflight cannot write {what}: {exc.strerror or exc} "
-                        f"(errno {exc.errno}). Training continues; {len(self._pending)} bytes are held "
-                        "in memory and retried every flush.")
+        self._warn_once(
+            ("io", exc.errno, what),
+            f"midflight cannot write {what}: {exc.strerror or exc} "
+            f"(errno {exc.errno}). Training continues; {len(self._pending)} bytes are held "
+            "in memory and retried every flush.",
+        )
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -451,16 +482,40 @@ def init(
         try:
             if parent is None:
                 parent = segments.infer_parent(run_dir, resume_step)
-            header = segments.build_header(run_dir, segment_id=segment_id, name=name, config=dict(config or {}),
-                                           parent=parent, resume_step=resume_step, reason=reason,
-                                           world_size=info.world_size)
+            header = segments.build_header(
+                run_dir,
+                segment_id=segment_id,
+                name=name,
+                config=dict(config or {}),
+                parent=parent,
+                resume_step=resume_step,
+                reason=reason,
+                world_size=info.world_size,
+            )
         except Exception as exc:  # e.g. an unreadable parent header: record without the diff
             warnings.warn(f"midflight could not read the lineage in {run_dir}: {exc!r}", RecorderWarning, stacklevel=2)
-            header = {"v": records.FORMAT_VERSION, "segment": segment_id, "run": name, "parent": parent,
-                      "resume_step": resume_step, "reason": reason, "start_time": time.time(),
-                      "world_size": info.world_size, "config": dict(config or {}), "config_diff": {}}
-    run = Run(run_dir, name=name, segment_id=segment_id, info=info, header=header, flush_every=flush_every,
-              fsync_every=fsync_every, max_pending_bytes=max_pending_bytes)
+            header = {
+                "v": records.FORMAT_VERSION,
+                "segment": segment_id,
+                "run": name,
+                "parent": parent,
+                "resume_step": resume_step,
+                "reason": reason,
+                "start_time": time.time(),
+                "world_size": info.world_size,
+                "config": dict(config or {}),
+                "config_diff": {},
+            }
+    run = Run(
+        run_dir,
+        name=name,
+        segment_id=segment_id,
+        info=info,
+        header=header,
+        flush_every=flush_every,
+        fsync_every=fsync_every,
+        max_pending_bytes=max_pending_bytes,
+    )
     run.flush()  # header and open record on disk now, or a warning now
     _current = run
     return run

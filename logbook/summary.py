@@ -33,6 +33,9 @@ def summarize(store: Store, run: str) -> dict:
             "start_step": _num(r.start_step),
             "end_step": _num(r.end_step),
             "end_reason": r.end_reason,
+            "exit_code": _num(r.exit_code),
+            "start_time": _num(r.start_time),
+            "end_time": _num(r.end_time),
             "reason": _text(r.reason),
             "effective": bool(r.effective),
             "ranks": int(r.ranks),
@@ -56,7 +59,9 @@ def summarize(store: Store, run: str) -> dict:
         "annotations": len(queries.annotations(store, run)),
         "incidents": [],  # filled by the analysis layer (divergence detection)
         "interventions": queries.interventions(store, run)[["intervention_id", "action", "status", "applied_step"]]
-        .astype(object).where(lambda d: d.notna(), None).to_dict("records"),
+        .astype(object)
+        .where(lambda d: d.notna(), None)
+        .to_dict("records"),
         "energy": None,  # filled by the energy accounting layer
         "co2eq_kg": None,
         "ingest_problems": queries.ingest_problems(store, run),
@@ -64,8 +69,10 @@ def summarize(store: Store, run: str) -> dict:
 
 
 def format_text(s: dict) -> str:
-    lines = [f"run {s['run']}: {s['status']}, last step {s['last_step']}, "
-             f"{s['effective_steps']} effective steps, last loss {s['last_loss']}"]
+    lines = [
+        f"run {s['run']}: {s['status']}, last step {s['last_step']}, "
+        f"{s['effective_steps']} effective steps, last loss {s['last_loss']}"
+    ]
     lines.append(f"segments ({len(s['segments'])}):")
     for seg in s["segments"]:
         mark = "*" if seg["effective"] else " "

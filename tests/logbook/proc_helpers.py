@@ -26,8 +26,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def child_env(**extra) -> dict:
     """The environment for a child Python: this checkout first on the path, no inherited rank variables."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
@@ -42,9 +45,16 @@ class Proc:
     def __init__(self, args: list, *, stdin: bool = False, env: dict | None = None, cwd=None):
         self._err = tempfile.TemporaryFile()
         self.args = [str(a) for a in args]
-        self.p = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self._err,
-                                  stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                  text=True, bufsize=1, env=env or child_env(), cwd=cwd)
+        self.p = subprocess.Popen(
+            self.args,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            env=env or child_env(),
+            cwd=cwd,
+        )
         self.lines: list[str] = []
         self._q: queue.Queue = queue.Queue()
         self._pump = threading.Thread(target=self._read, daemon=True)
@@ -73,11 +83,15 @@ class Proc:
             try:
                 line = self._q.get(timeout=max(left, 0.001))
             except queue.Empty:
-                raise AssertionError(f"no {prefix!r} line from {self.args[-3:]} within {timeout}s; "
-                                     f"stdout tail {self.lines[-5:]}; stderr:\n{self.stderr[-3000:]}") from None
+                raise AssertionError(
+                    f"no {prefix!r} line from {self.args[-3:]} within {timeout}s; "
+                    f"stdout tail {self.lines[-5:]}; stderr:\n{self.stderr[-3000:]}"
+                ) from None
             if line is None:
-                raise AssertionError(f"{self.args[-3:]} exited ({self.p.wait()}) before printing {prefix!r}; "
-                                     f"stdout tail {self.lines[-5:]}; stderr:\n{self.stderr[-3000:]}")
+                raise AssertionError(
+                    f"{self.args[-3:]} exited ({self.p.wait()}) before printing {prefix!r}; "
+                    f"stdout tail {self.lines[-5:]}; stderr:\n{self.stderr[-3000:]}"
+                )
             if re.match(prefix, line):
                 return line
 
@@ -99,8 +113,9 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.p.kill()
             self.p.wait()
-            raise AssertionError(f"{self.args[-3:]} still running after {timeout}s; "
-                                 f"stderr:\n{self.stderr[-3000:]}") from None
+            raise AssertionError(
+                f"{self.args[-3:]} still running after {timeout}s; stderr:\n{self.stderr[-3000:]}"
+            ) from None
         self._pump.join(10)
         return rc
 
@@ -122,8 +137,14 @@ def python(code: str, *args, stdin: bool = False, **env) -> Proc:
 
 def cli(*args, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """`python -m logbook ...` as a user would run it."""
-    return subprocess.run([sys.executable, "-m", "logbook", *map(str, args)], capture_output=True, text=True,
-                          env=child_env(), cwd=ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "logbook", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+        timeout=timeout,
+    )
 
 
 # ------------------------------------------------------------------ reading logs the way a reader must
@@ -168,8 +189,11 @@ def store_snapshot_diff(path_a: Path, path_b: Path, tables: tuple[str, ...]) -> 
         for t in tables:
             n = con.execute(f"SELECT count(*) FROM a.{t}").fetchone()[0]
             only_a, only_b = (
-                con.execute(f"SELECT count(*) FROM (SELECT * FROM {x}.{t} EXCEPT ALL SELECT * FROM {y}.{t})")
-                .fetchone()[0] for x, y in (("a", "b"), ("b", "a")))
+                con.execute(
+                    f"SELECT count(*) FROM (SELECT * FROM {x}.{t} EXCEPT ALL SELECT * FROM {y}.{t})"
+                ).fetchone()[0]
+                for x, y in (("a", "b"), ("b", "a"))
+            )
             out[t] = (n, only_a, only_b)
         return out
     finally:
@@ -178,5 +202,6 @@ def store_snapshot_diff(path_a: Path, path_b: Path, tables: tuple[str, ...]) -> 
 
 def duplicate_metric_keys(cur) -> int:
     """Metric rows beyond the first for any (run, segment, rank, step, name): 0 means exactly once."""
-    return cur.execute("SELECT count(*) - count(DISTINCT (run_id, segment_id, rank, step, name)) FROM metrics"
-                       ).fetchone()[0]
+    return cur.execute(
+        "SELECT count(*) - count(DISTINCT (run_id, segment_id, rank, step, name)) FROM metrics"
+    ).fetchone()[0]

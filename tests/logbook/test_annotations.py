@@ -37,8 +37,12 @@ def test_annotate_edit_delete_with_audit_trail_and_rebuild(run_dir, tmp_path):
 
 
 def test_unicode_long_and_html_text_is_kept_verbatim(run_dir):
-    texts = ["loss spike 🚀 — ложный сигнал? 損失", "<script>alert('x')</script> & <b>bold</b>", "x" * 100_000,
-             "line one\nline two\ttab \x07 bell"]
+    texts = [
+        "loss spike 🚀 — ложный сигнал? 損失",
+        "<script>alert('x')</script> & <b>bold</b>",
+        "x" * 100_000,
+        "line one\nline two\ttab \x07 bell",
+    ]
     ids = [logbook.annotate(run_dir, step=i + 1, text=t) for i, t in enumerate(texts)]
     store = memory()
     ingest(store, [run_dir])
@@ -46,14 +50,17 @@ def test_unicode_long_and_html_text_is_kept_verbatim(run_dir):
     assert [got[i] for i in ids] == texts
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(step=-1, text="t"), "non-negative"),
-    (dict(step=1.5, text="t"), "non-negative integer"),
-    (dict(step=5, step_end=4, text="t"), "step_end"),
-    (dict(step=1, text="t", kind="gossip"), "kind"),
-    (dict(step=1, text="   "), "non-empty"),
-    (dict(step=1, text="x" * 100_001), "limit"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(step=-1, text="t"), "non-negative"),
+        (dict(step=1.5, text="t"), "non-negative integer"),
+        (dict(step=5, step_end=4, text="t"), "step_end"),
+        (dict(step=1, text="t", kind="gossip"), "kind"),
+        (dict(step=1, text="   "), "non-empty"),
+        (dict(step=1, text="x" * 100_001), "limit"),
+    ],
+)
 def test_bad_annotations_are_refused_with_a_clear_message(run_dir, kwargs, message):
     with pytest.raises(ValueError, match=message):
         logbook.annotate(run_dir, **kwargs)

@@ -2,21 +2,28 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 import logbook
 
-SUMMARY_KEYS = {"run", "status", "last_step", "effective_steps", "segments", "metrics", "events", "annotations",
-                "incidents", "interventions", "energy", "co2eq_kg"}
+from .proc_helpers import cli
+
+SUMMARY_KEYS = {
+    "run",
+    "status",
+    "last_step",
+    "effective_steps",
+    "segments",
+    "metrics",
+    "events",
+    "annotations",
+    "incidents",
+    "interventions",
+    "energy",
+    "co2eq_kg",
+}
 SEGMENT_KEYS = {"id", "parent", "resume_step", "start_step", "end_step", "end_reason", "reason"}
-
-
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "logbook", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "PYTHONPATH": os.getcwd()})
 
 
 @pytest.fixture
@@ -44,6 +51,7 @@ def test_summary_json_contract(run_dir):
     first, second = s["segments"]
     assert second["parent"] == first["id"] and second["resume_step"] == 50 and second["reason"] == "spike at 90"
     assert (first["start_step"], first["end_step"], first["end_reason"]) == (1, 100, "completed")
+    assert first["start_time"] <= first["end_time"] <= second["start_time"] <= second["end_time"]
     assert s["metrics"] == ["grad_norm", "loss"]
     assert s["events"] == {"checkpoint": 1, "overflow": 1} and s["annotations"] == 1
     text = cli("summary", run_dir)
@@ -58,11 +66,14 @@ def test_ingest_is_idempotent_from_the_cli(run_dir):
     assert "ingested 0 records" in again.stdout
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing", "does not exist"),
-    (lambda p: (p / "file.txt").write_text("hi") and p / "file.txt", "is a file"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "not a midflight run directory"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing", "does not exist"),
+        (lambda p: (p / "file.txt").write_text("hi") and p / "file.txt", "is a file"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "not a midflight run directory"),
+    ],
+)
 def test_bad_paths_give_one_line_errors(tmp_path, make, message):
     out = cli("summary", make(tmp_path))
     assert out.returncode == 2

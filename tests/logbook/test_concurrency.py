@@ -133,8 +133,9 @@ def test_second_process_reads_a_locked_store_through_a_private_copy(tmp_path):
         run.event("checkpoint", step=400)
     store_path = layout.default_store_path(run_dir)
 
-    holder = Proc([sys.executable, "-m", "logbook", "ingest", run_dir, "--follow", "--rescan", "0.5", "-q"],
-                  env=child_env())
+    holder = Proc(
+        [sys.executable, "-m", "logbook", "ingest", run_dir, "--follow", "--rescan", "0.5", "-q"], env=child_env()
+    )
     try:
         holder.expect("following", timeout=60)  # A owns the store file now
         out = cli("summary", run_dir, "--json", "--store", store_path)

@@ -65,7 +65,7 @@ def _tear(rng, path):
     """Append what a kill inside write() leaves behind (rare by chance, so made here): a record's first bytes."""
     line = records.encode({"k": "metrics", "names": ["m00"], "rows": [[10**6, 0.0, 0.0]]})
     with open(path, "ab") as f:
-        f.write(line[:rng.randrange(1, len(line) - 1)])  # never a whole JSON object
+        f.write(line[: rng.randrange(1, len(line) - 1)])  # never a whole JSON object
 
 
 def _expected_value(step, name):
@@ -98,12 +98,14 @@ def test_sigkilled_writer_keeps_every_reported_flush_exactly_once(tmp_path):
         recs, bad, tail = parse_log(path)
         assert bad == 0
         torn_seen += bool(tail)
-        offset = cur.execute("SELECT byte_offset, malformed FROM ingest_files WHERE rel_path = ?",
-                             [path.relative_to(run_dir).as_posix()]).fetchone()
+        offset = cur.execute(
+            "SELECT byte_offset, malformed FROM ingest_files WHERE rel_path = ?", [path.relative_to(run_dir).as_posix()]
+        ).fetchone()
         assert offset == (path.stat().st_size - len(tail), 0)
         on_disk = sorted(metric_points(recs))
-        stored = cur.execute("SELECT step, name, value FROM metrics WHERE segment_id = ? ORDER BY step, name",
-                             [seg]).fetchall()
+        stored = cur.execute(
+            "SELECT step, name, value FROM metrics WHERE segment_id = ? ORDER BY step, name", [seg]
+        ).fetchall()
         assert stored == on_disk
 
         # Every step the writer reported flushed is there, once, with every name and the right value;
@@ -113,8 +115,12 @@ def test_sigkilled_writer_keeps_every_reported_flush_exactly_once(tmp_path):
         assert len(stored) == len(steps) * NAMES
         assert (steps[-1] if steps else -1) >= flushed
         assert all(v == _expected_value(s, n) for s, n, v in stored)
-        ticks = [r[0] for r in cur.execute("SELECT step FROM events WHERE segment_id = ? AND kind = 'tick' "
-                                           "ORDER BY step", [seg]).fetchall()]
+        ticks = [
+            r[0]
+            for r in cur.execute(
+                "SELECT step FROM events WHERE segment_id = ? AND kind = 'tick' ORDER BY step", [seg]
+            ).fetchall()
+        ]
         assert len(ticks) == len(set(ticks))
         assert set(range(BATCH - 1, flushed + 1, BATCH)) <= set(ticks)
         assert all(t % BATCH == BATCH - 1 for t in ticks)
@@ -159,8 +165,10 @@ def test_relaunch_after_sigkill_appends_to_the_same_log_without_loss_or_duplicat
         # Each fragment a relaunch terminated is exactly one malformed line, counted once, never more.
         terminated = {o for o in fragments if o < end}
         cur = store.cursor()
-        assert cur.execute("SELECT byte_offset, malformed FROM ingest_files WHERE rel_path = ?",
-                           [rel]).fetchone() == (end, bad)
+        assert cur.execute("SELECT byte_offset, malformed FROM ingest_files WHERE rel_path = ?", [rel]).fetchone() == (
+            end,
+            bad,
+        )
         assert bad == len(terminated) <= kills
         stored = cur.execute("SELECT step, name, value FROM metrics ORDER BY step, name").fetchall()
         assert stored == sorted(metric_points(recs))
@@ -205,9 +213,13 @@ def test_torn_last_line_is_skipped_by_readers_until_it_is_completed(tmp_path):
     cur = store.cursor()
     assert report.malformed == 0
     assert cur.execute("SELECT step, name, value FROM metrics ORDER BY step").fetchall() == [
-        (0, "loss", 0.0), (1, "loss", 1.0), (2, "loss", 2.0)]
-    assert cur.execute("SELECT byte_offset FROM ingest_files WHERE rel_path LIKE '%rank-00000.jsonl'"
-                       ).fetchone() == (whole,)
+        (0, "loss", 0.0),
+        (1, "loss", 1.0),
+        (2, "loss", 2.0),
+    ]
+    assert cur.execute("SELECT byte_offset FROM ingest_files WHERE rel_path LIKE '%rank-00000.jsonl'").fetchone() == (
+        whole,
+    )
     assert ingest(store, [run_dir]).records == 0  # still waiting for the rest of the line
 
     with open(path, "ab") as f:  # the rest of the line arrives (in two pieces)
@@ -259,6 +271,7 @@ def test_a_record_cut_just_before_its_newline_stays_torn_after_a_relaunch(tmp_pa
             run.log({"loss": float(s)}, step=s)
     report = ingest(store, [run_dir])
     assert cur.execute("SELECT step, count(*) FROM metrics GROUP BY step ORDER BY step").fetchall() == [
-        (s, 1) for s in range(6)]
+        (s, 1) for s in range(6)
+    ]
     assert report.malformed == 1  # the cut record, counted once as what it is: torn
     store.close()

@@ -21,8 +21,17 @@ from logbook.store import open_store
 
 from .proc_helpers import cli, duplicate_metric_keys, metric_points, parse_bytes, parse_log, python, store_snapshot_diff
 
-TABLES = ("runs", "segments", "rank_logs", "metrics", "metric_tiles", "events", "telemetry", "annotation_ops",
-          "ingest_files")
+TABLES = (
+    "runs",
+    "segments",
+    "rank_logs",
+    "metrics",
+    "metric_tiles",
+    "events",
+    "telemetry",
+    "annotation_ops",
+    "ingest_files",
+)
 CHUNK = 64 * 1024
 
 INGESTER = """
@@ -44,8 +53,9 @@ def _record(run_dir, *, segment_id, steps, names, rank=0, resume_step=None, even
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the Recorder reads its rank from torchrun's variables
     try:
-        run = logbook.init(run_dir, name="big", segment_id=segment_id, resume_step=resume_step,
-                           config={"lr": 3e-4}, flush_every=60)
+        run = logbook.init(
+            run_dir, name="big", segment_id=segment_id, resume_step=resume_step, config={"lr": 3e-4}, flush_every=60
+        )
     finally:
         for k, v in saved.items():
             if v is None:
@@ -70,8 +80,9 @@ def big_run(tmp_path_factory):
     _record(run_dir, segment_id="seg-b", steps=range(10001, 20000), names=names10, resume_step=10000)
     logbook.annotate(run_dir, step=9000, text="loss spike", kind="note")
     logbook.annotate(run_dir, step=12000, text="lr lowered", kind="note")
-    points = sum(len(metric_points(parse_log(p)[0])) for p in layout.run_files(run_dir)[1]
-                 if layout.rank_of(p) is not None)
+    points = sum(
+        len(metric_points(parse_log(p)[0])) for p in layout.run_files(run_dir)[1] if layout.rank_of(p) is not None
+    )
     assert points == 15000 * 14 + 9999 * 10
     return run_dir
 
@@ -105,8 +116,10 @@ def _committed_state(path):
     con = duckdb.connect(str(path), read_only=True)
     try:
         offsets = dict(con.execute("SELECT rel_path, byte_offset FROM ingest_files").fetchall())
-        rows = {(seg, rank): n for seg, rank, n in con.execute(
-            "SELECT segment_id, rank, count(*) FROM metrics GROUP BY ALL").fetchall()}
+        rows = {
+            (seg, rank): n
+            for seg, rank, n in con.execute("SELECT segment_id, rank, count(*) FROM metrics GROUP BY ALL").fetchall()
+        }
         dups = duplicate_metric_keys(con)
     finally:
         con.close()

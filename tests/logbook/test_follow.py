@@ -10,10 +10,12 @@ from logbook.store import memory
 
 def test_filesystem_type_picks_the_longest_mount(tmp_path):
     mounts = tmp_path / "mounts"
-    mounts.write_text("overlay / overlay rw 0 0\n"
-                      "nas:/export /mnt/shared nfs4 rw 0 0\n"
-                      "tmpfs /mnt/shared/tmp tmpfs rw 0 0\n"
-                      "lustre@tcp:/fs /mnt/my\\040lustre lustre rw 0 0\n")
+    mounts.write_text(
+        "overlay / overlay rw 0 0\n"
+        "nas:/export /mnt/shared nfs4 rw 0 0\n"
+        "tmpfs /mnt/shared/tmp tmpfs rw 0 0\n"
+        "lustre@tcp:/fs /mnt/my\\040lustre lustre rw 0 0\n"
+    )
     assert filesystem_type("/mnt/shared/runs/opt", str(mounts)) == "nfs4"
     assert filesystem_type("/mnt/shared/tmp/x", str(mounts)) == "tmpfs"
     assert filesystem_type("/mnt/sharedother", str(mounts)) == "overlay"

@@ -34,10 +34,13 @@ def test_request_apply_reject_and_view(run_dir):
     assert view.loc[c, "status"] == "pending"
 
 
-@pytest.mark.parametrize("action, params, message", [
-    ("lr_multiplyer", {"factor": 2}, "unknown intervention"),
-    ("clip", {"max_norm": 0.3, "typo": 1}, "does not take typo"),
-])
+@pytest.mark.parametrize(
+    "action, params, message",
+    [
+        ("lr_multiplyer", {"factor": 2}, "unknown intervention"),
+        ("clip", {"max_norm": 0.3, "typo": 1}, "does not take typo"),
+    ],
+)
 def test_bad_requests_are_refused(run_dir, action, params, message):
     with pytest.raises(ValueError, match=message):
         interventions.request(run_dir, action, params)

@@ -92,7 +92,7 @@ def test_full_disk_is_survived_and_nothing_is_lost_or_duplicated(tmp_path):
     assert all(out["flushes"]["after"])
     errors_total, warned, dropped = out["after"]
     assert errors_total >= errors and dropped == 0
-    assert any("writing to" in w and "again" in w for w in warned[len(during):]), warned
+    assert any("writing to" in w and "again" in w for w in warned[len(during) :]), warned
 
     # On disk: every step of all three phases exactly once, no broken line (the partial record was cut back).
     path = layout.rank_file(run_dir, "seg-a", 0)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import logbook
-from logbook import lineage, queries
 from logbook import ingest as ingest_mod
+from logbook import lineage, queries
 from logbook.ingest import ingest
 from logbook.store import memory
 
@@ -91,9 +91,13 @@ def test_m4_keeps_a_single_spike_and_a_nan_among_10m_points():
     store.cursor().execute(
         """INSERT INTO metrics SELECT 'big', 's', 0, i, 'loss',
                CASE WHEN i = ? THEN 1e6 WHEN i = ? THEN 'nan'::DOUBLE ELSE 2.0 + sin(i / 1000.0) END, i
-           FROM range(?) t(i)""", [spike_step, nan_step, n])
-    store.cursor().execute("INSERT INTO segments (run_id, segment_id, config, config_diff, has_header) "
-                           "VALUES ('big', 's', '{}', '{}', true)")
+           FROM range(?) t(i)""",
+        [spike_step, nan_step, n],
+    )
+    store.cursor().execute(
+        "INSERT INTO segments (run_id, segment_id, config, config_diff, has_header) "
+        "VALUES ('big', 's', '{}', '{}', true)"
+    )
     store.cursor().execute("INSERT INTO runs VALUES ('big', '', 'big')")
     cur = store.cursor()
     for path in ("raw rows", "ingest-time tiles"):

@@ -42,7 +42,9 @@ def test_log_roundtrip_keeps_values_steps_and_nonfinite(tmp_path):
 def test_tensor_values_are_resolved_at_flush_time(tmp_path):
     run = logbook.init(tmp_path / "run", flush_every=60)
     t = torch.tensor(2.5)
-    run.log({"loss": t, "acc": torch.tensor(1, dtype=torch.int64), "half": torch.tensor(0.5, dtype=torch.float16)}, step=1)
+    run.log(
+        {"loss": t, "acc": torch.tensor(1, dtype=torch.int64), "half": torch.tensor(0.5, dtype=torch.float16)}, step=1
+    )
     assert run.flush()
     run.finish()
     store, _ = _ingest(tmp_path / "run")
@@ -154,8 +156,12 @@ def test_hostile_run_name_stays_text_and_inside_the_run_dir(tmp_path):
 def test_config_diff_against_parent(tmp_path):
     run_dir = tmp_path / "run"
     logbook.init(run_dir, config={"optim": {"lr": 1e-4, "betas": [0.9, 0.95]}, "clip": 1.0}).finish()
-    logbook.init(run_dir, config={"optim": {"lr": 5e-5, "betas": [0.9, 0.98]}, "clip": 1.0, "wd": 0.1},
-                 resume_step=0, reason="lower lr").finish()
+    logbook.init(
+        run_dir,
+        config={"optim": {"lr": 5e-5, "betas": [0.9, 0.98]}, "clip": 1.0, "wd": 0.1},
+        resume_step=0,
+        reason="lower lr",
+    ).finish()
     store, _ = _ingest(run_dir)
     segs = queries.segments(store, "run")
     diff = json.loads(segs["config_diff"].iloc[1])
@@ -187,10 +193,13 @@ def test_telemetry_samples_per_device(tmp_path):
         run.telemetry({"gpu/power_w": 299.0, "gpu/temp_c": 66.0}, device="cuda:1", step=7)
     store, report = _ingest(tmp_path / "run")
     assert report.malformed == 0
-    rows = store.cursor().execute(
-        "SELECT device, step, name, value FROM telemetry ORDER BY device, name").fetchall()
-    assert rows == [("cuda:0", None, "gpu/power_w", 301.5), ("cuda:0", None, "gpu/temp_c", 64.0),
-                    ("cuda:1", 7, "gpu/power_w", 299.0), ("cuda:1", 7, "gpu/temp_c", 66.0)]
+    rows = store.cursor().execute("SELECT device, step, name, value FROM telemetry ORDER BY device, name").fetchall()
+    assert rows == [
+        ("cuda:0", None, "gpu/power_w", 301.5),
+        ("cuda:0", None, "gpu/temp_c", 64.0),
+        ("cuda:1", 7, "gpu/power_w", 299.0),
+        ("cuda:1", 7, "gpu/temp_c", 66.0),
+    ]
 
 
 def test_reopened_rank_file_with_torn_tail_keeps_every_record(tmp_path):

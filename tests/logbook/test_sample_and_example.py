@@ -34,8 +34,12 @@ def test_sample_run_reads_back(tmp_path):
 
 
 def test_example_records_a_real_training_run(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "tiny_run.py"), str(tmp_path / "demo"),
-                          "--steps", "400"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "tiny_run.py"), str(tmp_path / "demo"), "--steps", "400"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     store, report = open_run(tmp_path / "demo", tmp_path / "store.duckdb")
     assert report.malformed == 0
