@@ -40,20 +40,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from _common import TEN_METRICS as NAMES  # noqa: E402
 from _common import Timer, machine_info, median, note, print_header, print_table, progress  # noqa: E402
 
-NAMES = [
-    "loss",
-    "grad_norm",
-    "lr",
-    "loss_scale",
-    "tokens_per_s",
-    "step_time",
-    "param_norm",
-    "update_ratio",
-    "clip_frac",
-    "mem_gb",
-]
 GOAL_POINTS_PER_S = 2e6
 
 

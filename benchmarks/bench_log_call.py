@@ -42,18 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_info, median, note, print_header, print_table, progress, spread  # noqa: E402
 
-NAMES = [
-    "loss",
-    "grad_norm",
-    "lr",
-    "loss_scale",
-    "tokens_per_s",
-    "step_time",
-    "param_norm",
-    "update_ratio",
-    "clip_frac",
-    "mem_gb",
-]
 VALUES = [
     2.718281828459045,
     0.8414709848078965,

@@ -479,33 +479,22 @@ def init(
     name = str(name) if name is not None else (run_dir.resolve().name or "run")
     header = None
     if info.is_main:
-        try:
-            if parent is None:
+        if parent is None:
+            try:
                 parent = segments.infer_parent(run_dir, resume_step)
-            header = segments.build_header(
-                run_dir,
-                segment_id=segment_id,
-                name=name,
-                config=dict(config or {}),
-                parent=parent,
-                resume_step=resume_step,
-                reason=reason,
-                world_size=info.world_size,
-            )
-        except Exception as exc:  # e.g. an unreadable parent header: record without the diff
-            warnings.warn(f"midflight could not read the lineage in {run_dir}: {exc!r}", RecorderWarning, stacklevel=2)
-            header = {
-                "v": records.FORMAT_VERSION,
-                "segment": segment_id,
-                "run": name,
-                "parent": parent,
-                "resume_step": resume_step,
-                "reason": reason,
-                "start_time": time.time(),
-                "world_size": info.world_size,
-                "config": dict(config or {}),
-                "config_diff": {},
-            }
+            except OSError as exc:  # an unreadable run directory: record this launch as a new root
+                msg = f"midflight could not read the lineage in {run_dir}: {exc!r}"
+                warnings.warn(msg, RecorderWarning, stacklevel=2)
+        header = segments.build_header(
+            run_dir,
+            segment_id=segment_id,
+            name=name,
+            config=dict(config or {}),
+            parent=parent,
+            resume_step=resume_step,
+            reason=reason,
+            world_size=info.world_size,
+        )
     run = Run(
         run_dir,
         name=name,

@@ -79,7 +79,12 @@ def format_text(s: dict) -> str:
         span = f"steps {seg['start_step']}..{seg['end_step']}"
         resumed = f" resumed from {seg['resume_step']} of {seg['parent']}" if seg["parent"] else ""
         why = f" ({seg['reason']})" if seg["reason"] else ""
-        lines.append(f" {mark} {seg['id']}: {span}, {seg['end_reason']}{resumed}{why}")
+        ended = seg["end_reason"]
+        if seg["error"]:
+            ended += f" ({seg['error'].strip().splitlines()[-1][:100]})"
+        elif seg["exit_code"]:
+            ended += f" (exit code {seg['exit_code']})"
+        lines.append(f" {mark} {seg['id']}: {span}, {ended}{resumed}{why}")
         for key, (old, new) in seg["config_diff"].items():
             lines.append(f"      {key}: {old} -> {new}")
     lines.append("   (* = on the effective path)")
