@@ -49,9 +49,11 @@ def cmd_summary(args) -> int:
     from . import queries
     from .summary import format_text, summarize
 
-    store, _report = _open(args)
+    store, report = _open(args)
     if store.note:
         print(f"note: {store.note}", file=sys.stderr)
+    for error in report.errors:
+        print(f"warning: {error}", file=sys.stderr)
     runs = queries.run_ids(store) if args.run is None else [args.run]
     out = []
     for run in runs:

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -34,6 +35,7 @@ class IngestReport:
     metric_points: int = 0
     malformed: int = 0
     examples: list = field(default_factory=list)  # (run, file, line_no, message, snippet)
+    errors: list = field(default_factory=list)  # file-level problems: "run/file: what went wrong"
 
     def describe(self) -> str:
         text = (
@@ -44,6 +46,8 @@ class IngestReport:
             text += f"; skipped {self.malformed:,} malformed lines, e.g.:"
             for run, rel, line_no, msg, snippet in self.examples[:MAX_EXAMPLES]:
                 text += f"\n  {run}/{rel}:{line_no}: {msg}: {snippet}"
+        for error in self.errors:
+            text += f"\nwarning: {error}"
         return text
 
 
@@ -147,8 +151,7 @@ def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -
     ).fetchone()
     lines, malformed, examples = (row[0], row[1], json.loads(row[2] or "[]")) if row else (0, 0, [])
     if st.st_size < offset:
-        report.malformed += 1
-        report.examples.append((run_id, rel, lines, "file shrank since it was ingested; new data ignored", ""))
+        report.errors.append(f"{run_id}/{rel}: the file shrank since it was ingested; it is no longer read")
         return
     rank = layout.rank_of(path)
     segment_id = path.parent.name if rank is not None else None
@@ -156,8 +159,7 @@ def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -
         try:
             data, new_offset = records.read_complete(path, offset, chunk_bytes)
         except OSError as exc:
-            report.malformed += 1
-            report.examples.append((run_id, rel, lines, f"cannot read: {exc}", ""))
+            report.errors.append(f"{run_id}/{rel}: cannot read: {exc}")
             return
         batch = _Batch(run_id, segment_id, rank, lines, st.st_mtime)
         for line in data.split(b"\n")[:-1]:
@@ -182,6 +184,10 @@ def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -
                 ],
             )
             cur.execute("COMMIT")
+        except duckdb.Error as exc:  # keep the other files flowing; this chunk is retried next time
+            cur.execute("ROLLBACK")
+            report.errors.append(f"{run_id}/{rel}: could not store the chunk at byte {offset}: {exc}")
+            return
         except BaseException:
             cur.execute("ROLLBACK")
             raise

@@ -137,3 +137,16 @@ def test_metrics_record_without_names_is_one_malformed_line(run_dir):
         assert out.returncode == 0, out.stderr
     s = json.loads(cli("summary", run_dir, "--json").stdout)
     assert s["ingest_problems"][0]["malformed"] == 1
+
+
+def test_a_log_that_shrank_is_reported_and_the_rest_still_ingests(run_dir):
+    assert cli("ingest", run_dir, "-q").returncode == 0
+    first, second = sorted((run_dir / "segments").iterdir())
+    log = first / "rank-00000.jsonl"
+    log.write_bytes(log.read_bytes()[:100])  # someone truncated it
+    with open(second / "rank-00000.jsonl", "ab") as f:
+        f.write(b'{"k":"metrics","names":["loss"],"rows":[[121, 1.0, 0.5]]}\n')
+    out = cli("summary", run_dir, "--json")
+    assert out.returncode == 0, out.stderr
+    assert "shrank" in out.stderr and "Traceback" not in out.stderr
+    assert json.loads(out.stdout)["last_step"] == 121
