@@ -9,7 +9,12 @@ Contract with the training loop:
   could not be written are kept and retried, and recording resumes when the
   error clears.
 - 0-d tensors are kept as references and resolved on the flush thread, one
-  batched device->host copy per device per flush, so `log()` never syncs the GPU.
+  stacked device->host copy per device and dtype per flush, so `log()` never
+  syncs the GPU.
+- Memory is bounded: at most `max_queue` calls wait for the flush thread and
+  `max_pending_bytes` wait for a disk that refuses writes; beyond that records
+  are dropped and counted (the newest calls, or the oldest unwritten bytes),
+  and the training process never grows without bound.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Run:
         flush_every: float,
         fsync_every: float,
         max_pending_bytes: int,
+        max_queue: int,
     ):
         self.run_dir = Path(run_dir)
         self.name = name
@@ -61,6 +67,7 @@ class Run:
         self.flush_every = float(flush_every)
         self.fsync_every = float(fsync_every)
         self.max_pending_bytes = int(max_pending_bytes)
+        self.max_queue = int(max_queue)
         # Counters a user (and the close record) can read.
         self.write_errors = 0
         self._dropped = 0  # touched by the flush thread only
@@ -119,8 +126,8 @@ class Run:
         never waits for the GPU. For a tensor you modify in place afterwards (an accumulator), pass
         `t.detach().clone()`; `loss.detach()` of a fresh loss is fine as it is.
         """
-        if self._finished:
-            self._warn_once("after-finish", "run.log() after run.finish() is ignored")
+        if self._finished or len(self._q) >= self.max_queue:
+            self._refuse()
             return
         try:
             if step is None:
@@ -133,6 +140,9 @@ class Run:
 
     def event(self, kind: str, step: int | None = None, **fields) -> None:
         """Record a discrete event: overflow, checkpoint, restart, intervention_applied, alert, ..."""
+        if self._finished or len(self._q) >= self.max_queue:
+            self._refuse()
+            return
         try:
             self._q.append((_EVENT, str(kind), step, time.time(), fields))
         except Exception as exc:
@@ -141,11 +151,25 @@ class Run:
 
     def telemetry(self, values: dict, device: str, step: int | None = None) -> None:
         """Record one sample of device telemetry (GPU power, temperature, ...) for `device`."""
+        if self._finished or len(self._q) >= self.max_queue:
+            self._refuse()
+            return
         try:
             self._q.append((_TELEMETRY, str(device), step, time.time(), dict(values)))
         except Exception as exc:
             self._rejected += 1
             self._warn_once(("telemetry-arg", type(exc)), f"run.telemetry() ignored a call it could not read: {exc!r}")
+
+    def _refuse(self) -> None:
+        self._rejected += 1
+        if self._finished:
+            self._warn_once("after-finish", "midflight ignores records sent after run.finish()")
+        else:
+            self._warn_once(
+                "queue-full",
+                f"midflight's queue holds {self.max_queue:,} unflushed calls; "
+                "the flush thread cannot keep up, so new records are dropped (counted)",
+            )
 
     # ------------------------------------------------------------------ lifecycle
     def flush(self) -> bool:
@@ -453,6 +477,7 @@ def init(
     flush_every: float = 0.5,
     fsync_every: float = 5.0,
     max_pending_bytes: int = 256 << 20,
+    max_queue: int = 200_000,
 ) -> Run:
     """Start recording one launch (segment) of a run into `run_dir`.
 
@@ -504,6 +529,7 @@ def init(
         flush_every=flush_every,
         fsync_every=fsync_every,
         max_pending_bytes=max_pending_bytes,
+        max_queue=max_queue,
     )
     run.flush()  # header and open record on disk now, or a warning now
     _current = run

@@ -215,3 +215,17 @@ def test_reopened_rank_file_with_torn_tail_keeps_every_record(tmp_path):
     store, report = _ingest(tmp_path / "run")
     assert queries.series(store, "run", "loss")["step"].tolist() == [1, 3]
     assert report.malformed == 1  # the torn fragment, now terminated, is counted once
+
+
+def test_queue_is_bounded_and_recovers_after_a_flush(tmp_path):
+    run = logbook.init(tmp_path / "run", flush_every=60, max_queue=10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for s in range(25):  # the flush thread "cannot keep up": it sleeps for 60 s
+            run.log({"loss": float(s)}, step=s)
+    assert run.dropped_records == 15 and any("cannot keep up" in str(w.message) for w in caught)
+    run.flush()
+    run.log({"loss": 99.0}, step=99)
+    run.finish()
+    store, _ = _ingest(tmp_path / "run")
+    assert queries.series(store, "run", "loss")["step"].tolist() == [*range(10), 99]
