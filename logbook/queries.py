@@ -181,6 +181,13 @@ def series(
     return _df(cur, sql + " ORDER BY x, step", params)
 
 
+def last_value(store: Store, run: str, name: str, *, rank: int | None = 0) -> float | None:
+    """The metric's value at the last step of the effective history (None if it was never logged)."""
+    sql, params = _series_sql(store, run, name, "step", rank, "effective", None)
+    row = store.cursor().execute(sql + " ORDER BY step DESC LIMIT 1", params).fetchone()
+    return None if row is None else row[1]
+
+
 def multi_series(store: Store, runs: list[str], name: str, **kwargs) -> pd.DataFrame:
     """The same metric for several runs, stacked with a `run` column (for overlays)."""
     frames = [series(store, run, name, **kwargs).assign(run=run) for run in runs]

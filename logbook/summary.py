@@ -44,8 +44,7 @@ def summarize(store: Store, run: str) -> dict:
         }
         for r in segs.itertuples()
     ]
-    eff = queries.series(store, run, "loss", rank=0) if "loss" in queries.metric_names(store, run) else None
-    last_loss = _num(eff["value"].iloc[-1]) if eff is not None and not eff.empty else None
+    last_loss = _num(queries.last_value(store, run, "loss"))
     ends = [s["end_step"] for s in segments if s["end_step"] is not None]
     return {
         "run": run,

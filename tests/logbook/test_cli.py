@@ -47,6 +47,7 @@ def test_summary_json_contract(run_dir):
     s = json.loads(out.stdout)
     assert SUMMARY_KEYS <= set(s)
     assert (s["run"], s["status"], s["last_step"], s["effective_steps"]) == ("run", "finished", 120, 120)
+    assert s["last_loss"] == pytest.approx(2.0 - 120 / 1000)
     assert [SEGMENT_KEYS <= set(seg) for seg in s["segments"]] == [True, True]
     first, second = s["segments"]
     assert second["parent"] == first["id"] and second["resume_step"] == 50 and second["reason"] == "spike at 90"
