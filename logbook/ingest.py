@@ -242,9 +242,9 @@ class _Batch:
         key = tuple(names) if isinstance(names, list) else None  # unhashable names -> TypeError -> malformed
         if key not in self.m_ids and (not key or not all(isinstance(n, str) for n in key)):
             raise ValueError("metrics block has no names, or a name that is not text")
-        arr = np.asarray(rec["rows"], dtype=np.float64)
-        if arr.ndim != 2 or arr.shape[1] != len(key) + 2:
-            raise ValueError("metrics block rows do not match its names")
+        arr = _block_array(rec, len(key))
+        if not np.isfinite(arr[:, 0]).all():
+            raise ValueError("metrics block has a step that is not a number")
         if key not in self.m_ids:
             self.m_ids[key] = np.array([self.names.setdefault(n, len(self.names)) for n in key], dtype=np.int32)
         self.m_blocks.setdefault(key, []).append(arr)
@@ -264,9 +264,7 @@ class _Batch:
 
     def _telemetry(self, rec: dict) -> None:
         names, device = rec["names"], str(rec["device"])
-        arr = np.asarray(rec["rows"], dtype=np.float64)
-        if arr.ndim != 2 or arr.shape[1] != len(names) + 2:
-            raise ValueError("telemetry block rows do not match its names")
+        arr = _block_array(rec, len(names))
         for row in arr:
             step = None if np.isnan(row[1]) else int(row[1])
             self.t_rows.extend((device, step, row[0], str(nm), v) for nm, v in zip(names, row[2:].tolist()))
@@ -453,6 +451,21 @@ _HANDLERS = {
     ("annotation", False): _Batch._annotation,
     ("intervention", False): _Batch._intervention,
 }
+
+
+_NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _block_array(rec: dict, k: int) -> np.ndarray:
+    """The rows of a metrics/telemetry block as float64 [n, 2 + k], with its listed NaN/Inf put back."""
+    arr = np.asarray(rec["rows"], dtype=np.float64)  # null -> NaN
+    if arr.ndim != 2 or arr.shape[1] != k + 2:
+        raise ValueError("block rows do not match its names")
+    for i, j, token in rec.get("nonfinite") or ():
+        if not (0 <= i < arr.shape[0] and 0 <= j < k) or token not in _NONFINITE:
+            raise ValueError(f"bad nonfinite entry {[i, j, token]!r}")
+        arr[i, 2 + j] = _NONFINITE[token]
+    return arr
 
 
 def _str(v):

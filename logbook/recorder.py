@@ -36,6 +36,7 @@ END_REASONS = ("completed", "crashed", "stopped")
 
 _METRICS, _EVENT, _TELEMETRY, _RAW = 0, 1, 2, 3
 _FAST = (float, int)
+_INF = float("inf")
 
 
 class RecorderWarning(UserWarning):
@@ -258,7 +259,7 @@ class Run:
             return b""
         self._resolve_tensors(items)
         out: list[bytes] = []
-        blocks: dict = {}  # (kind, device, names) -> rows, in first-seen order
+        blocks: dict = {}  # (kind, device, names) -> (rows, nonfinite), in first-seen order
         for item in items:
             tag = item[0]
             if tag == _METRICS:
@@ -266,27 +267,32 @@ class Run:
                 step = self._as_step(step)
                 if step is None:
                     continue
-                names, vals = self._clean(values)
+                names, vals, bad = self._clean(values)
                 if names:
-                    blocks.setdefault((_METRICS, None, names), []).append([step, t, *vals])
+                    rows, nonfinite = blocks.setdefault((_METRICS, None, names), ([], []))
+                    nonfinite.extend([len(rows), j, token] for j, token in bad)
+                    rows.append([step, t, *vals])
             elif tag == _TELEMETRY:
                 _, device, step, t, values = item
-                names, vals = self._clean(values)
+                names, vals, bad = self._clean(values)
                 if names:
-                    s = float("nan") if step is None else self._as_step(step)
-                    blocks.setdefault((_TELEMETRY, device, names), []).append([t, s, *vals])
+                    s = None if step is None else self._as_step(step)
+                    rows, nonfinite = blocks.setdefault((_TELEMETRY, device, names), ([], []))
+                    nonfinite.extend([len(rows), j, token] for j, token in bad)
+                    rows.append([t, s, *vals])
             elif tag == _EVENT:
                 _, kind, step, t, fields = item
                 step = None if step is None else self._as_step(step)
                 out.append(records.encode({"k": records.EVENT, "kind": kind, "step": step, "t": t, "fields": fields}))
             else:
                 out.append(records.encode(item[1]))
-        for (kind, device, names), rows in blocks.items():
-            if kind == _METRICS:
-                rec = {"k": records.METRICS, "names": list(names), "rows": rows}
-            else:
-                rec = {"k": records.TELEMETRY, "device": device, "names": list(names), "rows": rows}
-            out.append(records.encode(rec))
+        for (kind, device, names), (rows, nonfinite) in blocks.items():
+            rec = {"k": records.METRICS if kind == _METRICS else records.TELEMETRY, "names": list(names), "rows": rows}
+            if kind == _TELEMETRY:
+                rec["device"] = device
+            if nonfinite:
+                rec["nonfinite"] = nonfinite
+            out.append(records.encode_block(rec))
         return b"".join(out)
 
     def _as_step(self, step) -> int | None:
@@ -297,8 +303,9 @@ class Run:
             self._warn_once("bad-step", f"midflight dropped a record whose step {step!r} is not an integer")
             return None
 
-    def _clean(self, values: dict) -> tuple[tuple, list]:
-        names, vals = [], []
+    def _clean(self, values: dict) -> tuple[tuple, list, list]:
+        """(names, numeric values, [(index, token)] of the NaN/Inf values among them)."""
+        names, vals, bad = [], [], []
         for key, v in values.items():
             if type(v) not in _FAST:
                 try:
@@ -311,9 +318,11 @@ class Run:
                         ("bad-value", key), f"midflight dropped metric {key!r}: value {v!r:.80} is not a number"
                     )
                     continue
+            if not -_INF < v < _INF:  # NaN or +-Inf: kept faithfully, listed beside the block
+                bad.append((len(vals), records.nonfinite_token(v)))
             names.append(key if type(key) is str else str(key))
             vals.append(v)
-        return tuple(names), vals
+        return tuple(names), vals, bad
 
     def _resolve_tensors(self, items: list) -> None:
         """Replace 0-d tensors in metric dicts by floats: one stacked device->host copy per (device, dtype)."""

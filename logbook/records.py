@@ -6,18 +6,25 @@ sees a torn record; `tail -f` and `grep` work on a live run; and metric records 
 written *columnar* (one line holds a block of steps for one set of metric names),
 which keeps parsing fast enough for multi-million-point ingests.
 
-Non-finite floats are written as the bare tokens NaN, Infinity and -Infinity
-(Python's json dialect) so that a NaN loss is stored faithfully.
+Metric and telemetry blocks are strict JSON written with orjson (20x faster than
+the standard library on float rows). Strict JSON has no NaN or Infinity, so a
+non-finite value is written as null in `rows` and listed in the block's
+`nonfinite`: [[row, value_index, "NaN" | "Infinity" | "-Infinity"], ...]; readers
+put it back, so a NaN loss is stored faithfully. Other records (events, headers)
+use the standard library, whose NaN/Infinity tokens the reader also accepts.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 from pathlib import Path
 
-FORMAT_VERSION = 1
+import orjson
+
+FORMAT_VERSION = 2  # 2: blocks are strict JSON with `nonfinite`; 1 wrote NaN tokens in rows (still read)
 
 # Ends a fragment left by a writer that died or failed mid-line. Not a bare newline: a fragment
 # cut just before its own newline is a whole record, and a newline would bring it back to life
@@ -37,6 +44,18 @@ def encode(record: dict) -> bytes:
     return (json.dumps(record, separators=(",", ":"), default=_fallback) + "\n").encode("utf-8")
 
 
+def encode_block(record: dict) -> bytes:
+    """A metrics/telemetry block (strict JSON, non-finite values already listed in `nonfinite`)."""
+    try:
+        return orjson.dumps(record) + b"\n"
+    except TypeError:  # an int beyond 64 bits, say: the slow path writes anything
+        return encode(record)
+
+
+def nonfinite_token(v: float) -> str:
+    return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+
+
 def _fallback(obj):
     """Make anything a user passes as an event field storable (as text if need be)."""
     try:
@@ -47,7 +66,10 @@ def _fallback(obj):
 
 def decode(line: bytes) -> dict:
     """Parse one line; raises ValueError for anything that is not a JSON object record."""
-    rec = json.loads(line)
+    try:
+        rec = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        rec = json.loads(line)  # NaN/Infinity tokens (events, format 1); raises ValueError if garbage
     if not isinstance(rec, dict) or not isinstance(rec.get("k"), str):
         raise ValueError("not a midflight record (expected a JSON object with a 'k' field)")
     return rec

@@ -229,3 +229,21 @@ def test_queue_is_bounded_and_recovers_after_a_flush(tmp_path):
     run.finish()
     store, _ = _ingest(tmp_path / "run")
     assert queries.series(store, "run", "loss")["step"].tolist() == [*range(10), 99]
+
+
+def test_blocks_are_strict_json_and_old_nan_tokens_still_read(tmp_path):
+    run_dir = tmp_path / "run"
+    with logbook.init(run_dir, segment_id="seg-a") as run:
+        run.log({"loss": float("nan"), "gn": float("-inf")}, step=1)
+    path = layout.rank_file(run_dir, "seg-a", 0)
+    block = next(json.loads(line) for line in path.read_text().splitlines() if '"metrics"' in line)
+    assert block["rows"][0][2:] == [None, None]  # strict JSON: parseable by any tool
+    assert block["nonfinite"] == [[0, 0, "NaN"], [0, 1, "-Infinity"]]
+    with open(path, "ab") as f:
+        f.write(b'{"k":"metrics","names":["loss"],"rows":[[2,1.0,NaN],[3,1.0,Infinity]]}\n')  # format 1
+        f.write(b'{"k":"metrics","names":["loss"],"rows":[[4,1.0,null]],"nonfinite":[[0,5,"NaN"]]}\n')  # bad index
+    store, report = _ingest(run_dir)
+    loss = queries.series(store, "run", "loss")
+    assert loss["step"].tolist() == [1, 2, 3] and report.malformed == 1
+    assert math.isnan(loss["value"].iloc[0]) and math.isnan(loss["value"].iloc[1]) and loss["value"].iloc[2] == math.inf
+    assert queries.series(store, "run", "gn")["value"].tolist() == [-math.inf]
