@@ -65,7 +65,18 @@ def open_store(path: str | os.PathLike | None, *, fallback: bool = True) -> Stor
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(path))
+        try:
+            con = duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "not a valid DuckDB database" not in str(exc):
+                raise
+            # A damaged store (a half-copied file, a disk error): it is derived data, so rebuild it.
+            warnings.warn(
+                f"the store {path} is damaged ({exc}); rebuilding it from the logs", StoreWarning, stacklevel=2
+            )
+            path.unlink()
+            Path(str(path) + ".wal").unlink(missing_ok=True)
+            con = duckdb.connect(str(path))
     except (duckdb.IOException, OSError) as exc:
         if not fallback:
             raise

@@ -12,9 +12,11 @@ import re
 import signal
 import sys
 
+import pytest
+
 import logbook
-from logbook import layout
-from logbook.store import open_store
+from logbook import layout, queries
+from logbook.store import StoreWarning, open_store
 
 from .proc_helpers import Proc, child_env, cli, python
 
@@ -170,3 +172,15 @@ def test_second_process_reads_a_locked_store_through_a_private_copy(tmp_path):
     final = cli("summary", run_dir, "--json", "--store", store_path)
     assert final.returncode == 0 and "note:" not in final.stderr
     assert json.loads(final.stdout) == json.loads(later.stdout)
+
+
+def test_a_damaged_store_file_is_rebuilt_from_the_logs(tmp_path):
+    run_dir = tmp_path / "run"
+    with logbook.init(run_dir) as run:
+        run.log({"loss": 1.0}, step=1)
+    store_path = tmp_path / "store.duckdb"
+    store_path.write_bytes(b"not a database at all" * 100)
+    with pytest.warns(StoreWarning, match="damaged"):
+        store, report = logbook.open_run(run_dir, store_path)
+    assert not store.private and queries.series(store, "run", "loss")["value"].tolist() == [1.0]
+    store.close()
