@@ -408,8 +408,8 @@ class Run:
             try:
                 os.fsync(self._fd)
                 self._unsynced = False
-            except OSError:
-                pass
+            except OSError as exc:  # written, but maybe not durable: say so, keep going
+                self._warn_once(("fsync", exc.errno), f"midflight cannot fsync {self.path}: {exc}")
             self._last_fsync = time.monotonic()
 
     def _cap_pending(self) -> None:
