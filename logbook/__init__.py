@@ -2,7 +2,8 @@
 
 Writing (any training loop):   run = logbook.init(run_dir, name=..., config={...})
                                run.log({"loss": loss}, step=step); run.finish()
-Reading (dashboard, CLI):      store = logbook.open_run(path); logbook.queries.series(store, ...)
+Reading (dashboard, CLI):      store, report = logbook.open_run(path)
+                               logbook.queries.series(store, run_id, "loss", buckets=2000)
 
 This package imports neither torch nor streamlit.
 """

@@ -18,7 +18,7 @@ class DistInfo:
         return self.rank == 0
 
 
-def _torch_dist():
+def torch_dist():
     """torch.distributed if the caller already imported torch and initialised a group; logbook never imports torch."""
     torch = sys.modules.get("torch")
     if torch is None:
@@ -38,7 +38,7 @@ def _env_int(name: str, default: int) -> int:
 
 def detect() -> DistInfo:
     local_rank = _env_int("LOCAL_RANK", 0)
-    dist = _torch_dist()
+    dist = torch_dist()
     if dist is not None:
         return DistInfo(dist.get_rank(), local_rank, dist.get_world_size())
     return DistInfo(_env_int("RANK", 0), local_rank, _env_int("WORLD_SIZE", 1))
@@ -46,7 +46,7 @@ def detect() -> DistInfo:
 
 def agree_on(value: str, info: DistInfo) -> str:
     """Rank 0's value on every rank (one collective at init), so all ranks share a segment id."""
-    dist = _torch_dist()
+    dist = torch_dist()
     if dist is None or info.world_size <= 1:
         return value
     box = [value]

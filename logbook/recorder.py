@@ -504,7 +504,7 @@ def init(
     run_dir = Path(run_dir)
     info = dist.detect()
     if segment_id is None:
-        key = dist.launch_key() if info.world_size > 1 and dist._torch_dist() is None else None
+        key = dist.launch_key() if info.world_size > 1 and dist.torch_dist() is None else None
         if key is not None:  # ranks cannot talk yet: derive the same id from the launch's shared env
             segment_id = "seg-" + hashlib.sha1(key.encode()).hexdigest()[:16]
         else:
