@@ -359,12 +359,14 @@ class _Batch:
                     "wall_time": walls,
                 }
             )
-            cur.register("_mf_metrics", table)
-            cur.execute(
-                "INSERT INTO metrics SELECT ?, ?, ?, step, name::VARCHAR, value, wall_time FROM _mf_metrics", key
+            _insert(
+                cur,
+                "_mf_metrics",
+                table,
+                key,
+                "INSERT INTO metrics SELECT ?, ?, ?, step, name::VARCHAR, value, wall_time FROM _mf_metrics",
+                _TILES_SQL,
             )
-            cur.execute(_TILES_SQL, key)
-            cur.unregister("_mf_metrics")
             self._touch_rank(cur, key, int(steps.min()), int(steps.max()))
         if self.t_rows:
             cols = list(zip(*self.t_rows))
@@ -377,9 +379,13 @@ class _Batch:
                     "value": pa.array(cols[4], pa.float64()),
                 }
             )
-            cur.register("_mf_tel", table)
-            cur.execute("INSERT INTO telemetry SELECT ?, ?, ?, device, step, wall_time, name, value FROM _mf_tel", key)
-            cur.unregister("_mf_tel")
+            _insert(
+                cur,
+                "_mf_tel",
+                table,
+                key,
+                "INSERT INTO telemetry SELECT ?, ?, ?, device, step, wall_time, name, value FROM _mf_tel",
+            )
         if self.events:
             cols = list(zip(*self.events))
             table = pa.table(
@@ -390,9 +396,13 @@ class _Batch:
                     "fields": cols[3],
                 }
             )
-            cur.register("_mf_events", table)
-            cur.execute("INSERT INTO events SELECT ?, ?, ?, step, wall_time, kind, fields::JSON FROM _mf_events", key)
-            cur.unregister("_mf_events")
+            _insert(
+                cur,
+                "_mf_events",
+                table,
+                key,
+                "INSERT INTO events SELECT ?, ?, ?, step, wall_time, kind, fields::JSON FROM _mf_events",
+            )
         if self.close is not None:
             c = self.close
             cur.execute(
@@ -451,6 +461,16 @@ _HANDLERS = {
     ("annotation", False): _Batch._annotation,
     ("intervention", False): _Batch._intervention,
 }
+
+
+def _insert(cur, view: str, table: pa.Table, params: list, *statements: str) -> None:
+    """Run `statements` (each taking `params`) with `table` visible to SQL as `view`."""
+    cur.register(view, table)
+    try:
+        for sql in statements:
+            cur.execute(sql, params)
+    finally:
+        cur.unregister(view)
 
 
 _NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}

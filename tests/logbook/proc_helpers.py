@@ -135,6 +135,16 @@ def python(code: str, *args, stdin: bool = False, **env) -> Proc:
     return Proc([sys.executable, "-c", textwrap.dedent(code), *args], stdin=stdin, env=child_env(**env))
 
 
+def python_ok(code: str, *args, timeout: float = 60.0, **env) -> Proc:
+    """Run `code` like `python()` to the end and assert it exited 0; its output lines stay in `.lines`."""
+    proc = python(code, *args, **env)
+    try:
+        assert proc.wait(timeout) == 0, proc.stderr
+    finally:
+        proc.close()
+    return proc
+
+
 def cli(*args, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """`python -m logbook ...` as a user would run it."""
     return subprocess.run(

@@ -14,7 +14,7 @@ from logbook import layout, records
 from logbook.ingest import ingest
 from logbook.store import open_store
 
-from .proc_helpers import duplicate_metric_keys, metric_points, parse_log, python
+from .proc_helpers import duplicate_metric_keys, metric_points, parse_log, python, python_ok
 
 NAMES = 20  # metric names per step; values are step * 0.5 + j, so every value is checkable
 BATCH = 25  # steps between explicit flushes
@@ -252,11 +252,7 @@ DIES_AFTER_FIVE = """
 def test_a_record_cut_just_before_its_newline_stays_torn_after_a_relaunch(tmp_path):
     """records.py: a record is complete exactly when its newline is on disk. A relaunch must not complete it."""
     run_dir = tmp_path / "run"
-    proc = python(DIES_AFTER_FIVE, run_dir)
-    try:
-        assert proc.wait(60) == 0, proc.stderr
-    finally:
-        proc.close()
+    python_ok(DIES_AFTER_FIVE, run_dir)
     path = layout.rank_file(run_dir, "seg-a", 0)
     data = path.read_bytes()
     path.write_bytes(data[:-1])  # the kill landed inside the last write(): all of step 4's record but its newline

@@ -15,7 +15,7 @@ from logbook.ingest import ingest
 from logbook.recorder import RecorderWarning
 from logbook.store import memory
 
-from .proc_helpers import duplicate_metric_keys, metric_points, parse_log, python
+from .proc_helpers import duplicate_metric_keys, metric_points, parse_log, python_ok
 
 FULL_DISK_WRITER = """
     import json, resource, signal, sys, time, warnings
@@ -71,12 +71,7 @@ FULL_DISK_WRITER = """
 
 def test_full_disk_is_survived_and_nothing_is_lost_or_duplicated(tmp_path):
     run_dir = tmp_path / "run"
-    proc = python(FULL_DISK_WRITER, run_dir)
-    try:
-        rc = proc.wait(60)
-        assert rc == 0, proc.stderr
-    finally:
-        proc.close()
+    proc = python_ok(FULL_DISK_WRITER, run_dir)
     out = json.loads(proc.lines[-1])
 
     # The training loop never saw an exception, and log() stayed a queue append.
@@ -138,11 +133,7 @@ FULL_AT_START = """
 def test_disk_full_at_start_still_ends_with_a_whole_segment_header(tmp_path):
     """The header is written once, atomically: a short write must be retried, not renamed into place."""
     run_dir = tmp_path / "run"
-    proc = python(FULL_AT_START, run_dir)
-    try:
-        assert proc.wait(60) == 0, proc.stderr
-    finally:
-        proc.close()
+    proc = python_ok(FULL_AT_START, run_dir)
     _, during, errors = proc.lines[0].split()
     assert during == "False" and int(errors) > 0
     assert proc.lines[1] == "after True"
