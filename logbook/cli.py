@@ -1,4 +1,4 @@
-"""`python -m logbook`: ingest, summary and annotate from a shell.
+"""`python -m logbook`: ingest, summary, annotate and intervene from a shell.
 
 Errors a user can cause (a missing run directory, a bad step) are one-line
 messages and exit code 2, never a traceback.
@@ -77,6 +77,52 @@ def cmd_annotate(args) -> int:
     return 0
 
 
+def _intervention_from_args(args) -> tuple[str, dict]:
+    """The one action the flags ask for; a rewind may carry the other changes with it."""
+    changes = {
+        name: value
+        for name, value in (
+            ("lr_multiplier", args.lr_scale),
+            ("lr_peak", args.lr),
+            ("clip", args.clip),
+            ("skip_batches", args.skip_batches),
+            ("loss_scale_floor", args.loss_scale_floor),
+        )
+        if value is not None
+    }
+    flags = [f for f in ("checkpoint", "stop") if getattr(args, f)]
+    if args.rewind is not None:
+        if flags:
+            raise ValueError(f"--rewind cannot be combined with --{flags[0]}")
+        return "rewind", {"checkpoint_step": args.rewind, "changes": changes}
+    asked = list(changes) + flags
+    if len(asked) != 1:
+        raise ValueError(
+            "give exactly one change (or --rewind STEP with any of them); got "
+            + (", ".join(asked) if asked else "none")
+        )
+    if flags:
+        return {"checkpoint": "checkpoint_now", "stop": "stop"}[flags[0]], {}
+    name, value = next(iter(changes.items()))
+    param = {
+        "lr_multiplier": "factor",
+        "lr_peak": "lr",
+        "clip": "max_norm",
+        "skip_batches": "n",
+        "loss_scale_floor": "floor",
+    }[name]
+    return name, {param: value}
+
+
+def cmd_intervene(args) -> int:
+    from . import interventions
+
+    action, params = _intervention_from_args(args)
+    req_id = interventions.request(args.path, action, params, note=args.note, author=args.author)
+    print(f"intervention {req_id} requested: {action} {json.dumps(params)} (pending until the run applies it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m logbook", description="midflight logbook: ingest and read run logs")
     sub = p.add_subparsers(dest="command", required=True)
@@ -112,6 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--kind", default="note", choices=annotations.KINDS)
     sp.add_argument("--author", default=None)
     sp.set_defaults(func=cmd_annotate)
+
+    sp = sub.add_parser("intervene", help="ask a live run to change course (audited)")
+    sp.add_argument("path", help="the run directory")
+    sp.add_argument("--lr-scale", type=float, default=None, metavar="X", help="multiply the LR schedule by X")
+    sp.add_argument("--lr", type=float, default=None, metavar="X", help="new peak LR")
+    sp.add_argument("--clip", type=float, default=None, metavar="X", help="new gradient-clipping threshold")
+    sp.add_argument("--skip-batches", type=int, default=None, metavar="N", help="skip the next N batches")
+    sp.add_argument("--loss-scale-floor", type=float, default=None, metavar="X", help="fp16 loss-scale floor")
+    sp.add_argument("--checkpoint", action="store_true", help="save a checkpoint now")
+    sp.add_argument("--stop", action="store_true", help="checkpoint and stop the run")
+    sp.add_argument(
+        "--rewind", type=int, default=None, metavar="STEP", help="restart from checkpoint STEP (with the other changes)"
+    )
+    sp.add_argument("--note", required=True, help="why: kept in the audit record")
+    sp.add_argument("--author", default=None)
+    sp.set_defaults(func=cmd_intervene)
     return p
 
 

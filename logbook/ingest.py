@@ -315,6 +315,7 @@ class _Batch:
                 _int(rec.get("step")),
                 _str(rec.get("detail")),
                 _str(rec.get("author")),
+                _str(rec.get("note")),
             )
         )
 
@@ -421,7 +422,7 @@ class _Batch:
         for op in self.annotation_ops:
             cur.execute("INSERT INTO annotation_ops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [self.run_id, *op])
         for op in self.intervention_ops:
-            cur.execute("INSERT INTO intervention_ops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [self.run_id, *op])
+            cur.execute("INSERT INTO intervention_ops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [self.run_id, *op])
 
     @staticmethod
     def _touch_rank(cur, key, lo: int, hi: int) -> None:

@@ -59,8 +59,8 @@ def segments(store: Store, run: str, now: float | None = None) -> pd.DataFrame:
                count(r.rank) AS ranks, count(r.end_reason) AS closed_ranks,
                list(r.end_reason ORDER BY r.rank) FILTER (r.end_reason IS NOT NULL) AS reasons,
                any_value(r.end_reason) FILTER (r.rank = 0) AS rank0_reason,
-               any_value(r.exit_code) FILTER (r.end_reason = 'crashed') AS exit_code,
-               any_value(r.error) FILTER (r.end_reason = 'crashed') AS error,
+               arg_min(r.exit_code, r.close_time) FILTER (r.end_reason = 'crashed') AS exit_code,
+               arg_min(r.error, r.close_time) FILTER (r.end_reason = 'crashed') AS error,
                sum(coalesce(r.dropped_records, 0)) AS dropped_records
         FROM segments s LEFT JOIN rank_logs r USING (run_id, segment_id)
         WHERE s.run_id = ? GROUP BY ALL ORDER BY s.start_time NULLS FIRST, s.segment_id""",
@@ -74,7 +74,7 @@ def segments(store: Store, run: str, now: float | None = None) -> pd.DataFrame:
 
 
 def _end_reason(row, now: float) -> str:
-    """completed | crashed | stopped | running | unknown (died without a close record)."""
+    """completed | crashed | stopped | rewound | running | unknown (died without a close record)."""
     reasons = [] if _missing(row.reasons) else list(row.reasons)
     if "crashed" in reasons:
         return "crashed"

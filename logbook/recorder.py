@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import dist, layout, records, segments
 
-END_REASONS = ("completed", "crashed", "stopped")
+END_REASONS = ("completed", "crashed", "stopped", "rewound")
 
 _METRICS, _EVENT, _TELEMETRY, _RAW = 0, 1, 2, 3
 _FAST = (float, int)
@@ -181,12 +181,15 @@ class Run:
 
     def _flush_locked(self, close: dict | None = None) -> None:
         try:
-            self._write(self._encode(self._drain()) + (records.encode(close) if close else b""))
+            body = self._encode(self._drain())
+            if close is not None:  # the counters as they stand after the final encode
+                close.update(dropped_records=self.dropped_records, dropped_values=self.dropped_values)
+            self._write(body + (records.encode(close) if close else b""))
         except Exception as exc:  # never into the training loop, never kill the flush thread
             self._warn_once(("flush", type(exc)), f"midflight recorder error (recording continues): {exc!r}")
 
     def finish(self, reason: str = "completed", *, exit_code: int | None = None, error: str | None = None) -> None:
-        """End this rank's segment with a close record: completed, crashed or stopped (by intervention)."""
+        """End this rank's segment with a close record: completed, crashed, stopped or rewound (by intervention)."""
         if reason not in END_REASONS:
             raise ValueError(f"finish(reason={reason!r}): reason must be one of {', '.join(END_REASONS)}")
         if self._finished:
@@ -276,13 +279,13 @@ class Run:
                 _, device, step, t, values = item
                 names, vals, bad = self._clean(values)
                 if names:
-                    s = None if step is None else self._as_step(step)
+                    s = None if step is None else self._as_step(step, optional=True)
                     rows, nonfinite = blocks.setdefault((_TELEMETRY, device, names), ([], []))
                     nonfinite.extend([len(rows), j, token] for j, token in bad)
                     rows.append([t, s, *vals])
             elif tag == _EVENT:
                 _, kind, step, t, fields = item
-                step = None if step is None else self._as_step(step)
+                step = None if step is None else self._as_step(step, optional=True)
                 out.append(records.encode({"k": records.EVENT, "kind": kind, "step": step, "t": t, "fields": fields}))
             else:
                 out.append(records.encode(item[1]))
@@ -295,12 +298,15 @@ class Run:
             out.append(records.encode_block(rec))
         return b"".join(out)
 
-    def _as_step(self, step) -> int | None:
+    def _as_step(self, step, optional: bool = False) -> int | None:
         try:
             return int(step)
         except Exception:
-            self._dropped += 1
-            self._warn_once("bad-step", f"midflight dropped a record whose step {step!r} is not an integer")
+            if optional:  # events and telemetry are kept, without their step
+                self._warn_once("bad-step-kept", f"midflight kept a record without its step ({step!r}: not an integer)")
+            else:
+                self._dropped += 1
+                self._warn_once("bad-step", f"midflight dropped a record whose step {step!r} is not an integer")
             return None
 
     def _clean(self, values: dict) -> tuple[tuple, list, list]:

@@ -5,7 +5,7 @@ a store whose version differs is deleted and re-ingested (see store.py).
 Wall times are Unix seconds (DOUBLE); steps are BIGINT; metric rows are narrow.
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TILE_SHIFT = 8  # metric_tiles cover 2**8 = 256 steps each
 
 DDL = """
@@ -42,7 +42,7 @@ CREATE TABLE rank_logs (
     world_size  INTEGER,
     open_time   DOUBLE,
     close_time  DOUBLE,                -- NULL until a close record is read
-    end_reason  VARCHAR,               -- completed | crashed | stopped; NULL = no close record
+    end_reason  VARCHAR,               -- completed | crashed | stopped | rewound; NULL = no close record
     exit_code   INTEGER,
     error       VARCHAR,
     first_step  BIGINT,
@@ -134,12 +134,13 @@ CREATE TABLE intervention_ops (        -- requests from the dashboard/CLI and th
     action          VARCHAR,
     params          JSON,
     step            BIGINT,            -- step at which it was applied
-    detail          VARCHAR,           -- rejection reason, or a note
-    author          VARCHAR
+    detail          VARCHAR,           -- what the run did, or why it rejected the request
+    author          VARCHAR,
+    note            VARCHAR            -- the requester's reason, as text
 );
 
 CREATE VIEW interventions AS
-SELECT r.run_id, r.intervention_id, r.action, r.params, r.author, r.wall_time AS requested_time,
+SELECT r.run_id, r.intervention_id, r.action, r.params, r.note, r.author, r.wall_time AS requested_time,
        coalesce(s.op, 'pending') AS status, s.step AS applied_step, s.detail, s.wall_time AS resolved_time
 FROM intervention_ops r
 LEFT JOIN (SELECT * FROM intervention_ops WHERE op <> 'request'

@@ -107,3 +107,51 @@ def build_header(
         "config": config,
         "config_diff": config_diff(parent_config, config) if parent is not None else {},
     }
+
+
+def describe_end(run_dir: Path, segment_id: str, tail_bytes: int = 1 << 16) -> str:
+    """How a segment ended, from the close records at the end of its rank logs (for a restart's reason).
+
+    Reads only the last `tail_bytes` of each rank's log. A rank with no close record died
+    without one: killed by a signal, the OOM killer or its launcher.
+    """
+    seg_dir = layout.segment_dir(Path(run_dir), segment_id)
+    crashed, silent, ended = [], [], []
+    for path in sorted(seg_dir.glob("rank-*.jsonl")):
+        rank = layout.rank_of(path)
+        close = None
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - tail_bytes))
+                lines = f.read().split(b"\n")
+        except OSError:
+            lines = []
+        for line in reversed(lines):
+            try:
+                rec = records.decode(line)
+            except Exception:
+                continue
+            if rec.get("k") == records.CLOSE:
+                close = rec
+                break
+        if close is None:
+            silent.append(rank)
+        elif close.get("reason") == "crashed":
+            crashed.append((close.get("t") or 0, rank, close.get("error") or f"exit code {close.get('exit_code')}"))
+        else:
+            ended.append((rank, close.get("reason")))
+    if crashed:  # the first rank to crash holds the cause; the others mostly died of losing it
+        _, rank, error = min(crashed)
+        last = error.strip().splitlines()[-1] if error.strip() else error
+        return f"{segment_id} crashed on rank {rank}: {last[:300]}"
+    if silent:
+        return f"{segment_id}: rank(s) {', '.join(map(str, silent))} ended without a close record (killed?)"
+    if ended:
+        return f"{segment_id} ended: {ended[0][1]}"
+    return f"{segment_id}: no rank logs"
+
+
+def latest(run_dir: Path) -> str | None:
+    """The most recently started segment's id."""
+    headers = existing_headers(Path(run_dir))
+    return headers[-1]["segment"] if headers else None

@@ -23,6 +23,23 @@ def _text(v):
     return v if isinstance(v, str) else None
 
 
+def _interventions(store: Store, run: str) -> list[dict]:
+    return [
+        {
+            "id": r.intervention_id,
+            "kind": r.action,
+            "status": r.status,
+            "applied_step": _num(r.applied_step),
+            "note": _text(r.note),
+            "params": json.loads(r.params) if isinstance(r.params, str) else {},
+            "detail": _text(r.detail),
+            "author": _text(r.author),
+            "requested_time": _num(r.requested_time),
+        }
+        for r in queries.interventions(store, run).itertuples()
+    ]
+
+
 def summarize(store: Store, run: str) -> dict:
     segs = queries.segments(store, run)
     segments = [
@@ -57,10 +74,7 @@ def summarize(store: Store, run: str) -> dict:
         "events": queries.event_counts(store, run),
         "annotations": len(queries.annotations(store, run)),
         "incidents": [],  # filled by the analysis layer (divergence detection)
-        "interventions": queries.interventions(store, run)[["intervention_id", "action", "status", "applied_step"]]
-        .astype(object)
-        .where(lambda d: d.notna(), None)
-        .to_dict("records"),
+        "interventions": _interventions(store, run),
         "energy": None,  # filled by the energy accounting layer
         "co2eq_kg": None,
         "ingest_problems": queries.ingest_problems(store, run),
@@ -90,6 +104,12 @@ def format_text(s: dict) -> str:
     lines.append(f"metrics: {', '.join(s['metrics']) or '-'}")
     lines.append(f"events: {', '.join(f'{k}={n}' for k, n in s['events'].items()) or '-'}")
     lines.append(f"annotations: {s['annotations']}, interventions: {len(s['interventions'])}")
+    for i in s["interventions"]:
+        params = ", ".join(f"{k}={v}" for k, v in i["params"].items())
+        at = f" at step {i['applied_step']}" if i["applied_step"] is not None else ""
+        why = f": {i['detail']}" if i["detail"] else ""
+        note = f' ("{i["note"]}")' if i["note"] else ""
+        lines.append(f"    {i['kind']}({params}) by {i['author']}: {i['status']}{at}{why}{note}")
     for p in s["ingest_problems"]:
         lines.append(f"warning: {p['file']}: {p['malformed']} malformed lines skipped")
         for line_no, msg, snippet in p["examples"][:3]:

@@ -1,0 +1,250 @@
+"""Assemble one segment (one launch, or one leg after a rewind): where it starts, its parts, its recorder.
+
+A segment starts fresh, from `--resume`, after torchrun restarted a crashed job
+(TORCHELASTIC_RESTART_COUNT > 0: resume from the latest complete checkpoint and
+say why the last segment ended), or after a rewind intervention.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import logbook
+from logbook import segments
+from logbook.dist import DistInfo
+
+from .checkpoint import Checkpointer
+from .config import TrainConfig, set_value
+from .data import TokenData
+from .faults import Faults
+from .model import OPT, flops_per_token, param_groups, preset
+from .parallelize import parallelize
+from .precision import Precision
+from .trainer import KNOBS, Outcome, Parts, Trainer, apply_optimizer_knobs
+
+# Dense bf16/fp16 tensor-core peaks per device, for the MFU estimate (override with --log.peak_tflops).
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A10G": 125.0, "L4": 121.0, "V100": 125.0}
+
+
+@dataclass
+class Start:
+    resume_step: int | None = None  # None: a fresh start
+    reason: str | None = None
+    changes: dict = field(default_factory=dict)
+    load: bool = False  # load the checkpoint of resume_step (False: a restart with no checkpoint yet)
+
+
+def checkpoint_root(cfg: TrainConfig) -> Path:
+    return Path(cfg.run_dir) / "checkpoints"
+
+
+def first_start(cfg: TrainConfig, resume: str | None, changes: dict) -> Start:
+    ckpt_steps = Checkpointer(checkpoint_root(cfg), keep_latest=2, rank=0).steps()
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restarts > 0:
+        prev = segments.latest(Path(cfg.run_dir))
+        cause = segments.describe_end(Path(cfg.run_dir), prev) if prev else "no earlier segment"
+        step = ckpt_steps[-1] if ckpt_steps else None
+        where = f"from the checkpoint of step {step}" if step is not None else "from scratch (no checkpoint yet)"
+        reason = f"automatic restart {restarts} (torchrun) {where} after {cause}"
+        return Start(step if step is not None else 0, reason, {}, load=step is not None)
+    if resume is not None:
+        step = ckpt_steps[-1] if (resume == "latest" and ckpt_steps) else (None if resume == "latest" else int(resume))
+        if step is None or step not in ckpt_steps:
+            raise ValueError(
+                f"no complete checkpoint to resume from {step if step is not None else ''} in "
+                f"{checkpoint_root(cfg)}; available: {ckpt_steps or 'none'}"
+            )
+        return Start(step, f"resumed from step {step} (--resume)" + describe_changes(changes), changes, load=True)
+    if ckpt_steps:
+        raise ValueError(
+            f"{cfg.run_dir} already has checkpoints (steps {ckpt_steps}); pass --resume to continue it, "
+            "or choose a new --run-dir"
+        )
+    return Start()
+
+
+def describe_changes(changes: dict) -> str:
+    return "; " + ", ".join(f"{k} -> {v}" for k, v in changes.items()) if changes else ""
+
+
+def resolve_preset(cfg: TrainConfig) -> TrainConfig:
+    """The config with the preset's defaults filled in (peak LR, warm-up, sequence length), as recorded."""
+    cfg = copy.deepcopy(cfg)
+    p = preset(cfg.model.preset)
+    if cfg.optim.lr == 0:
+        cfg.optim.lr = p.peak_lr
+    if cfg.optim.warmup_steps < 0:
+        cfg.optim.warmup_steps = min(p.warmup_steps, cfg.steps)
+    if cfg.data.seq_len == 0:
+        cfg.data.seq_len = p.arch.max_seq_len
+    if cfg.data.seq_len > p.arch.max_seq_len:
+        raise ValueError(
+            f"data.seq_len {cfg.data.seq_len} exceeds the {cfg.model.preset} model's {p.arch.max_seq_len} positions"
+        )
+    if not cfg.name:
+        cfg.name = Path(cfg.run_dir).resolve().name
+    return cfg
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Join torchrun's process group (gloo on CPU, NCCL on GPU); a plain `python -m trainer` is one rank."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda, but torch sees no CUDA device")
+        torch.cuda.set_device(local_rank)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        backend = "nccl" if device == "cuda" else "gloo"
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's agent keeps one store across restarts, and the ranks of a restarted job can read the
+            # dead job's addresses from it ("Connection refused" in gloo's connectFullMesh). A prefix per
+            # restart attempt keeps each generation's keys apart.
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group(
+                backend, store=dist.PrefixStore(f"midflight/attempt-{attempt}", store), rank=rank, world_size=world
+            )
+        else:
+            dist.init_process_group(backend)
+    return logbook.dist.detect()
+
+
+def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: bool = True) -> Start | None:
+    """Train one segment; returns where the next one starts (after a rewind), or None when the run is done."""
+    cfg = resolve_preset(base)
+    device = torch.device(cfg.device, info.local_rank if cfg.device == "cuda" else None)
+    ckpt = Checkpointer(checkpoint_root(cfg), keep_latest=cfg.checkpoint.keep_latest, rank=info.rank)
+    superseded = []
+    if start.resume_step is not None and info.is_main:
+        superseded = ckpt.supersede_after(start.resume_step)  # an abandoned branch's checkpoints are kept aside
+    if dist.is_initialized():
+        dist.barrier()
+
+    torch.manual_seed(cfg.seed)  # same init on every rank, before sharding
+    arch = dataclasses.replace(preset(cfg.model.preset).arch, dropout=cfg.model.dropout)
+    model = parallelize(
+        OPT(arch), fsdp=cfg.parallel.fsdp, device=device, activation_checkpointing=cfg.parallel.activation_checkpointing
+    )
+    groups = param_groups(model, cfg.optim.weight_decay)
+    groups[0]["decay"], groups[1]["decay"] = True, False
+    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+    precision = Precision(
+        cfg.precision.dtype,
+        device_type=device.type,
+        init_scale=cfg.precision.init_scale,
+        growth_interval=cfg.precision.growth_interval,
+        floor=cfg.precision.scale_floor,
+    )
+
+    state = ckpt.load(start.resume_step, model, optimizer) if start.load else {}
+    changed = dict(state.get("changed", {}))
+    for key, value in changed.items():  # knobs an intervention set before this checkpoint
+        set_value(cfg, key, value)
+    skip = 0
+    for name, value in start.changes.items():
+        if name == "skip_batches":
+            skip += int(value)
+        else:
+            set_value(cfg, KNOBS[name], value)
+            changed[KNOBS[name]] = value
+    apply_optimizer_knobs(cfg, optimizer)
+    precision.floor = cfg.precision.scale_floor
+    precision.load_state_dict(state.get("scaler", {}))
+
+    data = TokenData.open(
+        cfg.data.path,
+        dtype=cfg.data.dtype,
+        vocab_size=arch.vocab_size,
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.data.batch_size,
+        seed=cfg.data.seed,
+    )
+    faults = Faults(
+        cfg.inject,
+        ckpt_dir=ckpt.root,
+        rank=info.rank,
+        world=info.world_size,
+        spike_lr_factor=cfg.faults.spike_lr_factor,
+        slow_s=cfg.faults.slow_rank_s,
+    )
+    run = logbook.init(
+        cfg.run_dir, name=cfg.name, config=cfg.to_dict(), resume_step=start.resume_step, reason=start.reason
+    )
+    with run:
+        if start.resume_step is not None:
+            run.event(
+                "restart",
+                step=start.resume_step,
+                checkpoint=str(ckpt.path(start.resume_step)) if start.load else None,
+                reason=start.reason,
+                changes=start.changes,
+                superseded_checkpoints=superseded,
+            )
+        parts = Parts(
+            cfg=cfg,
+            model=model,
+            optimizer=optimizer,
+            precision=precision,
+            data=data,
+            checkpointer=ckpt,
+            faults=faults,
+            run=run,
+            device=device,
+            rank=info.rank,
+            world=info.world_size,
+            flops_per_token=flops_per_token(arch, cfg.data.seq_len),
+            peak_flops=peak_flops(cfg, device),
+        )
+        trainer = Trainer(
+            parts,
+            step=state.get("step", start.resume_step or 0),
+            batch_index=state.get("batch_index", 0) + skip,
+            changed=changed,
+        )
+        sampler = _start_telemetry(cfg, info, run, device, lambda: trainer.step) if telemetry else None
+        try:
+            outcome: Outcome = trainer.train()
+        finally:
+            if sampler is not None:
+                sampler.stop()
+        if outcome.reason != "completed":
+            run.finish(outcome.reason)
+    if outcome.reason == "rewound":
+        return Start(outcome.resume_step, outcome.why + describe_changes(outcome.changes), outcome.changes, load=True)
+    return None
+
+
+def peak_flops(cfg: TrainConfig, device: torch.device) -> float:
+    if cfg.log.peak_tflops:
+        return cfg.log.peak_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    return 0.0  # unknown (every CPU): no MFU rather than a made-up one
+
+
+def _start_telemetry(cfg: TrainConfig, info: DistInfo, run, device: torch.device, step_fn):
+    if not cfg.telemetry.enabled or info.local_rank != 0:  # one sampler per node
+        return None
+    from .telemetry import TelemetrySampler
+
+    sampler = TelemetrySampler(
+        run=run,
+        hz=cfg.telemetry.hz,
+        device_type=device.type,
+        step_fn=step_fn,
+        cpu_tdp_w=cfg.telemetry.cpu_tdp_w or None,
+    )
+    sampler.start()
+    return sampler
