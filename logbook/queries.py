@@ -228,6 +228,23 @@ def event_counts(store: Store, run: str) -> dict[str, int]:
     return {k: int(n) for k, n in rows}
 
 
+def telemetry(store: Store, run: str, name: str, *, device: str | None = None) -> pd.DataFrame:
+    """Device telemetry samples (GPU power, CPU utilisation, ...) as wall_time, step, device, host, value."""
+    sql = """SELECT t.wall_time, t.step, t.device, r.host, t.rank, t.segment_id, t.value
+             FROM telemetry t LEFT JOIN rank_logs r USING (run_id, segment_id, rank)
+             WHERE t.run_id = ? AND t.name = ?"""
+    params: list = [run, name]
+    if device is not None:
+        sql += " AND t.device = ?"
+        params.append(device)
+    return _df(store.cursor(), sql + " ORDER BY t.wall_time", params)
+
+
+def telemetry_names(store: Store, run: str) -> list[str]:
+    rows = store.cursor().execute("SELECT DISTINCT name FROM telemetry WHERE run_id = ? ORDER BY name", [run])
+    return [r[0] for r in rows.fetchall()]
+
+
 def annotations(store: Store, run: str) -> pd.DataFrame:
     return _df(store.cursor(), "SELECT * FROM annotations WHERE run_id = ? ORDER BY step, created_time", [run])
 

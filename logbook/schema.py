@@ -95,7 +95,7 @@ CREATE TABLE telemetry (
     run_id      VARCHAR NOT NULL,
     segment_id  VARCHAR NOT NULL,
     rank        INTEGER NOT NULL,
-    device      VARCHAR NOT NULL,      -- "cuda:0", "cpu", ...
+    device      VARCHAR NOT NULL,      -- "gpu0", "gpu1", ... (NVML index) or "cpu"
     step        BIGINT,
     wall_time   DOUBLE,
     name        VARCHAR NOT NULL,

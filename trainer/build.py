@@ -39,6 +39,7 @@ class Start:
     reason: str | None = None
     changes: dict = field(default_factory=dict)
     load: bool = False  # load the checkpoint of resume_step (False: a restart with no checkpoint yet)
+    carry: dict = field(default_factory=dict)  # knobs in force when a rewind was asked for: {config key: value}
 
 
 def checkpoint_root(cfg: TrainConfig) -> Path:
@@ -146,8 +147,10 @@ def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: b
     )
 
     state = ckpt.load(start.resume_step, model, optimizer) if start.load else {}
-    changed = dict(state.get("changed", {}))
-    for key, value in changed.items():  # knobs an intervention set before this checkpoint
+    # Knobs an intervention set before this checkpoint; after a rewind, those in force when it was asked for
+    # (a rewind rolls back weights, optimizer, data and loss scale, not the operator's decisions).
+    changed = {**state.get("changed", {}), **start.carry}
+    for key, value in changed.items():
         set_value(cfg, key, value)
     skip = 0
     for name, value in start.changes.items():
@@ -176,9 +179,15 @@ def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: b
         spike_lr_factor=cfg.faults.spike_lr_factor,
         slow_s=cfg.faults.slow_rank_s,
     )
-    run = logbook.init(
-        cfg.run_dir, name=cfg.name, config=cfg.to_dict(), resume_step=start.resume_step, reason=start.reason
-    )
+    if cfg.log.enabled:
+        run = logbook.init(
+            cfg.run_dir, name=cfg.name, config=cfg.to_dict(), resume_step=start.resume_step, reason=start.reason
+        )
+    else:
+        run = NullRun()
+    if info.is_main and cfg.log.print_every:
+        how = start.reason or "fresh start"
+        print(f"midflight: {cfg.name} segment {run.segment_id} ({how}); logbook in {cfg.run_dir}", flush=True)
     with run:
         if start.resume_step is not None:
             run.event(
@@ -219,8 +228,33 @@ def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: b
         if outcome.reason != "completed":
             run.finish(outcome.reason)
     if outcome.reason == "rewound":
-        return Start(outcome.resume_step, outcome.why + describe_changes(outcome.changes), outcome.changes, load=True)
+        why = outcome.why + describe_changes(outcome.changes)
+        return Start(outcome.resume_step, why, outcome.changes, load=True, carry=trainer.changed)
     return None
+
+
+class NullRun:
+    """A recorder that records nothing: the `--log.enabled=false` baseline for measuring what recording costs."""
+
+    segment_id = "unrecorded"
+
+    def log(self, metrics, step=None):
+        pass
+
+    def event(self, kind, step=None, **fields):
+        pass
+
+    def telemetry(self, values, device, step=None):
+        pass
+
+    def finish(self, reason="completed", **kw):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
 
 
 def peak_flops(cfg: TrainConfig, device: torch.device) -> float:
@@ -235,14 +269,15 @@ def peak_flops(cfg: TrainConfig, device: torch.device) -> float:
 
 
 def _start_telemetry(cfg: TrainConfig, info: DistInfo, run, device: torch.device, step_fn):
-    if not cfg.telemetry.enabled or info.local_rank != 0:  # one sampler per node
+    if not (cfg.telemetry.enabled and cfg.log.enabled) or info.local_rank != 0:  # one sampler per node
         return None
     from .telemetry import TelemetrySampler
 
+    kind = cfg.telemetry.devices
     sampler = TelemetrySampler(
         run=run,
         hz=cfg.telemetry.hz,
-        device_type=device.type,
+        device_type="cuda" if kind == "gpu" or (kind == "auto" and device.type == "cuda") else "cpu",
         step_fn=step_fn,
         cpu_tdp_w=cfg.telemetry.cpu_tdp_w or None,
     )

@@ -70,7 +70,9 @@ class CheckpointConfig:
 
 @dataclass
 class LogConfig:
+    enabled: bool = True  # False: record nothing (the baseline of benchmarks/bench_trainer_overhead.py)
     every: int = 1  # steps between metric records (each one is a cross-rank loss reduction)
+    print_every: int = 10  # steps between progress lines on stdout (rank 0); 0 = quiet
     param_norm_every: int = 50  # steps between parameter-norm and memory records (a full pass over weights)
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = known GPUs only, no MFU on CPU
 
@@ -78,6 +80,7 @@ class LogConfig:
 @dataclass
 class TelemetryConfig:
     enabled: bool = True
+    devices: str = "auto"  # auto | gpu | cpu: what to sample; auto = the GPUs of a CUDA run, else the CPU
     hz: float = 1.0  # samples per second, on a background thread of local rank 0
     cpu_tdp_w: float = 0.0  # nameplate CPU power for the labelled estimate; 0 = the sampler's default
 
@@ -139,6 +142,8 @@ class TrainConfig:
             ("log.every", self.log.every >= 1, "must be >= 1"),
             ("log.param_norm_every", self.log.param_norm_every >= 1, "must be >= 1"),
             ("telemetry.hz", self.telemetry.hz > 0, "must be > 0"),
+            ("telemetry.devices", self.telemetry.devices in ("auto", "gpu", "cpu"), "must be auto, gpu or cpu"),
+            ("log.print_every", self.log.print_every >= 0, "must be >= 0"),
             ("control.poll_every", self.control.poll_every >= 1, "must be >= 1"),
             ("faults.nan_tolerance", self.faults.nan_tolerance >= 1, "must be >= 1"),
         ]

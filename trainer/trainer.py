@@ -102,6 +102,11 @@ class Trainer:
                 return outcome
             t0 = time.perf_counter()
 
+            spike = p.faults.active("spike", s)
+            if spike:
+                p.faults.fire(spike, s)
+                run.event("fault_injected", step=s, fault="spike", lr_factor=p.faults.spike_lr_factor)
+
             # -- learning rate for this step
             lr = self._lr(s) * p.faults.lr_factor(s)
             for group in opt.param_groups:
@@ -110,11 +115,10 @@ class Trainer:
             # -- batch (a pure function of the batch index: resumes and skips are exact)
             x, y = p.data.batch(self.batch_index, p.rank, p.world)
             self.batch_index += 1
-            spike = p.faults.active("spike", s)
-            if spike:
-                p.faults.fire(spike, s)
-                x = x.flatten()[torch.randperm(x.numel())].view_as(x)  # a corrupted batch: shuffled tokens
-                run.event("fault_injected", step=s, fault="spike", lr_factor=p.faults.spike_lr_factor)
+            if spike:  # a corrupted batch: uniformly random tokens, nothing like the text the model has seen
+                gen = torch.Generator().manual_seed(s)
+                x = torch.randint(0, int(y.max()) + 1, x.shape, generator=gen)
+                y = torch.randint(0, int(y.max()) + 1, y.shape, generator=gen)
             x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
 
             # -- forward / backward
@@ -216,6 +220,14 @@ class Trainer:
         if p.peak_flops:
             metrics["mfu"] = p.flops_per_token * tps / (p.peak_flops * p.world)
         run.log(metrics, step=s)
+        every = self.cfg.log.print_every
+        if every and s % every == 0:
+            scale = f" | scale {scale:g}" if "loss_scale" in metrics else ""
+            print(
+                f"step {s}/{self.cfg.steps} | loss {loss_val:.4f} | lr {lr:.3e} | grad norm {gnorm:.3f}{scale} | "
+                f"{tps:,.0f} tok/s | {dt * 1e3:.1f} ms",
+                flush=True,
+            )
 
     def _log_weights_and_memory(self, s: int) -> None:
         pnorm = parallelize.param_norm(self.p.model).item()  # a collective when sharded: every rank calls it
@@ -264,6 +276,8 @@ class Trainer:
         path, seconds = self.p.checkpointer.save(step, self.p.model, self.p.optimizer, self.state())
         self.saved_step = step
         self.p.run.event("checkpoint_saved", step=step, path=str(path), seconds=round(seconds, 3), why=why)
+        if self.main and self.cfg.log.print_every:
+            print(f"checkpoint step {step} saved in {seconds:.2f}s ({why}): {path}", flush=True)
 
     # ------------------------------------------------------------------ interventions
     def _control(self, s: int) -> Outcome | None:
@@ -336,6 +350,9 @@ class Trainer:
 
     def _answer(self, req: dict, *, applied: bool, step: int | None, detail: str) -> None:
         kind = "intervention_applied" if applied else "intervention_rejected"
+        if self.main:
+            outcome = f"applied at step {step}" if applied else "rejected"
+            print(f"intervention {req['id']} ({req.get('action')}) {outcome}: {detail}", flush=True)
         self.p.run.event(
             kind, step=step if step is not None else self.step, id=req["id"], action=req.get("action"), detail=detail
         )

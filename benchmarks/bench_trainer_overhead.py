@@ -1,0 +1,347 @@
+"""What does recording cost the real trainer's step? (goal: <= 0.5 % of step time, OPT-125M on a GPU)
+
+Two arms of the same training loop, `python -m trainer`'s own `run_segment`, in this process:
+
+  off   --log.enabled=false: a no-op NullRun instead of the logbook recorder, and no telemetry sampler
+  on    the default instrumentation: ~11 scalars per step through `run.log` (enqueue only; the recorder's
+        background thread encodes and writes JSON lines every 0.5 s), the param-norm/memory record every
+        50 steps, and the telemetry sampler thread at --telemetry-hz (1 Hz, the trainer's default)
+
+Everything else is identical in both arms: same config, seed, data and model init (so the same arithmetic),
+the trainer's one host read per step (grad norm, loss, activation norm), the metric dict it builds, the
+param norm it computes every 50 steps, the intervention-channel poll (one stat() per step). The difference
+is what recording itself costs. Checkpoints and progress printing are off in both
+(--checkpoint.every=0 --checkpoint.at_end=false --log.print_every=0).
+
+How a repeat is timed. Each repeat is one fresh `run_segment` in a fresh run directory, W + N steps long.
+The script swaps in a subclass of `trainer.trainer.Trainer` that stamps `time.perf_counter()` at every step
+boundary (on entry to `Trainer._control(s)`, the first thing each step does) and once more when `train()`
+returns. The repeat's step time is (end - stamp of step W+1) / N: the mean wall time of steps W+1..W+N, so
+the first W steps (allocator and kernel warm-up, the recorder's and sampler's first writes) and everything
+outside the loop (model build, recorder start, run.finish, sampler stop) are excluded, in both arms alike.
+A mean, not a per-step median, on purpose: recording's costs are bursty (a flush every 0.5 s, a telemetry
+sample every second) and a median step would hide them. The recorder's last < 0.5 s of queued records is
+written by run.finish() after the window; the flushes inside the window carry the earlier steps' records,
+so the window holds about one window's worth of flush work. With --device cuda the first and last stamps
+follow a torch.cuda.synchronize() (the loop's own .tolist() syncs every step in between).
+
+Pairs. Repeats run as pairs, off/on, alternating which arm goes first (off-on, on-off, ...), so that slow
+drift on a shared machine hits both arms equally; overhead = median over pairs of (on / off - 1), shown
+with the min .. max over pairs, which is the noise you should read it against. One untimed warm-up segment
+per config runs first (imports, first allocations). Between repeats the script runs gc.collect().
+
+Not a pass/fail test: docs/benchmarks.md interprets the table.
+
+    python benchmarks/bench_trainer_overhead.py            # CPU: tiny b16 + tiny b64, 5 pairs (about 2.5 min)
+    python benchmarks/bench_trainer_overhead.py --quick    # 2 pairs, fewer steps (about 25 s)
+    python benchmarks/bench_trainer_overhead.py --configs 125m-s32   # the real OPT-125M shape on CPU (~2.5 min)
+    python benchmarks/bench_trainer_overhead.py --device cuda --model 125m --precision fp16   # the goal's setting
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))  # the trainer package lives beside logbook in the repository root
+
+from _common import machine_info, median, note, print_header, print_table, spread  # noqa: E402
+
+GOAL_PCT = 0.5
+
+
+@dataclass
+class Shape:
+    """One benchmark configuration: a trainer preset and batch shape, and how many steps to time."""
+
+    name: str
+    model: str
+    seq_len: int  # 0 = the preset's max_seq_len
+    batch_size: int
+    warmup: int  # steps run but not timed, at the start of every repeat
+    steps: int  # steps timed per repeat
+
+
+# Measured on the 2-vCPU VM (fp32, torch's default 2 threads): tiny b16 ~32 ms/step, tiny b64 ~130 ms/step,
+# 125m seq 32 b1 ~0.6 s/step (its first step takes ~5 s: the AdamW state of 125M parameters is allocated).
+SHAPES = {
+    "tiny-b16": Shape("tiny-b16", "tiny", 0, 16, warmup=10, steps=150),
+    "tiny-b64": Shape("tiny-b64", "tiny", 0, 64, warmup=5, steps=40),
+    "125m-s32": Shape("125m-s32", "125m", 32, 1, warmup=3, steps=8),
+}
+DEFAULT_SHAPES = "tiny-b16,tiny-b64"
+QUICK = {"tiny-b16": (5, 50), "tiny-b64": (3, 12), "125m-s32": (2, 4)}  # (warmup, steps) under --quick
+
+
+# ----------------------------------------------------------------- timing the loop
+class _Stamps:
+    """Step-boundary timestamps of the current repeat (perf_counter seconds)."""
+
+    def __init__(self):
+        self.first_timed = 0  # the step whose start opens the timed window (W + 1)
+        self.sync = None  # torch.cuda.synchronize on CUDA, else None
+        self.t_start: float | None = None
+        self.t_end: float | None = None
+        self.boundaries = 0
+
+    def reset(self, first_timed: int, sync) -> None:
+        self.first_timed, self.sync = first_timed, sync
+        self.t_start = self.t_end = None
+        self.boundaries = 0
+
+
+STAMPS = _Stamps()
+
+
+def timed_trainer_class():
+    """A Trainer that stamps the step boundaries; identical in both arms, two perf_counter calls per step at most."""
+    from trainer.trainer import Trainer
+
+    class TimedTrainer(Trainer):
+        def _control(self, s):
+            STAMPS.boundaries += 1
+            if s == STAMPS.first_timed:
+                if STAMPS.sync is not None:
+                    STAMPS.sync()
+                STAMPS.t_start = time.perf_counter()
+            return super()._control(s)
+
+        def train(self):
+            outcome = super().train()
+            if STAMPS.sync is not None:
+                STAMPS.sync()
+            STAMPS.t_end = time.perf_counter()
+            return outcome
+
+    return TimedTrainer
+
+
+@contextlib.contextmanager
+def timed_trainer():
+    """Swap trainer.build's Trainer for the timed subclass while the benchmark runs (this process only)."""
+    from trainer import build
+
+    original = build.Trainer
+    build.Trainer = timed_trainer_class()
+    try:
+        yield
+    finally:
+        build.Trainer = original
+
+
+# ----------------------------------------------------------------- one repeat
+def overrides(shape: Shape, args, run_dir: Path, recording: bool, steps: int) -> list[tuple[str, object]]:
+    ov = [
+        ("run_dir", str(run_dir)),
+        ("steps", steps),
+        ("device", args.device),
+        ("precision.dtype", args.precision),
+        ("model.preset", shape.model),
+        ("data.seq_len", shape.seq_len),
+        ("data.batch_size", shape.batch_size),
+        ("checkpoint.every", 0),
+        ("checkpoint.at_end", False),
+        ("log.print_every", 0),
+        ("telemetry.hz", args.telemetry_hz),
+    ]
+    for item in args.set:
+        key, _, value = item.partition("=")
+        ov.append((key.strip().lstrip("-"), value))
+    ov.append(("log.enabled", recording))  # last: --set cannot turn the baseline's recording back on
+    return ov
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def run_once(shape: Shape, args, run_dir: Path, recording: bool, info, *, timed: bool = True) -> float:
+    """One fresh segment of warmup + steps; returns the mean step time (s) of the timed steps."""
+    import torch
+
+    from trainer import build, config
+
+    total = shape.warmup + shape.steps
+    cfg = config.resolve(overrides(shape, args, run_dir, recording, total))
+    STAMPS.reset(shape.warmup + 1, torch.cuda.synchronize if args.device == "cuda" else None)
+    nxt = build.run_segment(cfg, info, build.Start())
+    if nxt is not None:
+        raise RuntimeError(f"{shape.name}: the segment asked for another one ({nxt.reason}); expected a plain run")
+    if STAMPS.boundaries != total or STAMPS.t_start is None or STAMPS.t_end is None:
+        raise RuntimeError(
+            f"{shape.name}: saw {STAMPS.boundaries} step boundaries for {total} steps; has Trainer._control moved?"
+        )
+    written = dir_bytes(run_dir)
+    if timed and recording and written == 0:
+        raise RuntimeError(f"{shape.name}: the instrumented arm wrote nothing to {run_dir}")
+    if timed and not recording and written:
+        raise RuntimeError(f"{shape.name}: the baseline arm wrote {written} bytes to {run_dir}; it must record nothing")
+    return (STAMPS.t_end - STAMPS.t_start) / shape.steps
+
+
+def bench_shape(shape: Shape, args, tmp: Path, info) -> dict:
+    """Warm-up segment, then `pairs` interleaved (off, on) pairs; {"off": [s], "on": [s]} per-repeat step times."""
+    t0 = time.perf_counter()
+    warm = replace(shape, steps=max(2, shape.warmup))
+    run_once(warm, args, tmp / f"{shape.name}-warmup", True, info, timed=False)
+    note(f"[{shape.name}] warm-up segment done in {time.perf_counter() - t0:.1f} s")
+    out = {"off": [], "on": []}
+    n = 0
+    for pair in range(args.pairs):
+        order = ("off", "on") if pair % 2 == 0 else ("on", "off")
+        for arm in order:
+            gc.collect()
+            run_dir = tmp / f"{shape.name}-{pair}-{arm}"
+            t_rep = time.perf_counter()
+            step_s = run_once(shape, args, run_dir, arm == "on", info)
+            out[arm].append(step_s)
+            n += 1
+            note(
+                f"[{shape.name}] pair {pair + 1}/{args.pairs} {arm:>3}: {step_s * 1e3:8.2f} ms/step "
+                f"over {shape.steps} steps (repeat {n}/{2 * args.pairs}, {time.perf_counter() - t_rep:.1f} s, "
+                f"logbook {dir_bytes(run_dir) / 1024:.0f} KiB)"
+            )
+            shutil.rmtree(run_dir, ignore_errors=True)
+        ratio = out["on"][-1] / out["off"][-1] - 1
+        note(f"[{shape.name}] pair {pair + 1}: on/off - 1 = {ratio * 100:+.2f}%")
+    out["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def table_row(shape: Shape, res: dict, args) -> list:
+    off, on = res["off"], res["on"]
+    ratios = [(b / a - 1) * 100 for a, b in zip(off, on)]  # paired: adjacent repeats, same machine state
+    seq = f"seq {shape.seq_len}" if shape.seq_len else "seq max"
+    return [
+        f"{shape.name} ({shape.model}, {seq}, batch {shape.batch_size}, {args.precision}, {args.device})",
+        f"{shape.steps} x {len(off)}",
+        median(off) * 1e3,
+        median(on) * 1e3,
+        f"{median(ratios):+.2f}%",
+        f"{min(ratios):+.2f}% .. {max(ratios):+.2f}%",
+        f"{spread(off) * 100:.1f}% / {spread(on) * 100:.1f}%",
+        f"<= {GOAL_PCT}%",
+    ]
+
+
+# ----------------------------------------------------------------- main
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="Configs: "
+        + "; ".join(
+            f"{s.name} = {s.model}, seq {s.seq_len or 'max'}, batch {s.batch_size}, {s.warmup}+{s.steps} steps"
+            for s in SHAPES.values()
+        ),
+    )
+    ap.add_argument("--quick", action="store_true", help="2 pairs and fewer steps (a smoke check, about 25 s on CPU)")
+    ap.add_argument("--configs", default=DEFAULT_SHAPES, help=f"comma-separated, of {', '.join(SHAPES)} (%(default)s)")
+    ap.add_argument("--model", help="one config of this trainer preset (e.g. 125m) instead of --configs")
+    ap.add_argument("--seq-len", type=int, help="sequence length for every config (with --model: default the preset's)")
+    ap.add_argument("--batch-size", type=int, help="sequences per step for every config (with --model: default 8)")
+    ap.add_argument("--warmup", type=int, help="untimed steps at the start of each repeat (with --model: default 10)")
+    ap.add_argument("--steps", type=int, help="timed steps per repeat (with --model: default 100)")
+    ap.add_argument("--pairs", type=int, help="(off, on) pairs per config (default 5; quick 2)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--telemetry-hz", type=float, default=1.0, help="telemetry sampling rate of the instrumented arm")
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (default 0: torch's own)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other trainer config key for both arms, e.g. --set parallel.fsdp=none (repeatable)",
+    )
+    args = ap.parse_args(argv)
+    args.pairs = args.pairs or (2 if args.quick else 5)
+    if args.pairs < 1:
+        ap.error("--pairs must be >= 1")
+    if args.model:
+        shapes = [Shape(args.model, args.model, 0, 8, warmup=3 if args.quick else 10, steps=20 if args.quick else 100)]
+    else:
+        names = [n.strip() for n in args.configs.split(",") if n.strip()]
+        unknown = [n for n in names if n not in SHAPES]
+        if unknown or not names:
+            ap.error(f"--configs: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(SHAPES)}")
+        shapes = [SHAPES[n] for n in names]
+        if args.quick:
+            shapes = [replace(s, warmup=QUICK[s.name][0], steps=QUICK[s.name][1]) for s in shapes]
+    fields = {"seq_len": args.seq_len, "batch_size": args.batch_size, "warmup": args.warmup, "steps": args.steps}
+    for key, value in fields.items():
+        if value is not None:
+            if value < (1 if key in ("batch_size", "steps") else 0):
+                ap.error(f"--{key.replace('_', '-')} is out of range: {value}")
+            shapes = [replace(s, **{key: value}) for s in shapes]
+    if args.model:
+        s = shapes[0]
+        shapes = [replace(s, name=f"{s.model}-s{s.seq_len or 'max'}-b{s.batch_size}")]
+    args.shapes = shapes
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+
+    import torch
+
+    import logbook
+    import trainer
+    from trainer import build, config
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    for s in args.shapes:  # fail on a bad shape or --set before minutes of work
+        config.resolve(overrides(s, args, Path("unused"), True, s.warmup + s.steps))
+    info = build.init_distributed(args.device)
+    extra = {
+        "logbook": Path(logbook.__file__).parent,
+        "trainer": Path(trainer.__file__).parent,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "precision": args.precision,
+        "telemetry_hz": args.telemetry_hz,
+        "pairs": args.pairs,
+    }
+    print_header("bench_trainer_overhead: instrumented trainer step vs recording off", machine_info(extra))
+    tmp = Path(tempfile.mkdtemp(prefix="mf-bench-trainer-"))
+    t0 = time.perf_counter()
+    rows, walls = [], []
+    try:
+        with timed_trainer():
+            for shape in args.shapes:
+                res = bench_shape(shape, args, tmp, info)
+                rows.append(table_row(shape, res, args))
+                walls.append(f"{shape.name} {res['wall_s']:.0f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print_table(
+        [
+            "config",
+            "steps timed x pairs",
+            "step ms, off (median)",
+            "step ms, on (median)",
+            "overhead (median of pairs)",
+            "min .. max of pairs",
+            "spread off / on",
+            "goal",
+        ],
+        rows,
+        title=f"Instrumented step (log + telemetry at {args.telemetry_hz:g} Hz) vs --log.enabled=false; "
+        f"step = mean of the timed steps of one repeat; {args.pairs} interleaved pairs, median shown",
+    )
+    print(f"# took {time.perf_counter() - t0:.0f} s ({', '.join(walls)})")
+
+
+if __name__ == "__main__":
+    main()

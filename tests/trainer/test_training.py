@@ -1,0 +1,98 @@
+"""The real trainer end to end on CPU: learning, FSDP2 over 2 gloo ranks, exact resume, crashes and restarts."""
+
+import math
+
+import pytest
+
+from .helpers import Recorded, train
+
+
+def test_tiny_model_learns_and_records_every_step(tmp_path):
+    out = train(tmp_path / "run", "--steps", 60)
+    rec = Recorded(tmp_path / "run")
+    loss = rec.metric("loss")
+    assert sorted(loss) == list(range(1, 61))
+    first, last = sum(loss[s] for s in range(1, 6)) / 5, sum(loss[s] for s in range(56, 61)) / 5
+    assert last < first - 0.7, (first, last)  # bytes start at ln(256) = 5.5 nats
+    assert math.isclose(rec.metric("ppl")[60], math.exp(loss[60]), rel_tol=1e-6)
+    lr = rec.metric("lr")
+    assert lr[10] == pytest.approx(1e-3 * 10 / 20) and lr[20] == pytest.approx(1e-3)  # warm-up to the peak
+    assert lr[60] == pytest.approx(1e-4)  # linear decay to 10% of the peak
+    tokens = rec.metric("tokens")
+    assert tokens[60] == 60 * 8 * 64
+    assert set(rec.metric("clipped").values()) <= {0.0, 1.0} and rec.metric("clip")[1] == 1.0
+    assert "param_norm" in rec.metric("param_norm") or rec.metric("param_norm")  # every 50 steps
+    (seg,) = rec.segments().itertuples()
+    assert seg.end_reason == "completed"
+    assert "step 60/60 | loss" in out.stdout  # progress for a person watching
+    telemetry = rec.store.cursor().execute("SELECT count(*) FROM telemetry WHERE device = 'cpu'").fetchone()[0]
+    assert telemetry >= 1
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_ranks_matches_one_process(tmp_path):
+    common = ["--steps", 3, "--model.dropout=0", "--telemetry.enabled=false", "--checkpoint.every=0"]
+    train(tmp_path / "single", *common, "--data.batch_size=8")
+    train(tmp_path / "fsdp", *common, "--data.batch_size=4", "--fsdp", "fsdp2", nproc=2)
+    single, fsdp = Recorded(tmp_path / "single"), Recorded(tmp_path / "fsdp")
+    for name in ("loss", "grad_norm", "actv_norm"):
+        a, b = single.metric(name), fsdp.metric(name)
+        assert a.keys() == b.keys() == {1, 2, 3}
+        for step in a:
+            assert b[step] == pytest.approx(a[step], rel=2e-4), (name, step)
+    # each rank records its own step time, so a straggler shows
+    assert fsdp.metric("step_time_s", rank=1).keys() == {1, 2, 3}
+    assert fsdp.segments().iloc[0].ranks == 2
+
+
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
+    common = ["--steps", 30, "--checkpoint.every=10", "--telemetry.enabled=false"]  # dropout on: RNG is restored
+    train(tmp_path / "straight", *common)
+    crashed = train(tmp_path / "resumed", *common, "--inject", "crash@24", check=False)
+    assert crashed.returncode != 0 and "injected crash at step 24" in crashed.stderr
+    fresh_again = train(tmp_path / "resumed", *common, check=False)
+    assert fresh_again.returncode == 2 and "already has checkpoints" in fresh_again.stderr
+    train(tmp_path / "resumed", *common, "--resume")
+    a, b = Recorded(tmp_path / "straight"), Recorded(tmp_path / "resumed")
+    la, lb = a.metric("loss"), b.metric("loss")
+    assert lb.keys() == la.keys() == set(range(1, 31))
+    for step in range(21, 31):  # replayed from the checkpoint of step 20
+        assert lb[step] == pytest.approx(la[step], rel=1e-6, abs=1e-7), step
+    segs = b.segments()
+    assert list(segs.end_reason) == ["crashed", "completed"]
+    assert segs.iloc[1].resume_step == 20 and segs.iloc[1].parent_id == segs.iloc[0].segment_id
+    assert "--resume" in segs.iloc[1].reason
+
+
+@pytest.mark.slow
+def test_crash_restarts_automatically_under_torchrun(tmp_path):
+    train(
+        tmp_path / "run",
+        "--steps",
+        40,
+        "--checkpoint.every=10",
+        "--inject",
+        "crash@25",
+        "--inject",
+        "slow-rank@30-34",
+        "--faults.slow_rank_s=0.25",
+        nproc=2,
+        max_restarts=1,
+    )
+    rec = Recorded(tmp_path / "run")
+    segs = rec.segments()
+    assert len(segs) == 2
+    first, second = segs.iloc[0], segs.iloc[1]
+    assert first.end_reason == "crashed" and second.end_reason == "completed"
+    assert second.parent_id == first.segment_id and second.resume_step == 20
+    assert "automatic restart 1" in second.reason and "injected crash at step 25" in second.reason
+    assert "injected crash at step 25" in first.error  # the rank that crashed first is the cause
+    assert list(segs.effective) == [False, True] or second.effective
+    assert max(rec.metric("loss")) == 40
+    assert rec.metric("loss", which="superseded").keys() == set(range(21, 25))  # replayed after the restart
+    restart = rec.events("restart")
+    assert restart and restart[0][0] == 20
+    # the straggler: rank 1's step time jumps by the injected 250 ms at steps 30-34
+    slow = rec.metric("step_time_s", rank=1)
+    normal = sorted(slow[s] for s in range(35, 41))
+    assert min(slow[s] for s in range(30, 35)) >= 0.25 > 0.15 > normal[len(normal) // 2]
