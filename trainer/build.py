@@ -189,7 +189,7 @@ def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: b
         how = start.reason or "fresh start"
         print(f"midflight: {cfg.name} segment {run.segment_id} ({how}); logbook in {cfg.run_dir}", flush=True)
     with run:
-        if start.resume_step is not None:
+        if start.resume_step is not None and info.is_main:
             run.event(
                 "restart",
                 step=start.resume_step,

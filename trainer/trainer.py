@@ -85,7 +85,10 @@ class Trainer:
         self.tokens = step * parts.data.tokens_per_batch(parts.world)
         self.saved_step: int | None = None
         self.bad_steps = 0
-        self.main = parts.rank == 0  # what a rank records is decided here, once
+        self.main = parts.rank == 0  # what a rank records is decided here, once:
+        # events every rank sees alike (checkpoints, loss scale, interventions) are recorded by rank 0 alone;
+        # what differs by rank (a crash, a straggler, a NaN loss) goes through run.event on the rank it happens to
+        self.event = parts.run.event if self.main else _ignore
         self.channel = interventions.Channel(self.cfg.run_dir) if self.main else None
         self.poll_every = self.cfg.control.poll_every
 
@@ -105,7 +108,7 @@ class Trainer:
             spike = p.faults.active("spike", s)
             if spike:
                 p.faults.fire(spike, s)
-                run.event("fault_injected", step=s, fault="spike", lr_factor=p.faults.spike_lr_factor)
+                self.event("fault_injected", step=s, fault="spike", lr_factor=p.faults.spike_lr_factor)
 
             # -- learning rate for this step
             lr = self._lr(s) * p.faults.lr_factor(s)
@@ -129,7 +132,7 @@ class Trainer:
             if overflow:
                 p.faults.fire(overflow, s)
                 to_backward = loss * float("inf")  # the gradients overflow for real
-                run.event("fault_injected", step=s, fault="overflow")
+                self.event("fault_injected", step=s, fault="overflow")
             prec.scale(to_backward).backward()
 
             # -- clip
@@ -144,11 +147,11 @@ class Trainer:
             if prec.scaler is not None:
                 scale_before, scale_after, overflowed = prec.step(opt)
                 for kind, fields in scale_events(scale_before, scale_after, prec.floor, overflowed):
-                    run.event(kind, step=s, **fields)
+                    self.event(kind, step=s, **fields)
             elif math.isfinite(gnorm):
                 opt.step()
             else:
-                run.event("nonfinite_grad_skipped", step=s, grad_norm=gnorm, loss=loss_val)
+                self.event("nonfinite_grad_skipped", step=s, grad_norm=gnorm, loss=loss_val)
             opt.zero_grad(set_to_none=True)
 
             # -- faults that act after the update
@@ -247,12 +250,12 @@ class Trainer:
             p.faults.fire(nan, s)
             with torch.no_grad():  # poisoned weights: every later loss is NaN until a restart
                 parallelize._local(next(iter(p.model.parameters()))).fill_(float("nan"))
-            p.run.event("fault_injected", step=s, fault="nan")
+            self.event("fault_injected", step=s, fault="nan")
         crash = p.faults.active("crash", s)
         if crash:
             p.faults.fire(crash, s)
-            p.run.event("fault_injected", step=s, fault="crash", rank=p.rank)
             if p.faults.last_rank:
+                p.run.event("fault_injected", step=s, fault="crash", rank=p.rank)
                 raise InjectedCrash(f"injected crash at step {s} (--inject {crash.label}) on rank {p.rank}")
         slow = p.faults.active("slow-rank", s)
         if slow and p.faults.last_rank:
@@ -275,7 +278,7 @@ class Trainer:
     def save(self, step: int, *, why: str) -> None:
         path, seconds = self.p.checkpointer.save(step, self.p.model, self.p.optimizer, self.state())
         self.saved_step = step
-        self.p.run.event("checkpoint_saved", step=step, path=str(path), seconds=round(seconds, 3), why=why)
+        self.event("checkpoint_saved", step=step, path=str(path), seconds=round(seconds, 3), why=why)
         if self.main and self.cfg.log.print_every:
             print(f"checkpoint step {step} saved in {seconds:.2f}s ({why}): {path}", flush=True)
 
@@ -353,7 +356,7 @@ class Trainer:
         if self.main:
             outcome = f"applied at step {step}" if applied else "rejected"
             print(f"intervention {req['id']} ({req.get('action')}) {outcome}: {detail}", flush=True)
-        self.p.run.event(
+        self.event(
             kind, step=step if step is not None else self.step, id=req["id"], action=req.get("action"), detail=detail
         )
         if not self.main:
@@ -370,6 +373,10 @@ def apply_optimizer_knobs(cfg: TrainConfig, optimizer) -> None:
         group["betas"] = (cfg.optim.beta1, cfg.optim.beta2)
         if group.get("decay", True):  # the no-decay group (biases, LayerNorm) stays at 0
             group["weight_decay"] = cfg.optim.weight_decay
+
+
+def _ignore(*args, **kwargs) -> None:
+    pass
 
 
 def _rss_gib() -> float:

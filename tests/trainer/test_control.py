@@ -1,4 +1,4 @@
-"""Mid-flight interventions against a live trainer process, issued the way a person does: `python -m logbook intervene`."""
+"""Mid-flight interventions against a live trainer, issued the way a person does: `python -m logbook intervene`."""
 
 import json
 import re
