@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The main job, for now: record a real tiny PyTorch run (a crash, a rollback with a
-# lower LR and clip) into runs/demo, then print what the logbook makes of it.
+# The main job, for now (the dashboard is issue 6): a live 2-rank OPT-recipe training run under torchrun
+# that meets fp16 overflows, a loss spike, a rank crash with automatic restart, a straggler and an
+# audited mid-flight rewind, recorded into runs/demo; then what the logbook makes of it.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-rm -rf runs/demo
-python examples/tiny_run.py runs/demo
-python -m logbook summary runs/demo
+python examples/record_sample_run.py runs/demo

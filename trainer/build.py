@@ -24,7 +24,7 @@ from .checkpoint import Checkpointer
 from .config import TrainConfig, set_value
 from .data import TokenData
 from .faults import Faults
-from .model import OPT, flops_per_token, param_groups, preset
+from .model import OPT, PRESETS, flops_per_token, num_params, on_meta, param_groups, preset
 from .parallelize import parallelize
 from .precision import Precision
 from .trainer import KNOBS, Outcome, Parts, Trainer, apply_optimizer_knobs
@@ -40,6 +40,21 @@ class Start:
     changes: dict = field(default_factory=dict)
     load: bool = False  # load the checkpoint of resume_step (False: a restart with no checkpoint yet)
     carry: dict = field(default_factory=dict)  # knobs in force when a rewind was asked for: {config key: value}
+
+
+def preset_table() -> str:
+    """Every preset with its parameter count, counted from the architecture (no weights are allocated)."""
+    lines = [
+        f"{'preset':>7} {'layers':>6} {'heads':>5} {'d_model':>7} {'parameters':>17} {'peak LR':>8} "
+        f"{'batch tokens':>12} {'warm-up':>7}  source"
+    ]
+    for name, p in PRESETS.items():
+        a = p.arch
+        lines.append(
+            f"{name:>7} {a.n_layer:>6} {a.n_head:>5} {a.d_model:>7} {num_params(a):>17,} "
+            f"{p.peak_lr:>8.1e} {p.batch_tokens:>12,} {p.warmup_steps:>7}  {p.source}"
+        )
+    return "\n".join(lines)
 
 
 def checkpoint_root(cfg: TrainConfig) -> Path:
@@ -132,9 +147,16 @@ def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: b
 
     torch.manual_seed(cfg.seed)  # same init on every rank, before sharding
     arch = dataclasses.replace(preset(cfg.model.preset).arch, dropout=cfg.model.dropout)
+    meta = _meta_init(cfg, arch)
     model = parallelize(
-        OPT(arch), fsdp=cfg.parallel.fsdp, device=device, activation_checkpointing=cfg.parallel.activation_checkpointing
+        on_meta(arch) if meta else OPT(arch),
+        fsdp=cfg.parallel.fsdp,
+        device=device,
+        activation_checkpointing=cfg.parallel.activation_checkpointing,
     )
+    if meta:  # each rank allocates and initialises only its own shards
+        model.to_empty(device=device)
+        model.init_weights()
     groups = param_groups(model, cfg.optim.weight_decay)
     groups[0]["decay"], groups[1]["decay"] = True, False
     optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
@@ -185,10 +207,25 @@ def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: b
         )
     else:
         run = NullRun()
+    n_params = num_params(arch)
     if info.is_main and cfg.log.print_every:
         how = start.reason or "fresh start"
         print(f"midflight: {cfg.name} segment {run.segment_id} ({how}); logbook in {cfg.run_dir}", flush=True)
+        print(
+            f"model: OPT {cfg.model.preset}, {n_params:,} parameters; {cfg.parallel.fsdp} over {info.world_size} "
+            f"rank(s) on {cfg.device}, {cfg.precision.dtype}; data: {data.source}",
+            flush=True,
+        )
     with run:
+        if info.is_main:
+            run.event(
+                "model",
+                preset=cfg.model.preset,
+                params=n_params,
+                flops_per_token=flops_per_token(arch, cfg.data.seq_len),
+                world_size=info.world_size,
+                data=data.source,
+            )
         if start.resume_step is not None and info.is_main:
             run.event(
                 "restart",
@@ -255,6 +292,14 @@ class NullRun:
 
     def __exit__(self, *exc):
         pass
+
+
+def _meta_init(cfg: TrainConfig, arch) -> bool:
+    """Big models are never materialised whole on one rank: built on the meta device, sharded, then initialised."""
+    sharded = cfg.parallel.fsdp == "fsdp2" and dist.is_initialized()
+    if cfg.model.meta_init == "on" and not sharded:
+        raise ValueError("model.meta_init=on needs --fsdp fsdp2 under torchrun (a sharded model)")
+    return cfg.model.meta_init == "on" or (cfg.model.meta_init == "auto" and sharded and num_params(arch) > 2e9)
 
 
 def peak_flops(cfg: TrainConfig, device: torch.device) -> float:

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--name", help="display name of the run")
     p.add_argument("--config", help="TOML or JSON file of settings ([optim] clip = 0.3 ...)")
+    p.add_argument("--presets", action="store_true", help="list the model presets with their sizes, and exit")
     p.add_argument(
         "--inject", action="append", default=[], metavar="KIND@STEP", help="fault: spike|nan|overflow|crash|slow-rank"
     )
@@ -64,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv=None) -> Launch:
+def parse(argv=None) -> Launch | None:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    if args.presets:
+        return None
     overrides: list[tuple[str, object]] = []
     if args.config:
         overrides += list(config.load_file(args.config).items())

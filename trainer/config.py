@@ -22,6 +22,7 @@ from .model import PRESETS
 class ModelConfig:
     preset: str = "tiny"  # a key of trainer.model.PRESETS (tiny, 125m, ..., 175b)
     dropout: float = 0.1  # residual and attention dropout; none on embeddings (OPT)
+    meta_init: str = "auto"  # on | off | auto (on above 2B parameters): build on the meta device, shard, then init
 
 
 @dataclass
@@ -125,6 +126,7 @@ class TrainConfig:
             ("device", self.device in ("cpu", "cuda"), "must be cpu or cuda"),
             ("model.preset", self.model.preset in PRESETS, f"must be one of {', '.join(PRESETS)}"),
             ("model.dropout", 0 <= self.model.dropout < 1, "must be in [0, 1)"),
+            ("model.meta_init", self.model.meta_init in ("on", "off", "auto"), "must be on, off or auto"),
             ("data.dtype", self.data.dtype in ("uint16", "uint32"), "must be uint16 or uint32"),
             ("data.seq_len", self.data.seq_len >= 0, "must be >= 0"),
             ("data.batch_size", self.data.batch_size >= 1, "must be >= 1"),

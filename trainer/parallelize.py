@@ -26,7 +26,8 @@ def parallelize(model: nn.Module, *, fsdp: str, device: torch.device, activation
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(device.type, (dist.get_world_size(),))  # explicit: CPU needs a CPU mesh
-        model.to(device)
+        if not next(model.parameters()).is_meta:  # a meta model is sharded first and materialised by the caller
+            model.to(device)
         for block in model.blocks:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)  # embeddings (tied with the output projection), final LayerNorm

@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if launch is None:  # --presets
+        print(build.preset_table())
+        return 0
     signal.signal(signal.SIGTERM, _terminate)
     try:
         info = build.init_distributed(launch.cfg.device)

@@ -127,21 +127,9 @@ def test_config_errors_name_the_key(overrides, message):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    out = subprocess.run(
-        trainer_cmd(tmp_path / "run", "--steps=10", "--optim.clip=zero"),
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=ROOT,
-    )
+    out = train(tmp_path / "run", "--steps=10", "--optim.clip=zero", check=False)
     assert out.returncode == 2 and out.stderr.strip() == "error: optim.clip must be float, not 'zero'"
-    out = subprocess.run(
-        trainer_cmd(tmp_path / "run", "--steps=10", "--data.path=/nonexistent.bin"),
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=ROOT,
-    )
+    out = train(tmp_path / "run", "--steps=10", "--data.path=/nonexistent.bin", check=False)
     assert out.returncode == 2 and "data.path '/nonexistent.bin' is not a file" in out.stderr
     assert "Traceback" not in out.stderr
 

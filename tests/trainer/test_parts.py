@@ -119,3 +119,26 @@ def test_gpu_fp16_opt125m_with_nvml_telemetry(tmp_path, fsdp):
     )
     assert energy and energy > 0
     assert "mfu" in _names(tmp_path / "run")
+
+
+def test_presets_are_listed_with_their_sizes():
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "--presets"], capture_output=True, text=True, env=child_env(), cwd=ROOT
+    )
+    assert out.returncode == 0
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
+    assert set(rows) == {"tiny", "125m", "350m", "1.3b", "2.7b", "6.7b", "13b", "30b", "66b", "175b"}
+    assert "174,604,443,648" in rows["175b"] and "125,237,760" in rows["125m"]
+
+
+def test_meta_init_needs_a_sharded_model(tmp_path):
+    out = train(tmp_path / "run", "--steps=2", "--model.meta_init=on", check=False)
+    assert out.returncode == 2 and "model.meta_init=on needs --fsdp fsdp2 under torchrun" in out.stderr
+
+
+@pytest.mark.slow
+def test_meta_init_builds_shards_and_trains_under_fsdp2(tmp_path):
+    """The path of the big presets, on the tiny one: meta device -> fully_shard -> to_empty -> init per shard."""
+    train(tmp_path / "run", "--steps=20", "--model.meta_init=on", "--telemetry.enabled=false", nproc=2)
+    loss = Recorded(tmp_path / "run").metric("loss")
+    assert loss[20] < loss[1] - 0.5
