@@ -275,23 +275,23 @@ class NullRun:
 
     segment_id = "unrecorded"
 
-    def log(self, metrics, step=None):
-        pass
+    def log(self, metrics, step=None) -> None:
+        return None
 
-    def event(self, kind, step=None, **fields):
-        pass
+    def event(self, kind, step=None, **fields) -> None:
+        return None
 
-    def telemetry(self, values, device, step=None):
-        pass
+    def telemetry(self, values, device, step=None) -> None:
+        return None
 
-    def finish(self, reason="completed", **kw):
-        pass
+    def finish(self, reason="completed", **kw) -> None:
+        return None
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        pass
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 def _meta_init(cfg: TrainConfig, arch) -> bool:

@@ -16,6 +16,7 @@ keeps what it fired in RUN/checkpoints/faults-fired-rankN.json and reads every r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -68,10 +69,8 @@ class Faults:
         self.fired: set[str] = set()
         self.spiked_at: int | None = None  # a spike fired by this process: its LR blow-up is still running
         for path in self.ckpt_dir.glob("faults-fired-rank*.json"):
-            try:
+            with contextlib.suppress(OSError, ValueError):  # unreadable: a replay may fire it again, nothing worse
                 self.fired.update(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                pass
 
     def active(self, kind: str, step: int) -> Injection | None:
         """The injection of `kind` acting at `step`, the first time a run reaches it."""

@@ -6,6 +6,8 @@ field a GPU does not support (ECC on consumer cards, energy on old ones) is simp
 
 from __future__ import annotations
 
+import contextlib
+
 _GIB = float(1 << 30)
 
 
@@ -43,10 +45,8 @@ class Nvml:
         """{NVML index: handle} for all local GPUs or the given indices; an index NVML cannot open is left out."""
         handles = {}
         for i in range(self.count()) if indices is None else indices:
-            try:
+            with contextlib.suppress(Exception):  # an index NVML cannot open is left out
                 handles[int(i)] = self._nv.nvmlDeviceGetHandleByIndex(int(i))
-            except Exception:
-                pass
         return handles
 
     def sample(self, handle) -> dict[str, float]:
@@ -72,10 +72,8 @@ class Nvml:
         }
         out = {}
         for key, read in fields.items():
-            try:
+            with contextlib.suppress(Exception):  # NVMLError_NotSupported and friends: the field is absent
                 out[key] = float(read())
-            except Exception:  # NVMLError_NotSupported and friends: the field is absent
-                pass
         return out
 
     def static_info(self, handle) -> dict:
@@ -91,17 +89,13 @@ class Nvml:
         ):
             if key in info:
                 continue
-            try:
+            with contextlib.suppress(Exception):
                 info[key] = read()
-            except Exception:
-                pass
         return info
 
     def close(self) -> None:
         """nvmlShutdown, once."""
         if self._open:
             self._open = False
-            try:
+            with contextlib.suppress(Exception):
                 self._nv.nvmlShutdown()
-            except Exception:
-                pass

@@ -1,5 +1,6 @@
 """TelemetrySampler -> real Recorder -> event log -> DuckDB, on whatever this machine has (CPU; GPU when present)."""
 
+import contextlib
 import glob
 import json
 import os
@@ -30,12 +31,10 @@ def _nvml_opens() -> bool:
 def _rapl_readable() -> bool:
     """Independent of the code under test: can this process read any RAPL package energy counter?"""
     for path in glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj"):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             with open(path) as f:
                 float(f.read())
             return True
-        except (OSError, ValueError):
-            pass
     return False
 
 
@@ -322,7 +321,7 @@ def test_an_overrunning_sample_skips_ticks_instead_of_piling_up(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- NVML path
 class _NotSupported(Exception):
-    pass
+    """What the stand-in NVML raises for a field the card lacks."""
 
 
 def _fake_pynvml(energy_mj: dict, event_reasons: bool = True):
