@@ -9,8 +9,10 @@ Two arms of the same training loop, `python -m trainer`'s own `run_segment`, in 
 
 Everything else is identical in both arms: same config, seed, data and model init (so the same arithmetic),
 the trainer's one host read per step (grad norm, loss, activation norm), the metric dict it builds, the
-param norm it computes every 50 steps, the intervention-channel poll (one stat() per step). The difference
-is what recording itself costs. Checkpoints and progress printing are off in both
+intervention-channel poll (one stat() per step), and also the param norm it computes every 50 steps (a full
+pass over the weights and a host read) and, with several ranks, the per-log-step loss all-reduce: the trainer
+does those even with recording off, so they are in the baseline and NOT in the measured difference. The
+difference is what the recorder and the sampler cost. Checkpoints and progress printing are off in both
 (--checkpoint.every=0 --checkpoint.at_end=false --log.print_every=0).
 
 How a repeat is timed. Each repeat is one fresh `run_segment` in a fresh run directory, W + N steps long.
@@ -25,16 +27,28 @@ written by run.finish() after the window; the flushes inside the window carry th
 so the window holds about one window's worth of flush work. With --device cuda the first and last stamps
 follow a torch.cuda.synchronize() (the loop's own .tolist() syncs every step in between).
 
+A second, far less noisy figure: the CPU time of the recording threads (the recorder's flush thread and
+the telemetry sampler, read with pthread_getcpuclockid at the window's edges) per timed step, and as a share
+of the step. When the step keeps every core busy, as a CPU step does, that CPU comes out of the step, so it
+estimates the wall overhead without the repeat-to-repeat noise; it leaves out the caller's side (`run.log`
+itself, under a microsecond per step, see bench_log_call.py) and any effect on caches or the GIL.
+
 Pairs. Repeats run as pairs, off/on, alternating which arm goes first (off-on, on-off, ...), so that slow
 drift on a shared machine hits both arms equally; overhead = median over pairs of (on / off - 1), shown
-with the min .. max over pairs, which is the noise you should read it against. One untimed warm-up segment
-per config runs first (imports, first allocations). Between repeats the script runs gc.collect().
+with the min .. max over pairs, which is the noise you should read it against. `--aa` adds a third repeat
+to every pair, recording off again, and reports (off again / off - 1) the same way: the noise floor, an
+A/A control. One untimed warm-up segment per config runs first (imports, first allocations). Before each
+repeat the script runs gc.collect() and gc.freeze(): a full collection of the long-lived heap (torch and
+the models of earlier repeats) takes ~120 ms here, and one landing in one arm by chance swings a pair by
+~2 %; frozen, full collections only walk what the repeat itself allocated, the recorder's queue included
+(--no-gc-freeze turns this off). The progress lines count the full collections inside each window.
 
 Other load. On a shared machine a concurrent job (a test suite, another training run) takes cores from torch's
 threads and can slow a CPU step tenfold, which no pairing can cancel. Each repeat measures the CPU that other
 processes used meanwhile (/proc/stat busy time minus this process's own CPU); a pair in which it exceeded
 --max-other-load (5 % of all cores) is discarded and redone, at most --redo times per config, and the table
-shows the highest other load among the kept pairs and how many pairs were redone.
+shows the highest other load among the kept pairs and how many pairs were redone. Before each pair the
+script also waits (up to --wait-quiet seconds) for a quiet second.
 
 Not a pass/fail test: docs/benchmarks.md interprets the table.
 
@@ -53,6 +67,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -80,14 +95,14 @@ class Shape:
 
 
 # Measured on the 2-vCPU VM (fp32, torch's default 2 threads): tiny b16 ~32 ms/step, tiny b64 ~130 ms/step,
-# 125m seq 32 b1 ~0.6 s/step (its first step takes ~5 s: the AdamW state of 125M parameters is allocated).
+# 125m seq 32 b1 ~0.55 s/step (its first steps take 5, 1.4, 0.8 s: the AdamW state of 125M parameters is allocated).
 SHAPES = {
     "tiny-b16": Shape("tiny-b16", "tiny", 0, 16, warmup=10, steps=150),
     "tiny-b64": Shape("tiny-b64", "tiny", 0, 64, warmup=5, steps=40),
-    "125m-s32": Shape("125m-s32", "125m", 32, 1, warmup=3, steps=8),
+    "125m-s32": Shape("125m-s32", "125m", 32, 1, warmup=6, steps=12),
 }
 DEFAULT_SHAPES = "tiny-b16,tiny-b64"
-QUICK = {"tiny-b16": (5, 50), "tiny-b64": (3, 12), "125m-s32": (2, 4)}  # (warmup, steps) under --quick
+QUICK = {"tiny-b16": (5, 50), "tiny-b64": (3, 12), "125m-s32": (4, 4)}  # (warmup, steps) under --quick
 
 
 # ----------------------------------------------------------------- timing the loop
@@ -100,11 +115,48 @@ class _Stamps:
         self.t_start: float | None = None
         self.t_end: float | None = None
         self.boundaries = 0
+        self.bg_start: dict = {}  # CPU seconds of each midflight-* thread at the window's start / end
+        self.bg_end: dict = {}
+        self.full_gcs, self.gc_s, self._gc_t0 = 0, 0.0, None
 
     def reset(self, first_timed: int, sync) -> None:
         self.first_timed, self.sync = first_timed, sync
         self.t_start = self.t_end = None
         self.boundaries = 0
+        self.bg_start, self.bg_end = {}, {}
+        self.full_gcs, self.gc_s, self._gc_t0 = 0, 0.0, None
+
+    def on_gc(self, phase: str, info: dict) -> None:
+        """gc.callbacks hook: count full collections and all GC time inside the timed window."""
+        if self.t_start is None or self.t_end is not None:
+            return
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        elif self._gc_t0 is not None:
+            self.gc_s += time.perf_counter() - self._gc_t0
+            self.full_gcs += info.get("generation") == 2
+            self._gc_t0 = None
+
+    def bg_cpu_s(self) -> dict:
+        """{"recorder": s, "telemetry": s}: CPU the recording threads spent inside the timed window."""
+        out = {"recorder": 0.0, "telemetry": 0.0}
+        for key, v in self.bg_start.items():
+            if key in self.bg_end:
+                kind = "telemetry" if "telemetry" in key[1] else "recorder"
+                out[kind] += self.bg_end[key] - v
+        return out
+
+
+def background_cpu() -> dict:
+    """{(ident, name): CPU seconds} of the live midflight-* threads (recorder flush thread, telemetry sampler)."""
+    out = {}
+    for t in threading.enumerate():
+        if t.name.startswith("midflight-") and t.ident is not None:
+            try:
+                out[t.ident, t.name] = time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+            except (AttributeError, OSError):  # not POSIX, or the thread just ended
+                pass
+    return out
 
 
 STAMPS = _Stamps()
@@ -120,6 +172,7 @@ def timed_trainer_class():
             if s == STAMPS.first_timed:
                 if STAMPS.sync is not None:
                     STAMPS.sync()
+                STAMPS.bg_start = background_cpu()
                 STAMPS.t_start = time.perf_counter()
             return super()._control(s)
 
@@ -128,6 +181,7 @@ def timed_trainer_class():
             if STAMPS.sync is not None:
                 STAMPS.sync()
             STAMPS.t_end = time.perf_counter()
+            STAMPS.bg_end = background_cpu()
             return outcome
 
     return TimedTrainer
@@ -140,10 +194,12 @@ def timed_trainer():
 
     original = build.Trainer
     build.Trainer = timed_trainer_class()
+    gc.callbacks.append(STAMPS.on_gc)
     try:
         yield
     finally:
         build.Trainer = original
+        gc.callbacks.remove(STAMPS.on_gc)
 
 
 # ----------------------------------------------------------------- one repeat
@@ -208,8 +264,8 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def run_once(shape: Shape, args, run_dir: Path, recording: bool, info, *, timed: bool = True) -> float:
-    """One fresh segment of warmup + steps; returns the mean step time (s) of the timed steps."""
+def run_once(shape: Shape, args, run_dir: Path, recording: bool, info, *, timed: bool = True) -> tuple[float, dict]:
+    """One fresh segment of warmup + steps: (mean step time, recording threads' CPU per step) of the timed steps, s."""
     import torch
 
     from trainer import build, config
@@ -229,34 +285,64 @@ def run_once(shape: Shape, args, run_dir: Path, recording: bool, info, *, timed:
         raise RuntimeError(f"{shape.name}: the instrumented arm wrote nothing to {run_dir}")
     if timed and not recording and written:
         raise RuntimeError(f"{shape.name}: the baseline arm wrote {written} bytes to {run_dir}; it must record nothing")
-    return (STAMPS.t_end - STAMPS.t_start) / shape.steps
+    bg = {k: v / shape.steps for k, v in STAMPS.bg_cpu_s().items()}
+    return (STAMPS.t_end - STAMPS.t_start) / shape.steps, bg
+
+
+def wait_quiet(threshold: float, timeout: float) -> float | None:
+    """Wait until other processes use at most `threshold` of the CPUs over one second; the last reading."""
+    t0 = time.perf_counter()
+    while True:
+        load = ForeignLoad()
+        time.sleep(1.0)
+        other = load.fraction()
+        if other is None or other <= threshold or time.perf_counter() - t0 >= timeout:
+            return other
+
+
+ARM_LABEL = {"off": "off", "on": "on", "aa": "off again"}
 
 
 def bench_shape(shape: Shape, args, tmp: Path, info) -> dict:
-    """Warm-up segment, then `pairs` interleaved (off, on) pairs; {"off": [s], "on": [s]} per-repeat step times."""
+    """Warm-up segment, then `pairs` interleaved (off, on[, off again]) rounds of repeats; per-repeat results."""
     t0 = time.perf_counter()
     warm = replace(shape, steps=max(2, shape.warmup))
     run_once(warm, args, tmp / f"{shape.name}-warmup", True, info, timed=False)
     note(f"[{shape.name}] warm-up segment done in {time.perf_counter() - t0:.1f} s")
-    out = {"off": [], "on": [], "other": [], "redone": 0}
+    arms = ["off", "on", "aa"] if args.aa else ["off", "on"]
+    out = {"off": [], "on": [], "aa": [], "bg": [], "other": [], "redone": 0}
     pair = 0
     while pair < args.pairs:
-        order = ("off", "on") if pair % 2 == 0 else ("on", "off")
-        got, others = {}, []
+        k = pair % len(arms)
+        order = arms[k:] + arms[:k]  # rotate who goes first: off-on, on-off, ...
+        got, bg, others = {}, {}, []
+        if args.wait_quiet > 0:
+            t_wait = time.perf_counter()
+            other = wait_quiet(args.max_other_load, args.wait_quiet)
+            if time.perf_counter() - t_wait > 1.5:
+                note(f"[{shape.name}] waited {time.perf_counter() - t_wait:.0f} s for other processes to go quiet")
+                if other is not None and other > args.max_other_load:
+                    note(f"[{shape.name}] still {other * 100:.0f}% CPU used by other processes; going on")
         for arm in order:
+            if args.gc_freeze:
+                gc.unfreeze()
             gc.collect()
+            if args.gc_freeze:
+                gc.freeze()  # full collections then skip the long-lived heap (torch, earlier repeats): less noise
             run_dir = tmp / f"{shape.name}-{pair}-{arm}-{out['redone']}"
             t_rep = time.perf_counter()
             load = ForeignLoad()
-            got[arm] = run_once(shape, args, run_dir, arm == "on", info)
+            got[arm], bg[arm] = run_once(shape, args, run_dir, arm == "on", info)
             other = load.fraction()
             if other is not None:
                 others.append(other)
             note(
-                f"[{shape.name}] pair {pair + 1}/{args.pairs} {arm:>3}: {got[arm] * 1e3:8.2f} ms/step "
-                f"over {shape.steps} steps ({time.perf_counter() - t_rep:.1f} s, "
-                f"logbook {dir_bytes(run_dir) / 1024:.0f} KiB"
-                + (f", other processes {other * 100:.0f}% CPU)" if other is not None else ")")
+                f"[{shape.name}] pair {pair + 1}/{args.pairs} {ARM_LABEL[arm]:>9}: {got[arm] * 1e3:8.2f} ms/step over "
+                f"{shape.steps} steps; in them: recording threads {sum(bg[arm].values()) * 1e6:.0f} µs CPU/step, "
+                f"{STAMPS.full_gcs} full GCs ({STAMPS.gc_s * 1e3:.0f} ms of GC); "
+                f"logbook {dir_bytes(run_dir) / 1024:.0f} KiB; "
+                + (f"other processes {other * 100:.0f}% CPU; " if other is not None else "")
+                + f"{time.perf_counter() - t_rep:.1f} s"
             )
             shutil.rmtree(run_dir, ignore_errors=True)
         ratio = got["on"] / got["off"] - 1
@@ -267,27 +353,41 @@ def bench_shape(shape: Shape, args, tmp: Path, info) -> dict:
                 f"{max(others) * 100:.0f}% CPU (> {args.max_other_load * 100:g}%); redo {out['redone']}/{args.redo}"
             )
             continue
-        out["off"].append(got["off"])
-        out["on"].append(got["on"])
+        for arm in arms:
+            out[arm].append(got[arm])
+        out["bg"].append(bg["on"])
         out["other"] += others
-        note(f"[{shape.name}] pair {pair + 1}: on/off - 1 = {ratio * 100:+.2f}%")
+        aa = f", A/A off again/off - 1 = {(got['aa'] / got['off'] - 1) * 100:+.2f}%" if args.aa else ""
+        note(f"[{shape.name}] pair {pair + 1}: on/off - 1 = {ratio * 100:+.2f}%{aa}")
         pair += 1
+    if args.gc_freeze:
+        gc.unfreeze()
     out["wall_s"] = time.perf_counter() - t0
     return out
 
 
+def _pct_range(base: list, other: list) -> tuple[str, str]:
+    ratios = [(b / a - 1) * 100 for a, b in zip(base, other)]  # paired: adjacent repeats, same machine state
+    return f"{median(ratios):+.2f}%", f"{min(ratios):+.2f}% .. {max(ratios):+.2f}%"
+
+
 def table_row(shape: Shape, res: dict, args) -> list:
     off, on = res["off"], res["on"]
-    ratios = [(b / a - 1) * 100 for a, b in zip(off, on)]  # paired: adjacent repeats, same machine state
     seq = f"seq {shape.seq_len}" if shape.seq_len else "seq max"
-    return [
+    rec_us, tel_us = (median([b[k] for b in res["bg"]]) * 1e6 for k in ("recorder", "telemetry"))
+    row = [
         f"{shape.name} ({shape.model}, {seq}, batch {shape.batch_size}, {args.precision}, {args.device})",
         f"{shape.steps} x {len(off)}",
         median(off) * 1e3,
         median(on) * 1e3,
-        f"{median(ratios):+.2f}%",
-        f"{min(ratios):+.2f}% .. {max(ratios):+.2f}%",
+        *_pct_range(off, on),
+    ]
+    if args.aa:
+        row.append(" / ".join(_pct_range(off, res["aa"])))
+    return row + [
         f"{spread(off) * 100:.1f}% / {spread(on) * 100:.1f}%",
+        f"{rec_us:.1f} + {tel_us:.1f}",
+        f"{median([sum(b.values()) / t for b, t in zip(res['bg'], on)]) * 100:.3f}%",
         f"{max(res['other']) * 100:.0f}%" if res["other"] else "?",
         res["redone"],
         f"<= {GOAL_PCT}%",
@@ -319,6 +419,24 @@ def parse_args(argv=None):
         help="redo a pair when other processes used more than this fraction of all CPUs during it (%(default)s)",
     )
     ap.add_argument("--redo", type=int, default=5, help="most pairs redone per config for other load (%(default)s)")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60.0,
+        help="before each pair, wait up to this many seconds for other processes to go quiet (%(default)s; 0: never)",
+    )
+    ap.add_argument(
+        "--aa",
+        action="store_true",
+        help="add an A/A control to every pair: recording off again (shows the noise floor)",
+    )
+    ap.add_argument(
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        help="do not gc.freeze() the heap before each repeat (default: freeze, so that a full collection of the "
+        "long-lived heap, ~120 ms here, does not land in one arm by chance)",
+    )
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--telemetry-hz", type=float, default=1.0, help="telemetry sampling rate of the instrumented arm")
@@ -368,9 +486,12 @@ def main(argv=None) -> None:
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    for s in args.shapes:  # fail on a bad shape or --set before minutes of work
-        config.resolve(overrides(s, args, Path("unused"), True, s.warmup + s.steps))
-    info = build.init_distributed(args.device)
+    try:
+        for s in args.shapes:  # fail on a bad shape or --set before minutes of work
+            config.resolve(overrides(s, args, Path("unused"), True, s.warmup + s.steps))
+        info = build.init_distributed(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     extra = {
         "logbook": Path(logbook.__file__).parent,
         "trainer": Path(trainer.__file__).parent,
@@ -402,17 +523,21 @@ def main(argv=None) -> None:
             "step ms, on (median)",
             "overhead (median of pairs)",
             "min .. max of pairs",
+            *(["A/A control: off again vs off, median / min .. max"] if args.aa else []),
             "spread off / on",
+            "recording threads CPU µs/step: recorder + telemetry",
+            "same, % of step (on)",
             "other CPU load (max)",
             "pairs redone",
             "goal",
         ],
         rows,
         title=f"Instrumented step (log + telemetry at {args.telemetry_hz:g} Hz) vs --log.enabled=false; "
-        f"step = mean of the timed steps of one repeat; {args.pairs} interleaved pairs, median shown",
+        f"step = mean of the timed steps of one repeat; {args.pairs} interleaved off/on pair(s), median shown; "
+        f"gc.freeze {'on' if args.gc_freeze else 'off'}",
     )
     print(f"# took {time.perf_counter() - t0:.0f} s ({', '.join(walls)})")
-    if loads and max(loads) > OTHER_LOAD_WARN:
+    if loads and max(loads) > args.max_other_load:
         print(
             f"# WARNING: other processes used up to {max(loads) * 100:.0f}% of the machine's CPU during some repeats "
             "(progress lines on stderr): those pairs measure contention, not recording. Rerun on a quiet machine."

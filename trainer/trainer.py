@@ -162,7 +162,7 @@ class Trainer:
             self.step, self.tokens = s, self.tokens + tokens_per_step
             if s % cfg.log.every == 0:
                 self._log(s, dt, lr, loss_val, gnorm, actv, scale_after, tokens_per_step)
-            if s % cfg.log.param_norm_every == 0:
+            if cfg.log.enabled and s % cfg.log.param_norm_every == 0:
                 self._log_weights_and_memory(s)
 
             # -- a loss that stays NaN/Inf crashes the run, so it restarts from a good checkpoint
@@ -197,7 +197,7 @@ class Trainer:
 
     def _log(self, s, dt, lr, loss_val, gnorm, actv, scale, tokens_per_step) -> None:
         run, p = self.p.run, self.p
-        if p.world > 1:
+        if p.world > 1 and self.cfg.log.enabled:
             # Sync point (log steps only): the cross-rank mean loss and activation norm, in one all-reduce.
             both = torch.tensor([loss_val, actv], device=p.device)
             dist.all_reduce(both)
