@@ -45,8 +45,8 @@ def main() -> int:
     for line in proc.stdout:
         print(line, end="", flush=True)
         if not asked and "step 520/" in line:
-            logbook("intervene", work, "--rewind", "500", "--lr-scale", "0.5", "--clip", "0.3",
-                    "--note", "loss unstable after the straggler: roll back, LR x0.5, clip 0.3 (as OPT did)")  # fmt: skip
+            note = "loss unstable after the straggler: roll back, LR x0.5, clip 0.3 (as OPT did)"
+            logbook("intervene", work, "--rewind", "500", "--lr-scale", "0.5", "--clip", "0.3", "--note", note)
             asked = True
     if proc.wait() != 0:
         print(f"the trainer failed (exit {proc.returncode})", file=sys.stderr)
