@@ -140,12 +140,15 @@ def describe_end(run_dir: Path, segment_id: str, tail_bytes: int = 1 << 16) -> s
             crashed.append((close.get("t") or 0, rank, close.get("error") or f"exit code {close.get('exit_code')}"))
         else:
             ended.append((rank, close.get("reason")))
+    lost = f"rank(s) {', '.join(map(str, silent))} ended without a close record (killed?)" if silent else ""
     if crashed:  # the first rank to crash holds the cause; the others mostly died of losing it
         _, rank, error = min(crashed)
         last = error.strip().splitlines()[-1] if error.strip() else error
+        if lost:  # a rank killed outright (OOM, a lost GPU) writes nothing; the others crash of losing it
+            return f"{segment_id}: {lost}; then rank {rank} crashed: {last[:300]}"
         return f"{segment_id} crashed on rank {rank}: {last[:300]}"
     if silent:
-        return f"{segment_id}: rank(s) {', '.join(map(str, silent))} ended without a close record (killed?)"
+        return f"{segment_id}: {lost}"
     if ended:
         return f"{segment_id} ended: {ended[0][1]}"
     return f"{segment_id}: no rank logs"

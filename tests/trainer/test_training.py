@@ -1,10 +1,14 @@
 """The real trainer end to end on CPU: learning, FSDP2 over 2 gloo ranks, exact resume, crashes and restarts."""
 
 import math
+import os
+import re
+import signal
+from pathlib import Path
 
 import pytest
 
-from .helpers import Recorded, train
+from .helpers import ROOT, Proc, Recorded, child_env, train, trainer_cmd
 
 
 def test_tiny_model_learns_and_records_every_step(tmp_path):
@@ -96,3 +100,43 @@ def test_crash_restarts_automatically_under_torchrun(tmp_path):
     slow = rec.metric("step_time_s", rank=1)
     normal = sorted(slow[s] for s in range(35, 41))
     assert min(slow[s] for s in range(30, 35)) >= 0.25 > 0.15 > normal[len(normal) // 2]
+
+
+def _rank_pid(run_dir, rank: int) -> int | None:
+    """The pid of the trainer process of `rank` writing into `run_dir` (read from /proc, as an operator would)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(run_dir).encode() in cmd and b"trainer" in cmd and f"RANK={rank}".encode() in env:
+            if b"torch.distributed.run" not in cmd:
+                return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_restarted_and_named_in_the_lineage(tmp_path):
+    """Like a GPU lost to an ECC error: rank 1 dies by SIGKILL, with no chance to write anything."""
+    run_dir = tmp_path / "run"
+    cmd = trainer_cmd(run_dir, "--steps=300", "--checkpoint.every=10", "--inject=slow-rank@1-300",
+                      "--faults.slow_rank_s=0.03", "--telemetry.enabled=false", nproc=2, max_restarts=1)  # fmt: skip
+    proc = Proc(cmd, env=child_env(OMP_NUM_THREADS="1"), cwd=ROOT)
+    try:
+        proc.expect("step 40/", timeout=120)
+        pid = _rank_pid(run_dir, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert proc.wait(240) == 0, proc.stderr[-3000:]
+    finally:
+        proc.close()
+    segs = Recorded(run_dir).segments()
+    assert len(segs) == 2 and segs.iloc[1].end_reason == "completed"
+    first, second = segs.iloc[0], segs.iloc[1]
+    assert first.end_reason in ("crashed", "unknown")  # rank 0 dies of the lost peer (or is stopped by torchrun)
+    assert second.resume_step >= 30 and second.resume_step % 10 == 0  # the newest complete checkpoint
+    assert "automatic restart 1" in second.reason
+    assert re.search(r"rank\(s\) (0, )?1 ended without a close record", second.reason), second.reason
