@@ -88,7 +88,8 @@ class TelemetryConfig:
 
 @dataclass
 class ControlConfig:
-    poll_every: int = 1  # steps between intervention polls (with >1 rank, one small broadcast each)
+    poll_every: int = 0  # steps between intervention polls; 0 = auto: every step alone, every 10 with >1 rank
+    # (alone a poll is one stat(); with several ranks it is also a small broadcast from rank 0)
 
 
 @dataclass
@@ -146,7 +147,7 @@ class TrainConfig:
             ("telemetry.hz", self.telemetry.hz > 0, "must be > 0"),
             ("telemetry.devices", self.telemetry.devices in ("auto", "gpu", "cpu"), "must be auto, gpu or cpu"),
             ("log.print_every", self.log.print_every >= 0, "must be >= 0"),
-            ("control.poll_every", self.control.poll_every >= 1, "must be >= 1"),
+            ("control.poll_every", self.control.poll_every >= 0, "must be >= 0"),
             ("faults.nan_tolerance", self.faults.nan_tolerance >= 1, "must be >= 1"),
         ]
         for key, ok, what in checks:

@@ -90,7 +90,7 @@ class Trainer:
         # what differs by rank (a crash, a straggler, a NaN loss) goes through run.event on the rank it happens to
         self.event = parts.run.event if self.main else _ignore
         self.channel = interventions.Channel(self.cfg.run_dir) if self.main else None
-        self.poll_every = self.cfg.control.poll_every
+        self.poll_every = self.cfg.control.poll_every or (1 if parts.world == 1 else 10)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Outcome:
