@@ -91,6 +91,7 @@ class Trainer:
         self.event = parts.run.event if self.main else _ignore
         self.channel = interventions.Channel(self.cfg.run_dir) if self.main else None
         self.poll_every = self.cfg.control.poll_every or (1 if parts.world == 1 else 10)
+        self.handled: set = set()  # request ids already answered by this segment
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Outcome:
@@ -300,13 +301,15 @@ class Trainer:
             elif action == "skip_batches":
                 self.batch_index += params["n"]
                 self._answer(req, applied=True, step=s, detail=f"skipped {params['n']} batches")
-            elif action in ("checkpoint_now", "stop"):
+            elif action == "checkpoint_now" or (action == "stop" and outcome is None):
                 if self.saved_step != self.step:
                     self.save(self.step, why=f"intervention {req['id']}")
                 self._answer(req, applied=True, step=self.step, detail=f"checkpoint at step {self.step}")
                 if action == "stop":
                     outcome = Outcome("stopped", why=req.get("note") or "stop requested")
-            elif action == "rewind" and outcome is None:
+            elif outcome is not None:  # a stop or rewind in the same poll came first: this one cannot follow it
+                self._answer(req, applied=False, step=None, detail=f"the run is already ending ({outcome.reason})")
+            elif action == "rewind":
                 target = params["checkpoint_step"]
                 self._answer(req, applied=True, step=self.step, detail=f"rewinding to the checkpoint of step {target}")
                 why = f"rewind to step {target} requested by {req.get('author')}" + (
@@ -319,7 +322,9 @@ class Trainer:
         """Rank 0 checks each new request (None = accept, else the reason to reject); every rank gets the verdicts."""
         verdicts = None
         if self.main:
-            verdicts = [(r, self._check(r)) for r in reqs or []]
+            new = [r for r in reqs or [] if r.get("id") not in self.handled]  # an answer that failed to write
+            self.handled.update(r.get("id") for r in new)  # must not apply the request a second time
+            verdicts = [(r, self._check(r)) for r in new]
         if self.p.world > 1:
             box = [verdicts]
             dist.broadcast_object_list(box, src=0)  # a collective every poll_every steps
@@ -329,8 +334,8 @@ class Trainer:
     def _check(self, req: dict) -> str | None:
         try:
             params = interventions.validate(req.get("action"), req.get("params"))
-        except ValueError as exc:
-            return str(exc)
+        except (ValueError, TypeError) as exc:  # a hand-edited line can hold anything
+            return f"invalid request: {exc}"
         action = req["action"]
         if action == "loss_scale_floor" and self.p.precision.scaler is None:
             return f"the run trains in {self.p.precision.name}: there is no loss scale"

@@ -5,7 +5,9 @@ import re
 
 import pytest
 
-from .helpers import Recorded, logbook_cli, start
+from logbook import interventions
+
+from .helpers import Recorded, logbook_cli, start, train
 
 
 def _ask(run_dir, *args) -> str:
@@ -113,3 +115,22 @@ def test_bad_intervention_requests_are_refused_at_the_cli(tmp_path, args, messag
     out = logbook_cli("intervene", run_dir, *args, "--note", "x")
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     assert not (run_dir / "interventions.jsonl").exists()
+
+
+def test_queued_requests_are_each_answered_once_and_bad_lines_rejected(tmp_path):
+    """Requests waiting before the first step: the first stop wins, a second is rejected, a hand-edited line too."""
+    run_dir = tmp_path / "run"
+    (run_dir / "segments").mkdir(parents=True)
+    clip = interventions.request(run_dir, "clip", {"max_norm": 0.5}, note="before the start")
+    stop = interventions.request(run_dir, "stop", note="changed my mind")
+    again = interventions.request(run_dir, "stop", note="double click")
+    with open(run_dir / "interventions.jsonl", "a") as f:  # written by hand, wrongly
+        f.write(json.dumps({"k": "intervention", "op": "request", "id": "byhand", "action": "clip", "params": [1]}))
+        f.write("\n")
+    train(run_dir, "--steps=50", "--telemetry.enabled=false")
+    view = Recorded(run_dir).interventions()
+    assert view.loc[clip, "status"] == "applied" and view.loc[clip, "applied_step"] == 1
+    assert view.loc[stop, "status"] == "applied" and view.loc[stop, "applied_step"] == 0
+    assert view.loc[again, "status"] == "rejected" and "already ending" in view.loc[again, "detail"]
+    assert view.loc["byhand", "status"] == "rejected" and "invalid request" in view.loc["byhand", "detail"]
+    assert Recorded(run_dir).segments().iloc[0].end_reason == "stopped"
