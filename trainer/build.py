@@ -208,12 +208,15 @@ def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: b
     else:
         run = NullRun()
     n_params = num_params(arch)
+    engine = f"{cfg.parallel.fsdp} over {info.world_size} rank(s)" if dist.is_initialized() else "one process"
+    if cfg.parallel.fsdp == "none" and info.world_size > 1:
+        engine = f"DDP over {info.world_size} ranks (--fsdp none)"
     if info.is_main and cfg.log.print_every:
         how = start.reason or "fresh start"
         print(f"midflight: {cfg.name} segment {run.segment_id} ({how}); logbook in {cfg.run_dir}", flush=True)
         print(
-            f"model: OPT {cfg.model.preset}, {n_params:,} parameters; {cfg.parallel.fsdp} over {info.world_size} "
-            f"rank(s) on {cfg.device}, {cfg.precision.dtype}; data: {data.source}",
+            f"model: OPT {cfg.model.preset}, {n_params:,} parameters; {engine} on {cfg.device}, "
+            f"{cfg.precision.dtype}; data: {data.source}",
             flush=True,
         )
     with run:
@@ -254,6 +257,7 @@ def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: b
             parts,
             step=state.get("step", start.resume_step or 0),
             batch_index=state.get("batch_index", 0) + skip,
+            tokens=state.get("tokens"),
             changed=changed,
         )
         sampler = _start_telemetry(cfg, info, run, device, lambda: trainer.step) if telemetry else None

@@ -13,14 +13,19 @@ from torch import nn
 
 
 def parallelize(model: nn.Module, *, fsdp: str, device: torch.device, activation_checkpointing: bool) -> nn.Module:
-    """Wrap each block, then the root. `fsdp` is fsdp2 | fairscale | none; none is plain training."""
+    """Wrap each block, then the root. `fsdp` is fsdp2 | fairscale | none (plain, or DDP with several ranks)."""
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
         for i, block in enumerate(model.blocks):
             model.blocks[i] = checkpoint_wrapper(block)  # recompute the block in backward: memory for compute
-    if fsdp == "none" or not dist.is_initialized():
+    if not dist.is_initialized():
         return model.to(device)
+    if fsdp == "none":  # every rank holds the whole model; gradients are averaged (DDP), or the ranks would drift
+        model.to(device)
+        if dist.get_world_size() == 1:
+            return model
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if fsdp == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
 
 import torch.distributed as dist
 
@@ -22,7 +23,12 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # torchrun stops workers with SIGTERM: record "crashed", not silence
 
 
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"  # midflight's warnings are written for people, not as source locations
+
+
 def main(argv=None) -> int:
+    warnings.formatwarning = _one_line
     try:
         launch = cli.parse(argv)
     except ValueError as exc:

@@ -76,13 +76,21 @@ class Parts:
 
 
 class Trainer:
-    def __init__(self, parts: Parts, *, step: int = 0, batch_index: int = 0, changed: dict | None = None):
+    def __init__(
+        self,
+        parts: Parts,
+        *,
+        step: int = 0,
+        batch_index: int = 0,
+        tokens: int | None = None,
+        changed: dict | None = None,
+    ):
         self.p = parts
         self.cfg = parts.cfg
         self.step = step  # optimizer steps done
         self.batch_index = batch_index  # batches consumed (a skip moves it without a step)
         self.changed = dict(changed or {})  # knobs set by interventions: {config key: value}, kept in checkpoints
-        self.tokens = step * parts.data.tokens_per_batch(parts.world)
+        self.tokens = tokens if tokens is not None else step * parts.data.tokens_per_batch(parts.world)
         self.saved_step: int | None = None
         self.bad_steps = 0
         self.main = parts.rank == 0  # what a rank records is decided here, once:

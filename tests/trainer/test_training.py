@@ -34,10 +34,11 @@ def test_tiny_model_learns_and_records_every_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp2_on_two_ranks_matches_one_process(tmp_path):
+@pytest.mark.parametrize("engine", ["fsdp2", "none"])  # none with 2 ranks is DDP
+def test_two_ranks_match_one_process(tmp_path, engine):
     common = ["--steps", 3, "--model.dropout=0", "--telemetry.enabled=false", "--checkpoint.every=0"]
     train(tmp_path / "single", *common, "--data.batch_size=8")
-    train(tmp_path / "fsdp", *common, "--data.batch_size=4", "--fsdp", "fsdp2", nproc=2)
+    train(tmp_path / "fsdp", *common, "--data.batch_size=4", "--fsdp", engine, nproc=2)
     single, fsdp = Recorded(tmp_path / "single"), Recorded(tmp_path / "fsdp")
     for name in ("loss", "grad_norm", "actv_norm"):
         a, b = single.metric(name), fsdp.metric(name)
