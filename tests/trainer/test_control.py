@@ -37,6 +37,10 @@ def test_live_interventions_are_applied_acknowledged_and_audited(tmp_path):
         clip_step = _step_of(proc.expect(f"intervention {clip}", timeout=30))
         lr = _ask(run_dir, "--lr-scale", "0.5", "--note", "halve the LR")
         lr_step = _step_of(proc.expect(f"intervention {lr}", timeout=30))
+        skip = _ask(run_dir, "--skip-batches", "7", "--note", "a bad shard")
+        proc.expect(f"intervention {skip}", timeout=30)
+        ckpt = _ask(run_dir, "--checkpoint", "--note", "before I try something")
+        ckpt_step = _step_of(proc.expect(f"intervention {ckpt}", timeout=30))
         bad = _ask(run_dir, "--rewind", "7", "--note", "there is no such checkpoint")
         assert "rejected" in proc.expect(f"intervention {bad}", timeout=30)
         floor = _ask(run_dir, "--loss-scale-floor", "2", "--note", "fp32 has no loss scale")
@@ -76,6 +80,11 @@ def test_live_interventions_are_applied_acknowledged_and_audited(tmp_path):
     assert all(v == 0.3 for s, v in _by_segment(rec, "clip")[two.segment_id].items())
     first_multiplier_at_50 = 0.5 if lr_step <= 50 else 1.0
     assert lr_two[50] == pytest.approx(lr_first[50] * 0.25 / first_multiplier_at_50, rel=1e-6)
+    # on demand: a complete checkpoint of the acknowledged step, whose data position includes the 7 skipped batches
+    state = json.loads((run_dir / "checkpoints" / f"step-{ckpt_step:08d}" / "trainer_state.json").read_text())
+    assert state["step"] == ckpt_step and state["batch_index"] == ckpt_step + 7
+    why = "periodic" if ckpt_step % 20 == 0 else f"intervention {ckpt}"  # a periodic save of that step serves it
+    assert any(f["why"] == why and s == ckpt_step for s, f in rec.events("checkpoint_saved"))
     # the audit record
     view = rec.interventions()
     assert view.loc[clip, "status"] == "applied" and view.loc[clip, "applied_step"] == clip_step
