@@ -6,6 +6,7 @@ logbook, torch or duckdb.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -30,14 +31,12 @@ TEN_METRICS = [
 def machine_info(extra: dict | None = None) -> dict:
     """What produced the numbers: CPU, cores, Python and library versions."""
     cpu = platform.processor() or "?"
-    try:
+    with contextlib.suppress(OSError):  # no /proc/cpuinfo: keep platform's name
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
                     break
-    except OSError:
-        pass
     info = {
         "cpu": cpu,
         "cores": os.cpu_count(),

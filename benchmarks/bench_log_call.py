@@ -79,13 +79,14 @@ class Variant:
     name = "?"
 
     def call(self, step: int, values) -> None:
-        raise NotImplementedError
+        """Every variant overrides this: the hot-path call being measured."""
+        raise TypeError(f"{type(self).__name__} does not define call()")
 
     def flush(self) -> None:
-        pass
+        """Most variants have nothing to flush outside the hot path."""
 
     def close(self) -> None:
-        pass
+        """Most variants hold nothing to release."""
 
 
 class Baseline(Variant):

@@ -152,10 +152,8 @@ def background_cpu() -> dict:
     out = {}
     for t in threading.enumerate():
         if t.name.startswith("midflight-") and t.ident is not None:
-            try:
+            with contextlib.suppress(AttributeError, OSError):  # not POSIX, or the thread just ended
                 out[t.ident, t.name] = time.clock_gettime(time.pthread_getcpuclockid(t.ident))
-            except (AttributeError, OSError):  # not POSIX, or the thread just ended
-                pass
     return out
 
 
