@@ -52,7 +52,7 @@ class OptimConfig:
 class PrecisionConfig:
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses dynamic loss scaling)
     init_scale: float = 4.0  # initial fp16 loss scale (metaseq's final OPT-175B config)
-    scale_floor: float = 1e-4  # the loss scale is never lowered below this (fairseq's min-loss-scale)
+    scale_floor: float = 0.25  # the loss scale never goes below this (OPT-175B final config: floor 0.25)
     growth_interval: int = 256  # good steps before the scale doubles
 
 
