@@ -59,7 +59,7 @@ def cmd_summary(args) -> int:
     for run in runs:
         if run not in queries.run_ids(store):
             raise ValueError(f"no run named {run!r} in {args.path}")
-        out.append(summarize(store, run))
+        out.append(summarize(store, run, region=args.region, intensity_g_per_kwh=args.intensity, pue=args.pue))
     if args.json:
         print(json.dumps(out[0] if len(out) == 1 else out, indent=1, default=str, allow_nan=False))
     else:
@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_path(sp)
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument("--run", default=None, help="only this run of a folder of runs")
+    sp.add_argument("--region", default=None, help="grid for CO2eq: a country (name or ISO-3) or cloud region")
+    sp.add_argument("--intensity", type=float, default=None, metavar="G_PER_KWH", help="grid intensity override")
+    sp.add_argument("--pue", type=float, default=None, help="datacentre PUE (default 1.0: IT energy only)")
     sp.set_defaults(func=cmd_summary)
 
     sp = sub.add_parser("annotate", help="pin a note to a step")

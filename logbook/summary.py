@@ -40,7 +40,23 @@ def _interventions(store: Store, run: str) -> list[dict]:
     ]
 
 
-def summarize(store: Store, run: str) -> dict:
+DEFAULT_REGION = "World"  # without a region or an intensity, CO2eq uses the world-average grid (Ember 2023)
+
+
+def summarize(
+    store: Store,
+    run: str,
+    *,
+    region: str | None = None,
+    intensity_g_per_kwh: float | None = None,
+    pue: float | None = None,
+) -> dict:
+    """Everything `summary --json` prints. CO2eq: the given intensity, else the region's, else the world average."""
+    from . import accounting, energy
+
+    if region is None and intensity_g_per_kwh is None:
+        region = DEFAULT_REGION
+    power = energy.summary_energy(store, run, region=region, intensity_g_per_kwh=intensity_g_per_kwh, pue=pue)
     segs = queries.segments(store, run)
     segments = [
         {
@@ -75,8 +91,10 @@ def summarize(store: Store, run: str) -> dict:
         "annotations": len(queries.annotations(store, run)),
         "incidents": [],  # filled by the analysis layer (divergence detection)
         "interventions": _interventions(store, run),
-        "energy": None,  # filled by the energy accounting layer
-        "co2eq_kg": None,
+        "energy": power["energy"],
+        "co2eq_kg": power["co2eq_kg"],
+        "co2": power["co2"],
+        "wasted": accounting.wasted(store, run),
         "ingest_problems": queries.ingest_problems(store, run),
     }
 
@@ -110,6 +128,22 @@ def format_text(s: dict) -> str:
         why = f": {i['detail']}" if i["detail"] else ""
         note = f' ("{i["note"]}")' if i["note"] else ""
         lines.append(f"    {i['kind']}({params}) by {i['author']}: {i['status']}{at}{why}{note}")
+    e = s["energy"]
+    if e and e["energy_j"] is not None:
+        label = "estimated" if e["estimated"] else "metered"
+        co2 = s["co2"]
+        kg = f"{s['co2eq_kg']:.3g} kg CO2eq" if s["co2eq_kg"] is not None else "CO2eq unknown"
+        lines.append(
+            f"energy: {e['energy_kwh']:.3g} kWh ({label}, basis {e['basis']}; nameplate {e['nameplate_j'] / 3.6e6:.3g} "
+            f"kWh); {kg} at {co2['intensity_g_per_kwh']} g/kWh x PUE {co2['pue']:g} ({co2['source']})"
+        )
+    for b in s["wasted"]:
+        energy_txt = f", {b['energy_j']:.3g} J" if b["energy_j"] is not None else ""
+        lines.append(
+            f"wasted: {b['segment_id']} steps {b['first_step']}..{b['last_step']} ({b['steps']} steps, "
+            f"{b['wall_s']:.3g} s, {b['device_hours']:.3g} {b['device_kind']}-hours{energy_txt}), "
+            f"discarded by {b['discarded_by']}"
+        )
     for p in s["ingest_problems"]:
         lines.append(f"warning: {p['file']}: {p['malformed']} malformed lines skipped")
         for line_no, msg, snippet in p["examples"][:3]:
