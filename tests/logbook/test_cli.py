@@ -151,3 +151,20 @@ def test_a_log_that_shrank_is_reported_and_the_rest_still_ingests(run_dir):
     assert out.returncode == 0, out.stderr
     assert "shrank" in out.stderr and "Traceback" not in out.stderr
     assert json.loads(out.stdout)["last_step"] == 121
+
+
+def test_summary_carries_energy_co2_and_waste_of_the_sample():
+    """The shipped trainer sample: estimated CPU energy, CO2eq at a chosen intensity and PUE, two wasted branches."""
+    sample = os.path.join(os.path.dirname(__file__), "..", "..", "sample_runs", "opt-tiny-faults")
+    out = cli("summary", sample, "--json", "-q", "--store", ":memory:", "--intensity", "400", "--pue", "1.5")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    energy = s["energy"]
+    assert energy["estimated"] is True and energy["metered_j"] is None and energy["energy_j"] > 0
+    assert s["co2eq_kg"] == pytest.approx(energy["energy_j"] / 3.6e6 * 0.400 * 1.5)
+    assert s["co2"]["source"] == "given by the user" and s["co2"]["pue"] == 1.5
+    assert [(w["first_step"], w["last_step"]) for w in s["wasted"]] == [(351, 379), (501, 529)]
+    default = json.loads(cli("summary", sample, "--json", "-q", "--store", ":memory:").stdout)
+    assert default["co2"]["intensity_g_per_kwh"] == 481 and "World" in default["co2"]["source"]
+    bad = cli("summary", sample, "-q", "--store", ":memory:", "--region", "Atlantis")
+    assert bad.returncode == 2 and "no grid intensity for 'Atlantis'" in bad.stderr
