@@ -19,6 +19,11 @@ def _num(v):
     return None if math.isnan(f) else (int(f) if f.is_integer() else f)
 
 
+def _g(v) -> str:
+    """A number for people (3-4 significant digits), or what it is if it is not one."""
+    return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
 def _text(v):
     return v if isinstance(v, str) else None
 
@@ -52,7 +57,7 @@ def summarize(
     pue: float | None = None,
 ) -> dict:
     """Everything `summary --json` prints. CO2eq: the given intensity, else the region's, else the world average."""
-    from . import accounting, energy
+    from . import accounting, divergence, energy
 
     if region is None and intensity_g_per_kwh is None:
         region = DEFAULT_REGION
@@ -89,7 +94,7 @@ def summarize(
         "metrics": queries.metric_names(store, run),
         "events": queries.event_counts(store, run),
         "annotations": len(queries.annotations(store, run)),
-        "incidents": [],  # filled by the analysis layer (divergence detection)
+        "incidents": [i.to_dict() for i in divergence.incidents(store, run)],
         "interventions": _interventions(store, run),
         "energy": power["energy"],
         "co2eq_kg": power["co2eq_kg"],
@@ -128,20 +133,30 @@ def format_text(s: dict) -> str:
         why = f": {i['detail']}" if i["detail"] else ""
         note = f' ("{i["note"]}")' if i["note"] else ""
         lines.append(f"    {i['kind']}({params}) by {i['author']}: {i['status']}{at}{why}{note}")
+    open_now = [i for i in s["incidents"] if not i["superseded"]]
+    lines.append(f"incidents: {len(open_now)} on the effective path, {len(s['incidents']) - len(open_now)} superseded")
+    for i in s["incidents"]:
+        where = " (superseded)" if i["superseded"] else ""
+        act = f"; suggested: {i['suggested_action']}" if i.get("suggested_action") else ""
+        lines.append(
+            f"    {i['kind']} steps {i['start_step']}..{i['end_step']}{where}: {i['severity']}, "
+            f"{i['classification']}, peak {_g(i['peak_value'])} at {i['peak_step']}{act}"
+        )
     e = s["energy"]
     if e and e["energy_j"] is not None:
         label = "estimated" if e["estimated"] else "metered"
         co2 = s["co2"]
         kg = f"{s['co2eq_kg']:.3g} kg CO2eq" if s["co2eq_kg"] is not None else "CO2eq unknown"
         lines.append(
-            f"energy: {e['energy_kwh']:.3g} kWh ({label}, basis {e['basis']}; nameplate {e['nameplate_j'] / 3.6e6:.3g} "
-            f"kWh); {kg} at {co2['intensity_g_per_kwh']} g/kWh x PUE {co2['pue']:g} ({co2['source']})"
+            f"energy: {_g(e['energy_kwh'])} kWh ({label}, basis {e['basis']}; nameplate "
+            f"{_g(e['nameplate_j'] and e['nameplate_j'] / 3.6e6)} kWh); {kg} at {co2['intensity_g_per_kwh']} g/kWh "
+            f"x PUE {co2['pue']:g} ({co2['source']})"
         )
     for b in s["wasted"]:
-        energy_txt = f", {b['energy_j']:.3g} J" if b["energy_j"] is not None else ""
+        energy_txt = f", {_g(b['energy_j'])} J" if b["energy_j"] is not None else ""
         lines.append(
             f"wasted: {b['segment_id']} steps {b['first_step']}..{b['last_step']} ({b['steps']} steps, "
-            f"{b['wall_s']:.3g} s, {b['device_hours']:.3g} {b['device_kind']}-hours{energy_txt}), "
+            f"{_g(b['wall_s'])} s, {_g(b['device_hours'])} {b['device_kind']}-hours{energy_txt}), "
             f"discarded by {b['discarded_by']}"
         )
     for p in s["ingest_problems"]:

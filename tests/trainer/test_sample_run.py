@@ -42,3 +42,17 @@ def test_sample_has_spike_crash_restart_and_rewind():
     assert s["annotations"] == 4
     cpu = store.cursor().execute("SELECT count(*) FROM telemetry WHERE run_id = ? AND device = 'cpu'", [run])
     assert cpu.fetchone()[0] > 10
+
+
+def test_summary_of_the_sample_lists_its_incidents():
+    store = open_store(None)
+    ingest(store, layout.discover_runs(SAMPLE))
+    (run,) = queries.run_ids(store)
+    incidents = summarize(store, run)["incidents"]
+    for i in incidents:
+        assert {"kind", "start_step", "end_step", "severity", "classification"} <= set(i)
+    found = {(i["kind"], i["start_step"]) for i in incidents}
+    assert ("loss_spike", 300) in found and ("loss_scale_collapse", 250) in found
+    straggler = [i for i in incidents if i["kind"] == "straggler"]
+    assert straggler and 468 <= straggler[0]["start_step"] <= 472 and straggler[0]["end_step"] >= 488
+    json.dumps(incidents, allow_nan=False)  # what summary --json prints is strict JSON

@@ -1,0 +1,622 @@
+"""Divergence detection: loss and grad-norm spikes, NaN/Inf, loss-scale collapse, slow divergence,
+throughput drops and stragglers. Pure functions over plain values; no torch, no UI.
+
+`OnlineDetector` takes one step at a time (O(window) work per point, constant in the run's length).
+`detect` is the batch form: it runs the same detector over arrays, so both give the same incidents.
+`incidents(store, run)` reads a run through `logbook.queries` (effective history, then each
+superseded branch) and returns every incident.
+
+Spike rule (chosen in benchmarks/bench_divergence.py): on log(value), a point is anomalous when its
+robust z-score against the last `window` normal points (median, IQR/1.349) exceeds `z` AND it exceeds
+the EWMA (span `ewma_span`) of those points by the factor `ratio`. Anomalous points never enter the
+baseline. An incident ends after `settle` consecutive points back within `recover_z`.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, insort
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+CONTEXT_KEYS = ("lr", "clip", "loss_scale", "grad_norm", "loss")
+
+
+@dataclass
+class SpikeRule:
+    z: float = 6.0  # robust z-score threshold (in log space when log=True) for a candidate point
+    z_alone: float = 10.0  # a candidate above this alarms at once; below it needs corroboration
+    ratio: float = 1.1  # and value / EWMA of the baseline must exceed this
+    log: bool = True
+    min_sigma: float = 1e-3  # floor on the robust sigma (a constant series has IQR 0)
+    medium: float = 1.5  # peak / baseline ratio for severity "medium"
+    high: float = 3.0  # ... and "high"
+    min_points: int = 1  # anomalous points needed before the incident counts
+    sign: int = 1  # +1: detect rises; -1: detect drops (throughput)
+
+
+@dataclass
+class DivergenceConfig:
+    window: int = 128  # rolling baseline window (points)
+    min_history: int = 20  # no alarm before this many baseline points
+    ewma_span: int = 9  # metaseq's span
+    recover_z: float = 3.0  # a point is back to baseline below this robust z
+    settle: int = 3  # consecutive baseline points that end an incident
+    corroborate_steps: int = 2  # a candidate is confirmed by its own next point staying high, or by the
+    # other metric (loss <-> grad norm) being anomalous within this many steps; otherwise it is dropped
+    recovery_steps: int = 50  # K: back within K steps of the start -> "transient"
+    max_recovering_steps: int = 200  # still not back after this many steps -> "divergent"
+    loss: SpikeRule = field(default_factory=lambda: SpikeRule(z=6.0, ratio=1.08, medium=1.3, high=2.0))
+    grad_norm: SpikeRule = field(default_factory=lambda: SpikeRule(z=6.0, ratio=2.0, medium=10.0, high=100.0))
+    throughput: SpikeRule = field(
+        default_factory=lambda: SpikeRule(z=6.0, ratio=1.15, medium=1.3, high=2.0, min_points=5, sign=-1)
+    )
+    overflow_streak: int = 3  # consecutive overflow steps that make a loss-scale collapse
+    loss_scale_floor: float | None = None  # scale <= floor is "at floor" (events loss_scale_at_floor count too)
+    straggler_ratio: float = 1.5  # rank step time / lower median over ranks
+    straggler_min_steps: int = 3
+    slow_window: int = 500  # slow divergence: least-squares slope of log loss over this many points
+    slow_rise: float = 0.05  # rise over the window (log units, ~5 %) that counts as trending up
+    slow_t: float = 8.0  # and the slope's t-statistic must exceed this
+    silent_after_s: float = 60.0  # a device with no telemetry for this long, while its peers report, is silent
+
+
+@dataclass
+class Incident:
+    kind: str  # loss_spike | grad_norm_spike | nonfinite | loss_scale_collapse | slow_divergence | straggler | ...
+    start_step: int
+    end_step: int
+    peak_value: float
+    peak_step: int
+    severity: str  # low | medium | high
+    classification: str  # transient | recovering | divergent
+    context: dict = field(default_factory=dict)  # lr, clip, loss_scale, grad_norm, loss just before start
+    metric: str | None = None
+    baseline: float | None = None
+    detail: dict = field(default_factory=dict)
+    detected_step: int | None = None  # the step at which the online detector raised it
+    suggested_action: str | None = None
+    segment_id: str | None = None
+    superseded: bool = False
+
+    def to_dict(self) -> dict:
+        def clean(v):
+            if isinstance(v, float) and not math.isfinite(v):
+                return None if math.isnan(v) else str(v)
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            return v
+
+        return {k: clean(v) for k, v in asdict(self).items()}
+
+
+def _severity(ratio: float, rule: SpikeRule) -> str:
+    return "high" if ratio >= rule.high else "medium" if ratio >= rule.medium else "low"
+
+
+def _divergent_action(step: int) -> str:
+    return (
+        f"rewind to the last checkpoint before step {step} (PaLM restarted ~100 steps before a spike) and lower "
+        "the LR or skip the next few hundred batches (what the OPT-175B and PaLM teams did)"
+    )
+
+
+class _Open:
+    """State of an incident in progress."""
+
+    def __init__(self, kind, metric, step, t, value, base, ctx):
+        self.kind, self.metric, self.start, self.ctx = kind, metric, step, ctx
+        self.peak_t, self.peak_value, self.peak_step, self.base = t, value, step, base
+        self.last_anom, self.calm, self.n_anom, self.post = step, 0, 1, t
+        self.detected = step
+
+
+class _Spike:
+    """Rolling robust-z + EWMA-ratio detector for one series."""
+
+    def __init__(self, kind: str, metric: str, rule: SpikeRule, cfg: DivergenceConfig):
+        self.kind, self.metric, self.rule, self.cfg = kind, metric, rule, cfg
+        self.alpha = 2.0 / (cfg.ewma_span + 1)
+        self.open: _Open | None = None
+        self.cand: _Open | None = None  # an anomalous point waiting for corroboration
+        self.done: list[Incident] = []
+        self._reset()
+
+    def _reset(self):
+        self.win: deque = deque()
+        self.sorted: list[float] = []
+        self.ewma: float | None = None
+
+    def _t(self, v: float) -> float:
+        return self.rule.sign * (math.log(max(v, 1e-30)) if self.rule.log else v)
+
+    def _add(self, t: float):
+        self.win.append(t)
+        insort(self.sorted, t)
+        if len(self.win) > self.cfg.window:
+            del self.sorted[bisect_left(self.sorted, self.win.popleft())]
+        self.ewma = t if self.ewma is None else self.ewma + self.alpha * (t - self.ewma)
+
+    def _stats(self) -> tuple[float, float]:
+        s, n = self.sorted, len(self.sorted)
+        med = 0.5 * (s[(n - 1) // 2] + s[n // 2])
+        return med, max((s[(3 * n) // 4] - s[n // 4]) / 1.349, self.rule.min_sigma)
+
+    def _value(self, t: float) -> float:
+        t = self.rule.sign * t
+        return math.exp(t) if self.rule.log else t
+
+    def update(self, step: int, value: float, ctx: dict) -> bool:
+        """Feed one point; True when it is normal (usable as baseline by other detectors)."""
+        if not math.isfinite(value):
+            return False
+        t = self._t(value)
+        if self.cand is not None:
+            med, sigma = self._stats()
+            if (t - med) / sigma >= self.cfg.recover_z:  # still high on the next point: confirmed
+                self.confirm(step)
+            elif step - self.cand.start > self.cfg.corroborate_steps:
+                self.cand = None
+        o = self.open
+        if o is not None:
+            med, sigma = self._stats()
+            if t > o.peak_t:
+                o.peak_t, o.peak_value, o.peak_step = t, value, step
+            o.post += self.alpha * (t - o.post)
+            if (t - med) / sigma < self.cfg.recover_z:
+                o.calm += 1
+                if o.calm >= self.cfg.settle:
+                    late = o.last_anom - o.start > self.cfg.recovery_steps
+                    self._close("recovering" if late else "transient", o.last_anom)
+                return False
+            o.calm, o.last_anom = 0, step
+            o.n_anom += 1
+            age = step - o.start
+            if age >= self.cfg.recovery_steps and o.n_anom >= self.rule.min_points:
+                coming_back = (o.post - med) < 0.5 * (o.peak_t - med)
+                if not coming_back or age >= self.cfg.max_recovering_steps:
+                    self._close("divergent", step)
+                    self._reset()  # the new level becomes the baseline
+            return False
+        if len(self.win) >= self.cfg.min_history:
+            med, sigma = self._stats()
+            z = (t - med) / sigma
+            if z > self.rule.z and t - self.ewma > math.log(self.rule.ratio) and self.cand is None:
+                self.cand = _Open(self.kind, self.metric, step, t, value, self._value(med), dict(ctx))
+                if z > self.rule.z_alone:
+                    self.confirm(step)
+                return False
+        self._add(t)
+        return True
+
+    def anomalous(self) -> bool:
+        return self.cand is not None or self.open is not None
+
+    def confirm(self, step: int):
+        self.open, self.cand = self.cand, None
+        self.open.detected = step
+
+    def _close(self, classification: str, end: int):
+        o, self.open = self.open, None
+        if o.n_anom < self.rule.min_points:
+            return
+        self.done.append(self._incident(o, classification, end))
+
+    def _incident(self, o: _Open, classification: str, end: int) -> Incident:
+        ratio = math.exp(o.peak_t - self._t(o.base)) if self.rule.log else 1.0
+        sev = "high" if classification == "divergent" else _severity(ratio, self.rule)
+        return Incident(
+            kind=o.kind,
+            start_step=o.start,
+            end_step=end,
+            peak_value=o.peak_value,
+            peak_step=o.peak_step,
+            severity=sev,
+            classification=classification,
+            context=o.ctx,
+            metric=o.metric,
+            baseline=o.base,
+            detail={"ratio_to_baseline": round(ratio, 4)},
+            detected_step=o.detected,
+            suggested_action=_divergent_action(o.start) if classification == "divergent" else None,
+        )
+
+    def current(self) -> list[Incident]:
+        o = self.open
+        if o is None or o.n_anom < self.rule.min_points:
+            return []
+        return [self._incident(o, "recovering", o.last_anom)]
+
+
+class _Streak:
+    """Generic on/off condition per key (non-finite values, overflow streaks, stragglers)."""
+
+    def __init__(self, kind: str, metric: str | None, min_steps: int, cfg: DivergenceConfig, detail: dict, neg=False):
+        self.kind, self.metric, self.min_steps, self.cfg, self.detail = kind, metric, min_steps, cfg, detail
+        self.neg = neg  # track the minimum instead of the maximum (loss scale)
+        self.open: dict | None = None
+        self.done: list[Incident] = []
+
+    def update(self, step: int, on: bool, value: float, ctx: dict, baseline: float | None = None):
+        o = self.open
+        if on:
+            if o is None or step - o["last"] > self.cfg.settle:
+                if o is not None:
+                    self._close()
+                o = self.open = {"start": step, "n": 0, "peak": value, "peak_step": step, "ctx": dict(ctx)}
+                o["base"] = baseline
+            o["n"], o["last"] = o["n"] + 1, step
+            if o["n"] == self.min_steps:
+                o["detected"] = step
+            if _gt(value, o["peak"]):
+                o["peak"], o["peak_step"] = value, step
+        elif o is not None and step - o["last"] >= self.cfg.settle:
+            self._close()
+
+    def _incident(self, o: dict, classification: str) -> Incident:
+        dur = o["last"] - o["start"]
+        if classification != "recovering" and dur >= self.cfg.recovery_steps:
+            classification = "divergent"
+        sev = "high" if classification == "divergent" or self.kind == "nonfinite" else "medium"
+        if self.kind == "straggler" and classification != "divergent":
+            sev = "medium" if dur >= 10 else "low"
+        action = _divergent_action(o["start"]) if classification == "divergent" and self.kind != "straggler" else None
+        if classification == "divergent" and self.kind == "straggler":
+            action = f"rank {self.detail.get('rank')} is persistently slow: drain or replace its node"
+        return Incident(
+            kind=self.kind,
+            start_step=o["start"],
+            end_step=o["last"],
+            peak_value=-o["peak"] if self.neg else o["peak"],
+            peak_step=o["peak_step"],
+            severity=sev,
+            classification=classification,
+            context=o["ctx"],
+            metric=self.metric,
+            baseline=o["base"],
+            detail={**self.detail, "steps": o["n"], **({"reasons": sorted(o["reasons"])} if "reasons" in o else {})},
+            detected_step=o["detected"],
+            suggested_action=action,
+        )
+
+    def _close(self):
+        o, self.open = self.open, None
+        if o["n"] >= self.min_steps:
+            self.done.append(self._incident(o, "transient"))
+
+    def current(self) -> list[Incident]:
+        o = self.open
+        return [self._incident(o, "recovering")] if o is not None and o["n"] >= self.min_steps else []
+
+
+def _gt(a: float, b: float) -> bool:
+    if math.isnan(a):
+        return False
+    return math.isnan(b) or a > b
+
+
+class _Trend:
+    """Slow divergence: O(1) rolling least-squares slope of log loss."""
+
+    def __init__(self, cfg: DivergenceConfig):
+        self.cfg = cfg
+        self.streak = _Streak("slow_divergence", "loss", 1, cfg, {})
+        self.reset()
+
+    def reset(self):
+        self.pts: deque = deque()
+        self.sx = self.sy = self.sxx = self.sxy = self.syy = 0.0
+        self.x0: int | None = None
+
+    def _acc(self, x: float, y: float, s: int):
+        self.sx += s * x
+        self.sy += s * y
+        self.sxx += s * x * x
+        self.sxy += s * x * y
+        self.syy += s * y * y
+
+    def update(self, step: int, value: float | None, ctx: dict):
+        on, rise = False, 0.0
+        if value is not None and math.isfinite(value) and value > 0:
+            self.x0 = step if self.x0 is None else self.x0
+            x, y = float(step - self.x0), math.log(value)
+            self.pts.append((x, y))
+            self._acc(x, y, 1)
+            if len(self.pts) > self.cfg.slow_window:
+                self._acc(*self.pts.popleft(), -1)
+            n = len(self.pts)
+            if n >= self.cfg.slow_window:
+                vx = self.sxx - self.sx * self.sx / n
+                cxy = self.sxy - self.sx * self.sy / n
+                vy = self.syy - self.sy * self.sy / n
+                slope = cxy / vx if vx > 0 else 0.0
+                resid = max(vy - slope * cxy, 1e-18) / max(n - 2, 1)
+                t = slope / math.sqrt(resid / vx) if vx > 0 else 0.0
+                rise = slope * (self.pts[-1][0] - self.pts[0][0])
+                on = rise > self.cfg.slow_rise and t > self.cfg.slow_t
+        self.streak.update(step, on, rise, ctx)
+
+
+class OnlineDetector:
+    """Feed steps in order with `update`; `incidents()` returns closed and in-progress incidents."""
+
+    def __init__(self, config: DivergenceConfig | None = None, *, segment_id: str | None = None, superseded=False):
+        cfg = self.config = config or DivergenceConfig()
+        self.segment_id, self.superseded = segment_id, superseded
+        self.loss = _Spike("loss_spike", "loss", cfg.loss, cfg)
+        self.grad = _Spike("grad_norm_spike", "grad_norm", cfg.grad_norm, cfg)
+        self.tput = _Spike("throughput_drop", "tokens_per_s", cfg.throughput, cfg)
+        self.nonfinite = {m: _Streak("nonfinite", m, 1, cfg, {}) for m in ("loss", "grad_norm")}
+        self.scale = _Streak("loss_scale_collapse", "loss_scale", 1, cfg, {}, neg=True)
+        self.stragglers: dict[int, _Streak] = {}
+        self.trend = _Trend(cfg)
+        self.overflow_run: list[int] = []
+        self.ctx: dict = {}
+        self.last_step: int | None = None
+
+    def update(
+        self,
+        step: int,
+        values: Mapping[str, float] | None = None,
+        *,
+        step_times: Mapping[int, float] | Sequence[float] | None = None,
+        overflow: bool = False,
+        at_floor: bool = False,
+    ) -> None:
+        """One step: metric values (loss, grad_norm, loss_scale, lr, clip, tokens_per_s), per-rank step
+        times, and whether the step overflowed / the loss scale sat at its floor. Steps must not go back."""
+        if self.last_step is not None and step < self.last_step:
+            raise ValueError(f"step {step} after {self.last_step}: feed each branch in step order")
+        self.last_step = step
+        cfg, values = self.config, values or {}
+        ctx = self.ctx
+        loss_ok = True
+        for name, det in (("loss", self.loss), ("grad_norm", self.grad)):
+            v = _f(values.get(name))
+            if v is None:
+                continue
+            # a non-finite grad norm on an overflow step is the loss scaler doing its job
+            expected = overflow and name == "grad_norm"
+            self.nonfinite[name].update(step, not math.isfinite(v) and not expected, v, ctx)
+            ok = det.update(step, v, ctx)
+            loss_ok = ok if name == "loss" else loss_ok
+        for a, b in ((self.loss, self.grad), (self.grad, self.loss)):
+            if a.cand is not None and b.anomalous():
+                a.confirm(step)
+        if (v := _f(values.get("tokens_per_s"))) is not None and v > 0:
+            self.tput.update(step, v, ctx)
+        if loss_ok and self.loss.open is None:
+            self.trend.update(step, _f(values.get("loss")), ctx)
+        if self.loss.done and self.loss.done[-1].classification == "divergent" and self.loss.done[-1].end_step == step:
+            self.trend.reset()
+        # loss-scale collapse: an overflow streak, or the scale at its floor
+        scale = _f(values.get("loss_scale"))
+        floor = cfg.loss_scale_floor
+        at_floor = at_floor or (floor is not None and scale is not None and scale <= floor)
+        if overflow:
+            if not self.overflow_run or step - self.overflow_run[-1] > 1:
+                self.overflow_run = []
+            self.overflow_run.append(step)
+        else:
+            self.overflow_run = []
+        streak = len(self.overflow_run) >= cfg.overflow_streak
+        new_streak = streak and self.scale.open is None
+        if new_streak:
+            for s in self.overflow_run[:-1]:  # the streak started at its first overflow
+                self.scale.update(s, True, math.nan, ctx)
+        self.scale.update(step, streak or at_floor, -(scale if scale is not None else math.nan), ctx)
+        if new_streak:
+            self.scale.open["detected"] = step
+        if self.scale.open is not None:
+            self.scale.open.setdefault("reasons", set()).update(
+                {"overflow_streak"} if streak else set(), {"at_floor"} if at_floor else set()
+            )
+        # stragglers: a rank much slower than the lower median of all ranks
+        if step_times is not None:
+            times = dict(step_times) if isinstance(step_times, Mapping) else dict(enumerate(step_times))
+            times = {r: t for r, t in times.items() if t is not None and math.isfinite(t) and t > 0}
+            if len(times) >= 2:
+                ref = sorted(times.values())[(len(times) - 1) // 2]
+                for r, t in times.items():
+                    st = self.stragglers.get(r)
+                    if st is None:
+                        st = self.stragglers[r] = _Streak("straggler", "step_time_s", cfg.straggler_min_steps, cfg, {})
+                        st.detail = {"rank": r}
+                    st.update(step, t >= cfg.straggler_ratio * ref, t, ctx, baseline=ref)
+        for k in CONTEXT_KEYS:
+            v = _f(values.get(k))
+            if v is not None and math.isfinite(v):
+                ctx[k] = v
+
+    def _dets(self):
+        return [self.loss, self.grad, self.tput, *self.nonfinite.values(), self.scale, self.trend.streak]
+
+    def incidents(self) -> list[Incident]:
+        out = []
+        for det in [*self._dets(), *self.stragglers.values()]:
+            out += [*det.done, *det.current()]
+        for inc in out:
+            inc.segment_id, inc.superseded = self.segment_id, self.superseded
+        return sorted(out, key=lambda i: (i.start_step, i.kind, str(i.metric), i.detail.get("rank", -1)))
+
+
+def _f(v) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+class TelemetryDetector:
+    """Hardware trouble from device telemetry, sample by sample in wall-time order: throttle reasons
+    non-zero, ECC error count increasing, and a device that stops reporting while the other devices of
+    its segment keep reporting. Devices are keyed by (segment, host, device)."""
+
+    ACTIONS = {
+        "throttling": "check cooling and power capping on this node",
+        "ecc_errors": "ECC errors are rising: drain the node and have the GPU checked",
+        "device_silent": "this device stopped reporting: check the node (hung GPU, lost host)",
+    }
+
+    def __init__(self, config: DivergenceConfig | None = None):
+        self.cfg = config or DivergenceConfig()
+        self.seen: dict[tuple, float] = {}
+        self.ecc: dict[tuple, float] = {}
+        self.open: dict[tuple, Incident] = {}
+        self.done: list[Incident] = []
+        self.step = 0
+
+    def update(self, wall_time: float, step, key: tuple, name: str, value: float) -> None:
+        self.step = int(step) if step is not None and step == step else self.step
+        prev = self.seen.get(key)
+        self.seen[key] = wall_time
+        self._set("device_silent", key, False, 0.0)
+        if prev is not None and wall_time - prev <= self.cfg.silent_after_s:  # this one is alive: judge peers
+            for other, t in self.seen.items():
+                if other[0] == key[0] and wall_time - t > self.cfg.silent_after_s:
+                    self._set("device_silent", other, True, wall_time - t)
+        if name == "throttle_reasons":
+            self._set("throttling", key, _truthy(value), value)
+        elif name == "ecc_errors" and value == value:
+            before, self.ecc[key] = self.ecc.get(key), value
+            self._set("ecc_errors", key, before is not None and value > before, value)
+
+    def _set(self, kind: str, key: tuple, on: bool, value: float):
+        inc = self.open.get((kind, key))
+        if on and inc is None:
+            sev = "medium" if kind == "throttling" else "high"
+            detail = {"segment": key[0], "host": key[1], "device": key[2]}
+            inc = Incident(kind, self.step, self.step, value, self.step, sev, "recovering", detail=detail)
+            inc.segment_id, inc.detected_step, inc.suggested_action = key[0], self.step, self.ACTIONS[kind]
+            self.open[(kind, key)] = inc
+        elif on:
+            inc.end_step = self.step
+            if _gt(value, inc.peak_value):
+                inc.peak_value, inc.peak_step = value, self.step
+        elif inc is not None:
+            inc.classification = "transient"
+            self.done.append(self.open.pop((kind, key)))
+
+    def incidents(self) -> list[Incident]:
+        return sorted([*self.done, *self.open.values()], key=lambda i: (i.start_step, i.kind, str(i.detail)))
+
+
+# ----------------------------------------------------------------- batch
+STEP_TIME_PREFIX = "step_time_s/"  # batch column per rank: step_time_s/0, step_time_s/1, ...
+
+
+def detect(
+    frame, config: DivergenceConfig | None = None, *, segment_id: str | None = None, superseded: bool = False
+) -> list[Incident]:
+    """Batch detection over a table with a `step` column (a DataFrame or a dict of equal-length arrays).
+
+    Optional columns: loss, grad_norm, loss_scale, lr, clip, tokens_per_s, overflow, at_floor and
+    step_time_s/<rank>. Runs `OnlineDetector` row by row, so it gives exactly the online incidents."""
+    det = OnlineDetector(config, segment_id=segment_id, superseded=superseded)
+    feed(det, frame)
+    return det.incidents()
+
+
+def feed(det: OnlineDetector, frame) -> None:
+    cols = {k: list(frame[k]) for k in (frame.columns if hasattr(frame, "columns") else frame.keys())}
+    steps = cols.pop("step")
+    overflow, at_floor = cols.pop("overflow", None), cols.pop("at_floor", None)
+    ranks = {int(k[len(STEP_TIME_PREFIX) :]): v for k, v in cols.items() if k.startswith(STEP_TIME_PREFIX)}
+    order = sorted(range(len(steps)), key=lambda i: steps[i])
+    for i in order:
+        values = {k: v[i] for k, v in cols.items() if not k.startswith(STEP_TIME_PREFIX)}
+        det.update(
+            int(steps[i]),
+            values,
+            step_times={r: v[i] for r, v in ranks.items()} if ranks else None,
+            overflow=overflow is not None and _truthy(overflow[i]),
+            at_floor=at_floor is not None and _truthy(at_floor[i]),
+        )
+
+
+def _truthy(v) -> bool:
+    return v is not None and v == v and bool(v)
+
+
+# ----------------------------------------------------------------- store
+SERIES = ("loss", "grad_norm", "loss_scale", "lr", "clip", "tokens_per_s")
+
+
+def run_frame(store, run: str, which: str = "effective"):
+    """The detector's input table for a run, read through logbook.queries: one row per step with the
+    metrics of rank 0, step_time_s/<rank> for every rank, overflow / at_floor flags from events, and
+    segment_id. which: "effective" or "superseded" (rows of every superseded branch together)."""
+    import pandas as pd
+
+    from . import queries
+
+    names = set(queries.metric_names(store, run))
+    frame = None
+
+    def join(df, col):
+        nonlocal frame
+        df = df.drop_duplicates(["segment_id", "step"], keep="last")[["segment_id", "step", "value"]]
+        df = df.rename(columns={"value": col})
+        frame = df if frame is None else frame.merge(df, on=["segment_id", "step"], how="outer")
+
+    for name in SERIES:
+        if name in names:
+            join(queries.series(store, run, name, which=which), name)
+    if "step_time_s" in names:
+        segs = queries.segments(store, run)
+        for r in range(int(segs["ranks"].max()) if len(segs) else 0):
+            join(queries.series(store, run, "step_time_s", rank=r, which=which), f"{STEP_TIME_PREFIX}{r}")
+    if frame is None:
+        return pd.DataFrame(columns=["segment_id", "step"])
+    ev = queries.events(store, run, kinds=["overflow", "loss_scale_at_floor"])
+    for kind, col in (("overflow", "overflow"), ("loss_scale_at_floor", "at_floor")):
+        hits = set(zip(ev.loc[ev.kind == kind, "segment_id"], ev.loc[ev.kind == kind, "step"]))
+        frame[col] = [(s, st) in hits for s, st in zip(frame["segment_id"], frame["step"])]
+    return frame.sort_values(["step", "segment_id"], ignore_index=True)
+
+
+def hardware_incidents(store, run: str, config: DivergenceConfig | None = None) -> list[Incident]:
+    """Throttling, ECC errors and silent devices from every telemetry sample of the run (all segments)."""
+    import pandas as pd
+
+    from . import queries
+
+    frames = [queries.telemetry(store, run, n).assign(name=n) for n in queries.telemetry_names(store, run)]
+    frames = [f for f in frames if len(f)]
+    det = TelemetryDetector(config)
+    if frames:
+        df = pd.concat(frames, ignore_index=True).sort_values(["wall_time", "name"], kind="stable")
+        for r in df.itertuples():
+            det.update(r.wall_time, r.step, (r.segment_id, r.host, r.device), r.name, r.value)
+    return det.incidents()
+
+
+def incidents(store, run: str, config: DivergenceConfig | None = None) -> list[Incident]:
+    """Every incident of a run: detection on the effective history, then on each superseded branch
+    (fed with the effective history before the branch, so it has a baseline), marked superseded;
+    then hardware incidents from telemetry (superseded when their segment is not on the effective path)."""
+    eff = run_frame(store, run, "effective")
+    out: list[Incident] = []
+    if len(eff):
+        owner = dict(zip(eff["step"], eff["segment_id"]))
+        for inc in detect(eff.drop(columns=["segment_id"]), config):
+            inc.segment_id = owner.get(inc.start_step)
+            out.append(inc)
+    sup = run_frame(store, run, "superseded")
+    for seg, branch in sup.groupby("segment_id", sort=True) if len(sup) else ():
+        first = int(branch["step"].min())
+        prefix = eff[eff["step"] < first] if len(eff) else eff
+        import pandas as pd
+
+        both = pd.concat([prefix, branch], ignore_index=True).drop(columns=["segment_id"])
+        for inc in detect(both, config, segment_id=seg, superseded=True):
+            if inc.start_step >= first:
+                out.append(inc)
+    on_path = set(eff["segment_id"]) if len(eff) else set()
+    for inc in hardware_incidents(store, run, config):
+        inc.superseded = inc.segment_id not in on_path
+        out.append(inc)
+    return sorted(out, key=lambda i: (i.superseded, i.start_step, i.kind))
