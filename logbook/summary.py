@@ -48,6 +48,36 @@ def _interventions(store: Store, run: str) -> list[dict]:
 DEFAULT_REGION = "World"  # without a region or an intensity, CO2eq uses the world-average grid (Ember 2023)
 
 
+def _projection(store: Store, run: str, power: dict, effective_steps: int) -> dict | None:
+    """The planned full run's energy and CO2eq, from the measured J/token, when the run's config names its length."""
+    segs = queries.segments(store, run)
+    e, tokens = power["energy"], queries.last_value(store, run, queries.TOKENS_METRIC)
+    if segs.empty or not e or not e["energy_j"] or not tokens or not effective_steps:
+        return None
+    try:
+        planned_steps = int(json.loads(segs.iloc[-1].config).get("steps"))
+    except (TypeError, ValueError, AttributeError):
+        return None  # not a midflight trainer config: no plan to project to
+    params = None
+    models = queries.events(store, run, ["model"])
+    if not models.empty:
+        params = json.loads(models.iloc[-1].fields).get("params")
+    from .energy import project
+
+    tokens_per_step = float(tokens) / effective_steps
+    out = project(
+        e["energy_j"],
+        float(tokens),
+        tokens_per_step * planned_steps,
+        n_params=params,
+        intensity_g_per_kwh=power["co2"]["intensity_g_per_kwh"],
+        pue=power["co2"]["pue"],
+        estimated=e["estimated"],
+    )
+    out["planned_steps"] = planned_steps
+    return out
+
+
 def summarize(
     store: Store,
     run: str,
@@ -84,11 +114,12 @@ def summarize(
     ]
     last_loss = _num(queries.last_value(store, run, "loss"))
     ends = [s["end_step"] for s in segments if s["end_step"] is not None]
+    effective_steps = queries.effective_steps(store, run)
     return {
         "run": run,
         "status": queries.run_status(store, run),
         "last_step": max(ends) if ends else None,
-        "effective_steps": queries.effective_steps(store, run),
+        "effective_steps": effective_steps,
         "last_loss": last_loss,
         "segments": segments,
         "metrics": queries.metric_names(store, run),
@@ -99,7 +130,9 @@ def summarize(
         "energy": power["energy"],
         "co2eq_kg": power["co2eq_kg"],
         "co2": power["co2"],
+        "projection": _projection(store, run, power, effective_steps),
         "wasted": accounting.wasted(store, run),
+        "references": {k: {"co2eq_t": v["co2eq_t"], "method": v["method"]} for k, v in energy.REFERENCES.items()},
         "ingest_problems": queries.ingest_problems(store, run),
     }
 
@@ -151,6 +184,13 @@ def format_text(s: dict) -> str:
             f"energy: {_g(e['energy_kwh'])} kWh ({label}, basis {e['basis']}; nameplate "
             f"{_g(e['nameplate_j'] and e['nameplate_j'] / 3.6e6)} kWh); {kg} at {co2['intensity_g_per_kwh']} g/kWh "
             f"x PUE {co2['pue']:g} ({co2['source']})"
+        )
+    proj = s.get("projection")
+    if proj:
+        kg = f", {_g(proj['co2eq_kg'])} kg CO2eq" if proj["co2eq_kg"] is not None else ""
+        lines.append(
+            f"projection to the planned {proj['planned_steps']:,} steps: {_g(proj['projected_kwh'])} kWh{kg} "
+            f"(at {_g(proj['j_per_token'])} J/token{', estimated' if proj['estimated'] else ''})"
         )
     for b in s["wasted"]:
         energy_txt = f", {_g(b['energy_j'])} J" if b["energy_j"] is not None else ""

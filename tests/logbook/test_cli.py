@@ -168,3 +168,23 @@ def test_summary_carries_energy_co2_and_waste_of_the_sample():
     assert default["co2"]["intensity_g_per_kwh"] == 481 and "World" in default["co2"]["source"]
     bad = cli("summary", sample, "-q", "--store", ":memory:", "--region", "Atlantis")
     assert bad.returncode == 2 and "no grid intensity for 'Atlantis'" in bad.stderr
+
+
+def test_summary_projects_a_live_run_to_its_planned_length(tmp_path):
+    """A run half-way through its planned steps: the projection doubles the measured energy (same J/token)."""
+    import time
+
+    run_dir = tmp_path / "run"
+    with logbook.init(run_dir, config={"steps": 200}) as run:
+        run.event("model", params=1_000_000)
+        for step in range(1, 101):
+            run.log({"loss": 1.0, "tokens": step * 1000}, step=step)
+        run.telemetry({"energy_j": 0.0}, device="gpu0", step=1)
+        time.sleep(0.05)
+        run.telemetry({"energy_j": 500.0}, device="gpu0", step=100)
+    s = json.loads(cli("summary", run_dir, "--json", "-q", "--intensity", "100").stdout)
+    proj = s["projection"]
+    assert proj["planned_steps"] == 200 and proj["planned_tokens"] == 200_000
+    assert proj["projected_j"] == pytest.approx(2 * s["energy"]["energy_j"])
+    assert proj["co2eq_kg"] == pytest.approx(proj["projected_j"] / 3.6e6 * 0.1)
+    assert "6·N·D" in proj["assumptions"]
