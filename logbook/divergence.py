@@ -584,7 +584,12 @@ def hardware_incidents(store, run: str, config: DivergenceConfig | None = None) 
 
     from . import queries
 
-    frames = [queries.telemetry(store, run, n).assign(name=n) for n in queries.telemetry_names(store, run)]
+    names = queries.telemetry_names(store, run)
+    # throttling and ECC need their own series; liveness needs one series per device (all names arrive together)
+    wanted = [n for n in ("throttle_reasons", "ecc_errors") if n in names]
+    alive = next((n for n in ("util_pct", "power_w", "temp_c") if n in names), None) or (names[0] if names else None)
+    wanted += [alive] if alive is not None and alive not in wanted else []
+    frames = [queries.telemetry(store, run, n).assign(name=n) for n in wanted]
     frames = [f for f in frames if len(f)]
     det = TelemetryDetector(config)
     if frames:
