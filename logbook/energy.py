@@ -406,7 +406,7 @@ def summary_energy(
     pue: float | None = None,
     default_tdp_w: float = DEFAULT_TDP_W,
 ) -> dict:
-    """{"energy": {...}, "co2eq_kg": float | None, "co2": {...}} for `summarize()`.
+    """{"energy": {...}, "co2eq_kg": float | None, "co2": {...}, "wasted": [...]} for `summarize()`.
 
     The intensity is the override if given, else the table row for `region`; with neither,
     co2eq_kg is None. PUE defaults to 1.0 (IT energy only) and says so.
@@ -453,4 +453,4 @@ def summary_energy(
     if co2["intensity_g_per_kwh"] is not None and tot["energy_j"] is not None:
         kg = co2eq_kg(tot["energy_j"], co2["intensity_g_per_kwh"], co2["pue"])
     co2["estimated"] = tot["estimated"]
-    return {"energy": energy, "co2eq_kg": kg, "co2": co2}
+    return {"energy": energy, "co2eq_kg": kg, "co2": co2, "wasted": waste}

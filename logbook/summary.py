@@ -87,7 +87,7 @@ def summarize(
     pue: float | None = None,
 ) -> dict:
     """Everything `summary --json` prints. CO2eq: the given intensity, else the region's, else the world average."""
-    from . import accounting, divergence, energy
+    from . import divergence, energy
 
     if region is None and intensity_g_per_kwh is None:
         region = DEFAULT_REGION
@@ -131,7 +131,7 @@ def summarize(
         "co2eq_kg": power["co2eq_kg"],
         "co2": power["co2"],
         "projection": _projection(store, run, power, effective_steps),
-        "wasted": accounting.wasted(store, run),
+        "wasted": power["wasted"],  # computed once, by the energy summary that sums its energy
         "references": {k: {"co2eq_t": v["co2eq_t"], "method": v["method"]} for k, v in energy.REFERENCES.items()},
         "ingest_problems": queries.ingest_problems(store, run),
     }
