@@ -79,6 +79,8 @@ class Follower:
     filesystem (polling on NFS, Lustre, CIFS and the like, where inotify never
     hears about writes made on other machines).
     on_ingest(report) is called after every ingest that added records.
+    allow_empty: a folder that holds no run yet is not an error (the dashboard watches
+    a folder a demo run is about to write into); the rescan picks the run up.
     """
 
     def __init__(
@@ -90,15 +92,17 @@ class Follower:
         rescan_every: float = 2.0,
         debounce: float = 0.02,
         on_ingest=None,
+        allow_empty: bool = False,
     ):
         self.store, self.path = store, Path(path)
         if poll is None:
             poll = filesystem_type(self.path) in NETWORK_FS
         self.poll, self.rescan_every, self.debounce = poll, rescan_every, debounce
-        self.on_ingest = on_ingest
+        self.on_ingest, self.allow_empty = on_ingest, allow_empty
         self._wake, self._stop = threading.Event(), threading.Event()
         self._observer = None
         self._thread: threading.Thread | None = None
+        self._ingest_lock = threading.Lock()  # the loop and a caller's ingest_once() must not race
         self.last_report: IngestReport | None = None
         self.ingests = 0
 
@@ -113,9 +117,16 @@ class Follower:
         return self
 
     def ingest_once(self) -> IngestReport:
-        report = ingest(self.store, layout.discover_runs(self.path))
-        self.last_report = report
-        self.ingests += 1
+        try:
+            runs = layout.discover_runs(self.path)
+        except ValueError:
+            if not self.allow_empty:
+                raise
+            runs = []  # no run here yet
+        with self._ingest_lock:
+            report = ingest(self.store, runs)
+            self.last_report = report
+            self.ingests += 1
         if report.records and self.on_ingest is not None:
             self.on_ingest(report)
         return report

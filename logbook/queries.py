@@ -28,6 +28,11 @@ def run_ids(store: Store) -> list[str]:
     return [r[0] for r in store.cursor().execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()]
 
 
+def runs(store: Store) -> pd.DataFrame:
+    """One row per run: run_id, path (the run directory it was ingested from), name (display name)."""
+    return _df(store.cursor(), "SELECT run_id, path, name FROM runs ORDER BY run_id", [])
+
+
 def lineage_segments(store: Store, run: str) -> list[lineage.Seg]:
     rows = (
         store.cursor()

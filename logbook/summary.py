@@ -48,7 +48,7 @@ def _interventions(store: Store, run: str) -> list[dict]:
 DEFAULT_REGION = "World"  # without a region or an intensity, CO2eq uses the world-average grid (Ember 2023)
 
 
-def _projection(store: Store, run: str, power: dict, effective_steps: int) -> dict | None:
+def projection(store: Store, run: str, power: dict, effective_steps: int) -> dict | None:
     """The planned full run's energy and CO2eq, from the measured J/token, when the run's config names its length."""
     segs = queries.segments(store, run)
     e, tokens = power["energy"], queries.last_value(store, run, queries.TOKENS_METRIC)
@@ -130,7 +130,7 @@ def summarize(
         "energy": power["energy"],
         "co2eq_kg": power["co2eq_kg"],
         "co2": power["co2"],
-        "projection": _projection(store, run, power, effective_steps),
+        "projection": projection(store, run, power, effective_steps),
         "wasted": power["wasted"],  # computed once, by the energy summary that sums its energy
         "references": {k: {"co2eq_t": v["co2eq_t"], "method": v["method"]} for k, v in energy.REFERENCES.items()},
         "ingest_problems": queries.ingest_problems(store, run),

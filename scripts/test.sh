@@ -2,6 +2,6 @@
 # The whole test suite, exactly as CI runs it (.ci/run calls this script).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-ruff check logbook trainer tests benchmarks examples
-ruff format --check --quiet logbook trainer tests benchmarks examples
+ruff check logbook trainer app tests benchmarks examples
+ruff format --check --quiet logbook trainer app tests benchmarks examples
 python -m pytest -q "$@"

@@ -1,0 +1,1 @@
+"""midflight's dashboard: a Streamlit multipage app over the logbook's query layer (run it with `python -m app`)."""

@@ -1,0 +1,147 @@
+"""Energy & CO2: what the run drew (metered, estimated or nameplate, always labelled), where it went, and its CO2eq."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import charts, data, ui
+from logbook import energy, summary
+
+ctx = ui.context()
+ui.require_run(ctx)
+st.title(f"Energy & CO2 · {ui.plain(ctx.run)}")
+power, busy = data.energy_summary(ctx.src, ctx.run, wait=5.0)
+if power is None:
+    st.info("Adding up the run's energy… (this page fills in when it is done)")
+    st.stop()
+e = power["energy"]
+if e["energy_j"] is None:
+    st.info("This run has no energy telemetry and no segment times to estimate from.")
+    st.stop()
+
+# --- CO2 settings
+grid = {r["name"]: r for r in energy.grid_table()}
+names = sorted(grid, key=lambda n: (n != summary.DEFAULT_REGION, grid[n]["kind"], n))
+c1, c2, c3 = st.columns([2, 1, 1])
+region = c1.selectbox("grid (country or cloud region)", names, key="energy:region")
+pue = c2.number_input(
+    "PUE",
+    min_value=1.0,
+    max_value=3.0,
+    value=1.0,
+    step=0.05,
+    key="energy:pue",
+    help="data-centre overhead: 1.0 counts the IT energy only",
+)
+custom = c3.number_input("or gCO2eq/kWh", min_value=0.0, value=None, key="energy:custom")
+row = grid[region]
+intensity = custom if custom is not None else row["g_per_kwh"]
+source = "given by you" if custom is not None else f"{row['name']} {row['year']}: {row['source']}, {row['licence']}"
+kg = energy.co2eq_kg(e["energy_j"], intensity, pue)
+
+label = "estimated" if e["estimated"] else "metered"
+m = st.columns(4)
+m[0].metric(f"energy ({label})", charts.fmt_energy(e["energy_j"]))
+m[1].metric("CO2eq", charts.fmt_mass(kg))
+m[2].metric("wasted in abandoned branches", charts.fmt_energy(e["wasted_j"]))
+m[3].metric("per token", "—" if not e["j_per_token"] else f"{e['j_per_token']:.4g} J")
+st.caption(f"Basis: {e['basis']}. Intensity {intensity:g} gCO2eq/kWh ({source}); PUE {pue:g}.")
+if e["estimated"]:
+    st.warning(
+        "No power meter in (part of) this run: its energy is an ESTIMATE (TDP x utilisation), not a measurement."
+    )
+if busy:
+    st.caption("Newer data is being added up; these totals are from the previous pass.")
+
+# --- over time
+ms = data.meters(ctx.src, ctx.k, ctx.run)
+if ms:
+    lines = []
+    for mt in ms:
+        x = mt.times
+        thin = charts.thin(pd.DataFrame({"t": x, "v": mt.cum, "step": np.zeros(len(x))}), "t", "v")
+        kind = "metered" if mt.metered else "estimated"
+        name = f"{mt.segment_id[-6:]} {mt.host}/{mt.device} ({kind})"
+        lines.append(
+            charts.Line(name, thin["t"].to_numpy(), thin["v"].to_numpy() / 1000, thin["step"].to_numpy(), mode="lines")
+        )
+    st.plotly_chart(
+        charts.metric_figure("cumulative energy (kJ) per device and segment", lines, axis="time"),
+        key="energy:cum",
+        config={"displaylogo": False},
+    )
+pnames = set(data.telemetry_names(ctx.src, ctx.k, ctx.run))
+pname = "power_w" if "power_w" in pnames else "power_est_w" if "power_est_w" in pnames else None
+if pname:
+    df = data.telemetry(ctx.src, ctx.k, ctx.run, pname)
+    lines = []
+    for (host, dev), g in df.groupby(["host", "device"], dropna=False):
+        g = charts.thin(g, "wall_time", "value")
+        lines.append(
+            charts.Line(
+                f"{host}/{dev}",
+                g["wall_time"].to_numpy(),
+                g["value"].to_numpy(),
+                g["step"].fillna(0).to_numpy(),
+                mode="lines",
+            )
+        )
+    title = "power (W)" + (" (estimated)" if pname == "power_est_w" else " (NVML)")
+    st.plotly_chart(charts.metric_figure(title, lines, axis="time"), key="energy:power", config={"displaylogo": False})
+
+# --- metered vs nameplate, and per branch
+c1, c2 = st.columns(2)
+kinds = [("metered", e["metered_j"]), ("estimated", e["estimated_j"]), ("nameplate (TDP x time)", e["nameplate_j"])]
+kinds = [(k, v / 3600) for k, v in kinds if v is not None]
+with c1:
+    st.plotly_chart(
+        charts.bar_figure("metered vs nameplate", [k for k, _ in kinds], [v for _, v in kinds], unit="Wh"),
+        key="energy:kinds",
+        config={"displaylogo": False},
+    )
+segs = pd.DataFrame(e["segments"])
+wasted_by_seg = {}
+for w in power["wasted"]:
+    if w.get("energy_j") is not None:
+        wasted_by_seg[w["segment_id"]] = wasted_by_seg.get(w["segment_id"], 0.0) + w["energy_j"]
+labels, values, colours = [], [], []
+for s in segs.itertuples():
+    waste = wasted_by_seg.get(s.segment_id, 0.0)
+    labels += [f"{s.segment_id[-6:]} kept", f"{s.segment_id[-6:]} wasted"]
+    values += [max(s.energy_j - waste, 0.0) / 3600, waste / 3600]
+    colours += ["#2ca02c", "#d62728"]
+with c2:
+    st.plotly_chart(
+        charts.bar_figure("per segment: kept vs wasted (abandoned branch)", labels, values, unit="Wh", colours=colours),
+        key="energy:branches",
+        config={"displaylogo": False},
+    )
+st.dataframe(segs, hide_index=True, key="energy:segments")
+
+# --- projection and reference points
+st.subheader("Projection to the full run")
+power_co2 = {"energy": e, "co2": {"intensity_g_per_kwh": intensity, "pue": pue}}
+proj = summary.projection(ctx.src.store, ctx.run, power_co2, data.effective_steps(ctx.src, ctx.k, ctx.run))
+if proj:
+    p = st.columns(3)
+    p[0].metric("planned steps", f"{proj['planned_steps']:,}")
+    p[1].metric("projected energy", charts.fmt_energy(proj["projected_j"]))
+    p[2].metric("projected CO2eq", charts.fmt_mass(proj["co2eq_kg"]))
+    st.caption("Assumptions: " + proj["assumptions"])
+else:
+    st.caption("No projection: the run's config does not name its planned length, or it has no tokens yet.")
+st.subheader("For scale")
+refs = [
+    {
+        "what": f"this run ({label})",
+        "tCO2eq": kg / 1000,
+        "method": f"{e['basis']} energy x {intensity:g} g/kWh x PUE {pue:g}",
+    }
+]
+refs += [{"what": r["name"], "tCO2eq": r["co2eq_t"], "method": r["method"]} for r in energy.REFERENCES.values()]
+st.dataframe(
+    pd.DataFrame(refs),
+    hide_index=True,
+    key="energy:refs",
+    column_config={"tCO2eq": st.column_config.NumberColumn(format="%.4g")},
+)

@@ -1,0 +1,131 @@
+"""Lineage & logbook: the restart tree, the curves as OPT's Figure 1 drew them, one timeline, and wasted compute."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from app import charts, data, ui
+from logbook import energy
+
+ctx = ui.context()
+ui.require_run(ctx)
+st.title(f"Lineage & logbook · {ui.plain(ctx.run)}")
+segs = data.segments(ctx.src, ctx.k, ctx.run, data.tick())
+if segs.empty:
+    st.info("This run has no segments yet.")
+    st.stop()
+
+st.plotly_chart(charts.lineage_tree_figure(segs), key="lineage:tree", config={"displaylogo": False})
+table = pd.DataFrame(
+    {
+        "segment": segs["segment_id"],
+        "parent": segs["parent_id"],
+        "resumed from step": segs["resume_step"],
+        "steps": [f"{a}–{b}" if pd.notna(a) else "" for a, b in zip(segs["start_step"], segs["end_step"])],
+        "why it started": segs["reason"],
+        "how it ended": segs["end_reason"],
+        "error": segs["error"],
+        "changed": [", ".join(json.loads(d or "{}")) if isinstance(d, str) else "" for d in segs["config_diff"]],
+        "effective": segs["effective"],
+    }
+)
+st.dataframe(table, hide_index=True, key="lineage:segments")
+
+# --- the curves: effective solid, superseded faded
+names = data.metric_names(ctx.src, ctx.k, ctx.run)
+if names:
+    default = names.index("loss") if "loss" in names else 0
+    metric = st.selectbox("metric", names, index=default, key="lineage:metric")
+    marks = ui.markers(ctx)
+    lines = [ui.line(ctx, metric, label=f"{metric} (effective)", colour="#1f77b4")]
+    sup = data.series(ctx.src, ctx.k, ctx.run, metric, x=ctx.axis, which="superseded", x_range=ui.zoom(ctx))
+    for seg, g in sup.groupby("segment_id", sort=False):
+        g = g.sort_values("x")
+        lines.append(
+            charts.Line(
+                f"{seg} (superseded)", g["x"].to_numpy(), g["value"].to_numpy(), g["step"].to_numpy(), faded=True
+            )
+        )
+    ui.zoom_bar(ctx, "lineage")
+    ui.selection_panel(ctx, "lineage")
+    fig = charts.metric_figure(
+        f"{metric}: effective history solid, abandoned branches faded",
+        [ln for ln in lines if ln is not None],
+        marks,
+        axis=ctx.axis,
+        height=380,
+        log_y=metric in ("grad_norm", "loss_scale", "ppl"),
+        x_range=ui.zoom(ctx),
+    )
+    ui.chart(ctx, fig, key="lineage:curves")
+
+# --- wasted compute of abandoned branches
+st.subheader("Abandoned branches: what they cost")
+waste = data.wasted(ctx.src, ctx.k, ctx.run)
+if waste:
+    w = pd.DataFrame(waste)
+    w["energy_kwh"] = w["energy_j"] / energy.J_PER_KWH
+    cols = [
+        "segment_id",
+        "discarded_by",
+        "first_step",
+        "last_step",
+        "steps",
+        "tokens",
+        "wall_s",
+        "device_hours",
+        "energy_kwh",
+        "energy_basis",
+    ]
+    st.dataframe(w[cols], hide_index=True, key="lineage:waste")
+else:
+    st.caption("No abandoned branches: every logged step is on the effective history.")
+
+# --- one timeline: events, interventions, annotations
+st.subheader("Timeline")
+ev = data.events(ctx.src, ctx.k, ctx.run)
+iv = data.interventions(ctx.src, ctx.k, ctx.run)
+an = data.annotations(ctx.src, ctx.k, ctx.run)
+rows = [
+    {"time": r.wall_time, "step": r.step, "type": "event", "what": r.kind, "detail": r.fields, "who": f"rank {r.rank}"}
+    for r in ev.itertuples()
+]
+rows += [
+    {
+        "time": r.requested_time,
+        "step": r.applied_step,
+        "type": "intervention",
+        "what": f"{r.action} ({r.status})",
+        "detail": f"{r.params} {r.note or ''} {r.detail or ''}".strip(),
+        "who": r.author,
+    }
+    for r in iv.itertuples()
+]
+rows += [
+    {"time": r.created_time, "step": r.step, "type": "annotation", "what": r.kind, "detail": r.text, "who": r.author}
+    for r in an.itertuples()
+]
+rows += [
+    {"time": r.start_time, "step": r.resume_step, "type": "segment", "what": "start", "detail": r.reason, "who": r.host}
+    for r in segs.itertuples()
+]
+tl = pd.DataFrame(rows, columns=["time", "step", "type", "what", "detail", "who"])
+c1, c2, c3 = st.columns([2, 2, 3])
+types = c1.multiselect("types", sorted(tl["type"].unique()), default=sorted(tl["type"].unique()), key="lineage:types")
+kinds = c2.multiselect("kinds", sorted(tl["what"].astype(str).unique()), key="lineage:kinds")
+needle = c3.text_input("search", key="lineage:search")
+view = tl[tl["type"].isin(types)]
+if kinds:
+    view = view[view["what"].astype(str).isin(kinds)]
+if needle:
+    hay = view["what"].astype(str) + " " + view["detail"].astype(str) + " " + view["who"].astype(str)
+    view = view[hay.str.contains(needle, case=False, regex=False)]
+view = view.sort_values("time").assign(time=lambda d: pd.to_datetime(d["time"], unit="s"))
+st.dataframe(view, hide_index=True, key="lineage:timeline")
+
+# --- annotations: edit, delete, audit
+st.subheader("Annotations")
+ui.annotation_editor(ctx, "lineage")
+with st.expander("Audit trail (every create, edit and delete)"):
+    st.dataframe(data.annotation_history(ctx.src, ctx.k, ctx.run), hide_index=True, key="lineage:audit")

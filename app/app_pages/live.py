@@ -1,0 +1,138 @@
+"""Live: the run's vital signs, refreshed in place every second while it runs (a fragment, no page reload).
+
+Zoom is a server-side range (box-select, then "Zoom to this range") that re-queries at
+full resolution, so it survives the refreshes that reset a Plotly zoom. Clicking a
+point opens the annotation form and pauses the refresh until it is saved or cancelled.
+"""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import charts, data, ui
+
+REFRESH_S = float(os.environ.get("MIDFLIGHT_REFRESH_S", "1.0"))
+TELEMETRY = [  # (title, names tried in order, unit)
+    ("utilisation", ("util_pct",), "%"),
+    ("power", ("power_w", "power_est_w"), "W"),
+    ("temperature", ("temp_c",), "°C"),
+    ("memory", ("mem_used_gib",), "GiB"),
+]
+
+ctx = ui.context()
+ui.require_run(ctx)
+st.title(f"Live · {ui.plain(ctx.run)}")
+c1, c2 = st.columns([1, 5])
+paused = c1.toggle("Pause live", key="live:pause", help="Stop refreshing (a zoom is kept either way)")
+annotating = ui.selection(ctx) is not None
+every = REFRESH_S if ctx.live and not paused and not annotating else None
+c2.caption(
+    f"status: {ctx.status}"
+    + (f" · refreshing every {REFRESH_S:g} s" if every else " · paused while you annotate" if annotating else "")
+)
+
+
+def header(ctx: ui.Ctx, segs: pd.DataFrame) -> None:
+    step = None if segs.empty or pd.isna(segs["end_step"].max()) else int(segs["end_step"].max())
+    cfg = json.loads(segs.iloc[-1]["config"]) if not segs.empty and isinstance(segs.iloc[-1]["config"], str) else {}
+    planned = cfg.get("steps") if isinstance(cfg.get("steps"), int) else None
+    st_time = data.series(ctx.src, ctx.k, ctx.run, "step_time_s", x="step")
+    recent = float(np.nanmedian(st_time["value"].to_numpy()[-50:])) if not st_time.empty else None
+    eta = (planned - step) * recent if ctx.live and planned and step is not None and recent else None
+    power, _ = data.energy_summary(ctx.src, ctx.run, wait=0.3)
+    e_j = (power or {}).get("energy", {}).get("energy_j")
+    incs, _ = data.incidents(ctx.src, ctx.run, wait=0.3)
+    open_ = ui.open_incidents(incs, data.annotations(ctx.src, ctx.k, ctx.run))
+    tps = data.last_value(ctx.src, ctx.k, ctx.run, "tokens_per_s")
+    ppl = data.last_value(ctx.src, ctx.k, ctx.run, "ppl")
+    m = st.columns(6)
+    m[0].metric("step" + (f" (of {planned:,})" if planned else ""), "—" if step is None else f"{step:,}")
+    m[1].metric(
+        "ETA", "—" if eta is None or eta < 0 else f"{eta / 60:,.1f} min" if eta < 7200 else f"{eta / 3600:,.1f} h"
+    )
+    m[2].metric("tokens/s", "—" if tps is None else f"{tps:,.0f}")
+    m[3].metric("perplexity", "—" if ppl is None or not np.isfinite(ppl) else f"{ppl:,.2f}")
+    est = (power or {}).get("energy", {}).get("estimated")
+    m[4].metric("energy" + (" (est.)" if est else ""), "…" if e_j is None else charts.fmt_energy(e_j))
+    m[5].metric("open incidents", "…" if incs is None else len(open_), help="not yet covered by an annotation")
+
+
+def training_charts(ctx: ui.Ctx, marks: list, segs: pd.DataFrame) -> None:
+    zr = ui.zoom(ctx)
+    names = set(data.metric_names(ctx.src, ctx.k, ctx.run))
+    specs = []
+    which = "ppl" if st.session_state.get("live:ppl") and "ppl" in names else "loss"
+    specs.append((which, [ui.line(ctx, which)], {"log_y": which == "ppl"}))
+    clip = ui.line(ctx, "clip", colour="#888", mode="lines", label="clip threshold")
+    specs.append(("grad norm (clip threshold dashed)", [ui.line(ctx, "grad_norm"), clip], {"log_y": True}))
+    specs.append(("learning rate", [ui.line(ctx, "lr")], {}))
+    ov = data.events(ctx.src, ctx.k, ctx.run, ("overflow",))
+    pts = []
+    if not ov.empty:
+        to_x = ui.step_mapper(ctx)
+        scale = data.series(ctx.src, ctx.k, ctx.run, "loss_scale", x="step").sort_values("step")
+        ys = np.interp(ov["step"].to_numpy(float), scale["step"], scale["value"]) if not scale.empty else ov["step"] * 0
+        xs = to_x(ov["step"].to_numpy())
+        keep = np.ones(len(xs), bool) if zr is None else (xs >= zr[0]) & (xs <= zr[1])
+        pts = [charts.Points("overflow", xs[keep], ys[keep], ov["step"].to_numpy()[keep])]
+    specs.append(("loss scale (overflows ○)", [ui.line(ctx, "loss_scale")], {"log_y": True, "points": pts}))
+    specs.append(("tokens/s", [ui.line(ctx, "tokens_per_s")], {}))
+    ranks = int(segs["ranks"].max()) if not segs.empty else 1
+    per_rank = [ui.line(ctx, "step_time_s", rank=r, label=f"rank {r}", mode="lines") for r in range(ranks)]
+    specs.append(("step time per rank (s)", per_rank, {}))
+    cols = st.columns(2)
+    for i, (title, lines, kw) in enumerate(specs):
+        lines = [ln for ln in lines if ln is not None]
+        if not lines and title.split()[0] not in names:
+            continue
+        fig = charts.metric_figure(title, lines, marks, axis=ctx.axis, x_range=zr, **kw)
+        with cols[i % 2]:
+            ui.chart(ctx, fig, key=f"live:chart:{i}")
+
+
+def system_charts(ctx: ui.Ctx, marks: list) -> None:
+    names = set(data.telemetry_names(ctx.src, ctx.k, ctx.run))
+    cols = st.columns(2)
+    shown = 0
+    zr = ui.zoom(ctx)
+    for title, candidates, unit in TELEMETRY:
+        name = next((n for n in candidates if n in names), None)
+        if name is None:
+            continue
+        df = data.telemetry(ctx.src, ctx.k, ctx.run, name)
+        lines = []
+        for (host, dev), g in df.groupby(["host", "device"], dropna=False):
+            g = charts.thin(g, "wall_time", "value")
+            steps = g["step"].ffill().bfill().fillna(0).to_numpy()
+            x = g["wall_time"].to_numpy() if ctx.axis == "time" else ui.step_mapper(ctx)(steps)
+            lines.append(charts.Line(f"{host}/{dev}", x, g["value"].to_numpy(), steps, mode="lines"))
+        est = " (estimated)" if name.endswith("_est_w") else ""
+        fig = charts.metric_figure(f"{title} ({unit}){est}", lines, marks, axis=ctx.axis, x_range=zr, height=220)
+        with cols[shown % 2]:
+            ui.chart(ctx, fig, key=f"live:sys:{name}")
+        shown += 1
+    if not shown:
+        st.caption("No device telemetry in this run.")
+
+
+@st.fragment(run_every=every)
+def live_region():
+    ctx = ui.context()  # fresh: the data version moves on between refreshes
+    segs = data.segments(ctx.src, ctx.k, ctx.run, data.tick())
+    header(ctx, segs)
+    ui.zoom_bar(ctx, "live")
+    ui.selection_panel(ctx, "live")
+    marks = ui.markers(ctx)
+    training_charts(ctx, marks, segs)
+    st.subheader("System")
+    system_charts(ctx, marks)
+    ui.intervention_status(ctx)
+
+
+st.toggle("Show perplexity instead of loss", key="live:ppl")
+live_region()
+with st.expander("Intervene in this run", expanded=ctx.live and st.session_state.get("live:iv:review") is not None):
+    ui.intervention_form(ctx, "live:iv")

@@ -1,0 +1,70 @@
+"""Runs: one row per run with its status and totals; selecting a row opens the run on the Live page."""
+
+import pandas as pd
+import streamlit as st
+
+from app import data, ui
+from logbook import energy
+from logbook.summary import DEFAULT_REGION
+
+ctx = ui.context()
+st.title("Runs")
+runs = data.runs(ctx.src, ctx.k)
+if runs.empty:
+    st.info(
+        "No runs found yet in " + ", ".join(str(r) for r in ctx.src.roots) + ". A live run appears here as soon as "
+        "it logs its first step."
+    )
+    st.stop()
+
+world = energy.grid_intensity(DEFAULT_REGION)["g_per_kwh"]
+rows = []
+busy_any = False
+for run in runs["run_id"]:
+    segs = data.segments(ctx.src, ctx.k, run, data.tick())
+    incs, busy1 = data.incidents(ctx.src, run, wait=1.0)
+    power, busy2 = data.energy_summary(ctx.src, run, wait=1.0)
+    busy_any |= busy1 or busy2
+    e_j = (power or {}).get("energy", {}).get("energy_j")
+    tokens = data.last_value(ctx.src, ctx.k, run, "tokens")
+    rows.append(
+        {
+            "run": run,
+            "status": data.run_status(ctx.src, ctx.k, run, data.tick()),
+            "segments": len(segs),
+            "last step": None if segs.empty or pd.isna(segs["end_step"].max()) else int(segs["end_step"].max()),
+            "loss": data.last_value(ctx.src, ctx.k, run, "loss"),
+            "tokens": tokens,
+            "energy kWh": None if e_j is None else e_j / energy.J_PER_KWH,
+            "CO2eq kg": None if e_j is None else energy.co2eq_kg(e_j, world),
+            "incidents": None if incs is None else sum(not i.superseded for i in incs),
+            "estimated energy": bool((power or {}).get("energy", {}).get("estimated")),
+        }
+    )
+table = pd.DataFrame(rows)
+event = st.dataframe(
+    table,
+    hide_index=True,
+    on_select="rerun",
+    selection_mode="single-row",
+    key="runs:table",
+    column_config={
+        "loss": st.column_config.NumberColumn(format="%.4f"),
+        "tokens": st.column_config.NumberColumn(format="%.3e"),
+        "energy kWh": st.column_config.NumberColumn(format="%.4g"),
+        "CO2eq kg": st.column_config.NumberColumn(format="%.3g", help=f"{DEFAULT_REGION} grid, {world:g} g/kWh"),
+    },
+)
+st.caption(
+    f"CO2eq here uses the {DEFAULT_REGION.lower()} average grid ({world:g} gCO2eq/kWh, PUE 1); choose a region on "
+    "Energy & CO2. 'estimated energy' marks runs without a power meter (CPU estimates, or TDP x time)."
+    + (" Incident scans and energy totals of big runs are still being computed." if busy_any else "")
+)
+picked = event.selection.rows if event is not None else []
+if picked:
+    st.session_state["open_run"] = table.iloc[picked[0]]["run"]
+    st.switch_page("app_pages/live.py")
+for run in runs["run_id"]:
+    if st.button(f"Open {run}", key=f"runs:open:{run}"):
+        st.session_state["open_run"] = run
+        st.switch_page("app_pages/live.py")

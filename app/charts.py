@@ -1,0 +1,302 @@
+"""Plotly figures for the pages: pure functions from arrays and frames to a go.Figure.
+
+Every chart of a run draws the run's markers (annotations, incidents, restarts,
+interventions) as vertical lines plus a hoverable symbol in a strip at the top,
+whatever the data's scale or the zoom. Marker and trace labels are user text, so
+they are HTML-escaped here: Plotly renders a subset of HTML in hover labels, and
+an annotation must show as the characters typed, never as markup.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+MARKER_STYLE = {  # kind -> (colour, symbol)
+    "annotation": ("#1f77b4", "triangle-down"),
+    "incident": ("#d62728", "x"),
+    "restart": ("#ff7f0e", "diamond"),
+    "intervention": ("#9467bd", "star"),
+}
+END_COLOURS = {
+    "completed": "#2ca02c",
+    "stopped": "#17becf",
+    "running": "#1f77b4",
+    "crashed": "#d62728",
+    "rewound": "#ff7f0e",
+    "unknown": "#7f7f7f",
+}
+X_TITLES = {"step": "step", "tokens": "tokens", "time": "wall time (UTC)"}
+LABEL_CHARS = 300  # hover text is a glimpse; the full text is in the logbook tables
+
+
+@dataclass
+class Line:
+    """One trace: x on the chart's axis, y, and the step of every point (for selections on any axis)."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    step: np.ndarray
+    faded: bool = False
+    colour: str | None = None
+    mode: str = "lines+markers"
+
+
+@dataclass
+class Marker:
+    x: float
+    step: int
+    kind: str  # a key of MARKER_STYLE
+    label: str  # plain text
+
+
+@dataclass
+class Points:
+    """Event points drawn on the data (overflows on the loss-scale chart)."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    step: np.ndarray
+    symbol: str = "circle-open"
+    colour: str = "#d62728"
+    hover: list[str] = field(default_factory=list)
+
+
+def safe(text, limit: int = LABEL_CHARS) -> str:
+    """User text as inert hover text: escaped, one line, cut to `limit` characters."""
+    s = " ".join(str(text).split())
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    return html.escape(s, quote=True)
+
+
+def fmt_energy(joules: float | None) -> str:
+    """Energy in the unit that reads best: J, kJ, Wh, kWh or MWh."""
+    if joules is None or not np.isfinite(joules):
+        return "—"
+    for limit, div, unit in ((1e4, 1, "J"), (3.6e5, 1e3, "kJ"), (3.6e6, 3600, "Wh"), (3.6e9, 3.6e6, "kWh")):
+        if abs(joules) < limit:
+            return f"{joules / div:.3g} {unit}"
+    return f"{joules / 3.6e9:.4g} MWh"
+
+
+def fmt_mass(kg: float | None) -> str:
+    """CO2eq mass: mg, g, kg or t."""
+    if kg is None or not np.isfinite(kg):
+        return "—"
+    for limit, div, unit in ((1e-3, 1e-6, "mg"), (1, 1e-3, "g"), (1e3, 1, "kg")):
+        if abs(kg) < limit:
+            return f"{kg / div:.3g} {unit}"
+    return f"{kg / 1e3:.4g} t"
+
+
+def to_axis(x, axis: str):
+    """Values on the x axis as Plotly should see them: wall times become UTC datetimes."""
+    if axis == "time":
+        return pd.to_datetime(np.asarray(x, dtype="float64"), unit="s").to_numpy()
+    return np.asarray(x)
+
+
+def from_axis(value, axis: str) -> float:
+    """A value Plotly sent back (a number, or a date string on the time axis) on the query's scale."""
+    if axis == "time" and isinstance(value, str):
+        return pd.Timestamp(value).timestamp()
+    return float(value)
+
+
+def metric_figure(
+    title: str,
+    lines: list[Line],
+    markers: list[Marker] = (),
+    *,
+    axis: str = "step",
+    log_y: bool = False,
+    height: int = 240,
+    points: list[Points] = (),
+    hlines: list[tuple[float, str]] = (),
+    x_range: tuple | None = None,
+) -> go.Figure:
+    """A line chart with the run's markers; customdata holds each point's step."""
+    fig = go.Figure()
+    for ln in lines:
+        fig.add_trace(
+            go.Scatter(
+                x=to_axis(ln.x, axis),
+                y=np.asarray(ln.y, dtype="float64"),
+                customdata=np.asarray(ln.step),
+                mode=ln.mode,
+                name=safe(ln.name, 60),
+                opacity=0.3 if ln.faded else 1.0,
+                line={"width": 1 if ln.faded else 1.6, "color": ln.colour},
+                marker={"size": 3, "color": ln.colour},
+                hovertemplate="step %{customdata}<br>%{y:.6g}<extra>" + safe(ln.name, 60) + "</extra>",
+            )
+        )
+    for p in points:
+        fig.add_trace(
+            go.Scatter(
+                x=to_axis(p.x, axis),
+                y=np.asarray(p.y, dtype="float64"),
+                customdata=np.asarray(p.step),
+                mode="markers",
+                name=p.name,
+                marker={"symbol": p.symbol, "size": 9, "color": p.colour, "line": {"width": 2}},
+                hovertext=p.hover or None,
+                hovertemplate="step %{customdata}<br>%{hovertext}<extra>" + p.name + "</extra>",
+            )
+        )
+    for y, label in hlines:
+        fig.add_hline(y=y, line={"dash": "dot", "width": 1, "color": "#888"}, annotation_text=safe(label, 40))
+    _draw_markers(fig, markers, axis)
+    fig.update_layout(
+        title={"text": safe(title, 80), "font": {"size": 14}},
+        height=height,
+        margin={"l": 50, "r": 10, "t": 32, "b": 30},
+        showlegend=len(lines) + len(points) > 1,
+        legend={"orientation": "h", "y": -0.25},
+        yaxis={"type": "log" if log_y else "linear"},
+        yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
+        xaxis={"title": None},
+        hovermode="closest",
+    )
+    if x_range is not None:
+        fig.update_xaxes(range=list(to_axis(np.asarray(x_range, dtype="float64"), axis)))
+    return fig
+
+
+def _draw_markers(fig: go.Figure, markers: list[Marker], axis: str) -> None:
+    by_kind: dict[str, list[Marker]] = {}
+    for m in markers:
+        by_kind.setdefault(m.kind, []).append(m)
+    for kind, ms in by_kind.items():
+        colour, symbol = MARKER_STYLE.get(kind, ("#444", "circle"))
+        xs = to_axis([m.x for m in ms], axis)
+        for x in xs:
+            fig.add_shape(
+                type="line",
+                x0=x,
+                x1=x,
+                y0=0,
+                y1=1,
+                yref="paper",
+                line={"color": colour, "width": 1, "dash": "dash"},
+                layer="below",
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=np.full(len(ms), 0.96),
+                yaxis="y2",
+                customdata=np.asarray([m.step for m in ms]),
+                mode="markers",
+                name=kind + "s",
+                marker={"symbol": symbol, "size": 11, "color": colour},
+                hovertext=[f"{kind} @ step {m.step}: {safe(m.label)}" for m in ms],
+                hovertemplate="%{hovertext}<extra></extra>",
+            )
+        )
+
+
+def lineage_tree_figure(segs: pd.DataFrame, height: int | None = None) -> go.Figure:
+    """The restart tree: one lane per segment (oldest at the top) from its start step to its last step,
+    coloured by how it ended, with a connector from the parent at the step it resumed from."""
+    fig = go.Figure()
+    if segs.empty:
+        return fig
+    segs = segs.reset_index(drop=True)
+    lane = {sid: i for i, sid in enumerate(segs["segment_id"])}
+    for i, s in segs.iterrows():
+        start = _first(s.get("resume_step"), s.get("start_step"), 0)
+        end = _first(s.get("end_step"), start)
+        colour = END_COLOURS.get(s["end_reason"], "#7f7f7f")
+        label = safe(f"{s['segment_id']}: {s.get('reason') or ''} → {s['end_reason']}", 200)
+        fig.add_trace(
+            go.Scatter(
+                x=[start, end],
+                y=[i, i],
+                mode="lines+markers",
+                line={"color": colour, "width": 9 if s.get("effective") else 4},
+                opacity=1.0 if s.get("effective") else 0.45,
+                marker={"size": 8},
+                name=safe(s["segment_id"], 40),
+                customdata=[start, end],
+                hovertext=[label, label],
+                hovertemplate="%{hovertext}<br>step %{x}<extra></extra>",
+                showlegend=False,
+            )
+        )
+        parent = s.get("parent_id")
+        if isinstance(parent, str) and parent in lane:
+            fig.add_trace(
+                go.Scatter(
+                    x=[start, start],
+                    y=[lane[parent], i],
+                    mode="lines",
+                    line={"color": "#999", "width": 1, "dash": "dot"},
+                    hoverinfo="skip",
+                    showlegend=False,
+                )
+            )
+    for reason, colour in END_COLOURS.items():  # a legend of end reasons
+        if reason in set(segs["end_reason"]):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line={"color": colour, "width": 6}, name=reason))
+    fig.update_layout(
+        height=height or max(220, 60 + 34 * len(segs)),
+        margin={"l": 10, "r": 10, "t": 30, "b": 30},
+        title={"text": "restart tree (thick: the effective path)", "font": {"size": 14}},
+        yaxis={
+            "autorange": "reversed",
+            "tickvals": list(range(len(segs))),
+            "ticktext": [safe(s, 32) for s in segs["segment_id"]],
+        },
+        xaxis={"title": "step"},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def _first(*values):
+    for v in values:
+        if v is not None and not (isinstance(v, float) and np.isnan(v)) and v is not pd.NA:
+            return v
+    return None
+
+
+def bar_figure(title: str, labels: list[str], values: list[float], *, unit: str, colours=None) -> go.Figure:
+    fig = go.Figure(
+        go.Bar(
+            x=[safe(s, 40) for s in labels],
+            y=values,
+            marker_color=colours,
+            text=[f"{v:.3g}" for v in values],
+            textposition="outside",
+        )
+    )
+    fig.update_layout(
+        title={"text": title, "font": {"size": 14}},
+        height=280,
+        margin={"l": 50, "r": 10, "t": 32, "b": 40},
+        yaxis={"title": unit},
+    )
+    return fig
+
+
+def thin(df: pd.DataFrame, x: str, y: str, n: int = 1000) -> pd.DataFrame:
+    """At most ~4n rows of a telemetry frame: the first, last, lowest and highest row of n equal-width
+    x bins, so a device's spike or dip is never thinned away (M4, as the query layer does for metrics)."""
+    if len(df) <= 4 * n:
+        return df
+    xs = df[x].to_numpy(float)
+    span = (xs.max() - xs.min()) or 1.0
+    b = np.minimum(((xs - xs.min()) / span * n).astype(int), n - 1)
+    g = pd.Series(df[y].to_numpy(float), index=df.index).groupby(b)
+    idx = pd.Index(g.idxmin().dropna()).union(g.idxmax().dropna())
+    first = df.index.to_series().groupby(b)
+    idx = idx.union(first.first()).union(first.last())
+    return df.loc[idx.sort_values()]

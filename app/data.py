@@ -1,0 +1,124 @@
+"""Cached reads for the pages: thin st.cache_data wrappers over logbook.queries and the analysis modules.
+
+Every wrapper takes the Source (not hashed) and its `key`: the root folders plus the
+data version, so a cached answer lives exactly until an ingest adds records. Queries
+whose answer also depends on the clock (is a run still live?) add a 10-second tick.
+The slow analyses (incident detection, energy) run on the Source's Background
+threads and may be a version behind while a newer answer is being computed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from logbook import accounting, divergence, energy, queries
+
+from .source import Source
+
+SERIES_BUCKETS = 2000  # points per trace at most (x4: M4 keeps first, last, min and max of each bucket)
+STATUS_TICK_S = 10.0
+
+
+def key(src: Source) -> tuple:
+    return (tuple(str(r) for r in src.roots), src.version)
+
+
+def tick() -> int:
+    return int(time.time() // STATUS_TICK_S)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def series(_src: Source, k: tuple, run: str, name: str, x: str = "step", rank=0, which="effective", x_range=None):
+    return queries.series(_src.store, run, name, x=x, rank=rank, which=which, x_range=x_range, buckets=SERIES_BUCKETS)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def segments(_src: Source, k: tuple, run: str, tick: int) -> pd.DataFrame:
+    return queries.segments(_src.store, run)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def run_status(_src: Source, k: tuple, run: str, tick: int) -> str:
+    return queries.run_status(_src.store, run)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def runs(_src: Source, k: tuple) -> pd.DataFrame:
+    """The runs under the root folders: the store may still hold runs another launch followed."""
+    df = queries.runs(_src.store)
+    inside = [any(Path(p).is_relative_to(r) for r in _src.roots) for p in df["path"]]
+    return df[inside].reset_index(drop=True)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def metric_names(_src: Source, k: tuple, run: str) -> list[str]:
+    return queries.metric_names(_src.store, run)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def telemetry_names(_src: Source, k: tuple, run: str) -> list[str]:
+    return queries.telemetry_names(_src.store, run)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def telemetry(_src: Source, k: tuple, run: str, name: str) -> pd.DataFrame:
+    return queries.telemetry(_src.store, run, name)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def events(_src: Source, k: tuple, run: str, kinds: tuple | None = None) -> pd.DataFrame:
+    return queries.events(_src.store, run, list(kinds) if kinds else None)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def annotations(_src: Source, k: tuple, run: str) -> pd.DataFrame:
+    return queries.annotations(_src.store, run)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def annotation_history(_src: Source, k: tuple, run: str) -> pd.DataFrame:
+    return queries.annotation_history(_src.store, run)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def interventions(_src: Source, k: tuple, run: str) -> pd.DataFrame:
+    return queries.interventions(_src.store, run)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def last_value(_src: Source, k: tuple, run: str, name: str) -> float | None:
+    return queries.last_value(_src.store, run, name)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def wasted(_src: Source, k: tuple, run: str) -> list[dict]:
+    return accounting.wasted(_src.store, run)
+
+
+# ----------------------------------------------------------------- slow analyses, off the page thread
+def incidents(src: Source, run: str, *, wait: float = 2.0) -> tuple[list | None, bool]:
+    """(incidents or None while the first scan runs, busy)."""
+    return src.background.get(("incidents", run), src.version, lambda: divergence.incidents(src.store, run), wait=wait)
+
+
+def energy_summary(src: Source, run: str, *, wait: float = 2.0) -> tuple[dict | None, bool]:
+    """The run's energy and wasted branches (without CO2: region and PUE are applied by the page)."""
+    return src.background.get(("energy", run), src.version, lambda: energy.summary_energy(src.store, run), wait=wait)
+
+
+def step_energy(src: Source, run: str, *, wait: float = 2.0) -> tuple[pd.DataFrame | None, bool]:
+    return src.background.get(("step_energy", run), src.version, lambda: energy.step_energy(src.store, run), wait=wait)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def meters(_src: Source, k: tuple, run: str) -> list:
+    return energy.meters(_src.store, run)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def effective_steps(_src: Source, k: tuple, run: str) -> int:
+    return queries.effective_steps(_src.store, run)

@@ -1,0 +1,400 @@
+"""The dashboard driven headless with Streamlit's AppTest, on copies of the sample runs."""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+import app.ui
+import logbook
+from app.source import DEFAULT_ROOT, ENV_RUNS, Source, roots_from
+from logbook import annotations as ann_log
+from logbook import energy
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app" / "streamlit_app.py")  # AppTest resolves relative paths against the calling file
+SAMPLES = ROOT / "sample_runs"
+FAULTS, ROLLBACK = "opt-tiny-faults", "tiny-rollback"
+PAGES = {
+    "runs": "Runs",
+    "live": "Live · {run}",
+    "lineage": "Lineage & logbook · {run}",
+    "incidents": "Incidents · {run}",
+    "energy": "Energy & CO2 · {run}",
+    "compare": "Compare runs",
+}
+XSS = "<script>alert(1)</script><b>x</b>"
+
+
+@pytest.fixture(autouse=True)
+def sources(monkeypatch):
+    """Fresh caches per test, no pytest argv leaking into roots_from, and every Source closed afterwards."""
+    opened: list[Source] = []
+
+    class Closing(Source):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            opened.append(self)
+
+    monkeypatch.setattr(app.ui, "Source", Closing)
+    monkeypatch.setattr(sys, "argv", ["streamlit"])
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield opened
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "runs"
+    shutil.copytree(SAMPLES, root, ignore=shutil.ignore_patterns(".midflight", "README.md"))
+    monkeypatch.setenv(ENV_RUNS, str(root))
+    return root
+
+
+@pytest.fixture
+def live_run(tmp_path, monkeypatch):
+    """A run still being written: no close record, last write just now."""
+    root = tmp_path / "live"
+    run = logbook.init(root / "live-run", name="live-run", config={"steps": 50, "lr": 1e-3})
+    for i in range(20):
+        run.log({"loss": 5.0 - 0.1 * i, "grad_norm": 1.0, "lr": 1e-3, "tokens": 1024 * (i + 1)}, step=i)
+    run.flush()
+    monkeypatch.setenv(ENV_RUNS, str(root))
+    yield root / "live-run"
+    run.finish()
+
+
+def start(page: str | None = None, **state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    if page:
+        at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def titles(at: AppTest) -> list[str]:
+    return [t.value for t in at.title]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def plotly_specs(at: AppTest) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
+def frame(at: AppTest, *columns: str):
+    """The first dataframe on the page that has all these columns."""
+    for df in at.dataframe:
+        if set(columns) <= set(df.value.columns):
+            return df.value
+    raise AssertionError(f"no dataframe with columns {columns}")
+
+
+def select(at: AppTest, run: str, step: int, sid: int = 1) -> None:
+    at.session_state["selection"] = {
+        "run": run,
+        "axis": "step",
+        "chart": "x",
+        "step": step,
+        "step_end": None,
+        "x0": None,
+        "x1": None,
+    }
+    at.session_state["selection_id"] = sid
+
+
+def ops(run_dir: Path, name: str) -> list[dict]:
+    path = run_dir / name
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+# ----------------------------------------------------------------- every page
+@pytest.mark.parametrize("run", [FAULTS, ROLLBACK])
+def test_every_page_renders_with_its_title(runs, run):
+    at = start(run=run)
+    for page, title in PAGES.items():
+        at.switch_page(f"app_pages/{page}.py").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert titles(at) == [title.format(run=run)]
+        assert at.session_state["run"] == run
+
+
+def test_every_page_renders_on_a_live_run(live_run):
+    at = start()
+    assert at.session_state["run"] == "live-run"
+    for page, title in PAGES.items():
+        at.switch_page(f"app_pages/{page}.py").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert titles(at)[0] == title.format(run="live-run")
+
+
+# ----------------------------------------------------------------- runs
+def test_runs_table_and_open_button(runs):
+    at = start()
+    table = frame(at, "run", "status", "incidents")
+    assert sorted(table["run"]) == [FAULTS, ROLLBACK]
+    assert set(table["status"]) == {"finished"}
+    faults = table.set_index("run").loc[FAULTS]
+    assert faults["incidents"] > 0 and faults["segments"] == 3 and faults["last step"] == 700
+    at.button(key=f"runs:open:{ROLLBACK}").click().run()
+    assert not at.exception
+    assert at.session_state["run"] == ROLLBACK
+    assert titles(at) == [f"Live · {ROLLBACK}"]
+
+
+# ----------------------------------------------------------------- live
+def test_live_header_on_a_finished_run(runs):
+    at = start("live", run=FAULTS)
+    m = metrics(at)
+    assert m["step (of 700)"] == "700"
+    assert m["ETA"] == "—"  # a finished run has nothing left to wait for
+    assert m["open incidents"].isdigit()
+    captions = [c.value for c in at.caption]
+    assert "status: finished" in captions  # no "refreshing every" timer on a finished run
+    assert "Interventions go to live runs; this run is finished." in captions
+    assert "live:iv:action" not in [w.key for w in at.selectbox]  # no intervention form
+    assert len(plotly_specs(at)) >= 4
+
+
+def test_annotate_a_selected_step(runs):
+    run_dir = runs / FAULTS
+    before = ann_log.current(run_dir)
+    at = start("live", run=FAULTS)
+    select(at, FAULTS, 123)
+    at.run()
+    assert "**Selected step 123**" in [m.value for m in at.markdown]
+    assert "paused while you annotate" in " ".join(c.value for c in at.caption)
+    assert at.number_input(key="live:ann_step:1").value == 123
+    assert ann_log.current(run_dir) == before  # the form alone writes nothing
+    at.text_area(key="live:ann_text:1").input("bad batch near here")
+    at.selectbox(key="live:ann_kind:1").select("data")
+    at.button[[b.label for b in at.button].index("Save annotation")].click().run()
+    assert not at.exception
+    new = [a for i, a in ann_log.current(run_dir).items() if i not in before]
+    assert len(new) == 1
+    assert (new[0]["step"], new[0]["kind"], new[0]["text"]) == (123, "data", "bad batch near here")
+    assert new[0]["author"].endswith("(dashboard)")
+    assert "selection" not in at.session_state  # the form closed
+    at.switch_page("app_pages/lineage.py").run()
+    labels = at.selectbox(key="lineage:edit_pick").options
+    assert len(labels) == len(before) + 1
+    assert "step 123 [data] bad batch near here" in labels
+
+
+def test_user_text_is_stored_verbatim_and_never_rendered_as_html(runs):
+    run_dir = runs / FAULTS
+    at = start("live", run=FAULTS)
+    select(at, FAULTS, 200)
+    at.run()
+    at.text_area(key="live:ann_text:1").input(XSS)
+    at.button[[b.label for b in at.button].index("Save annotation")].click().run()
+    assert XSS in [a["text"] for a in ann_log.current(run_dir).values()]
+    for page in ("live", "lineage", "incidents"):
+        at.switch_page(f"app_pages/{page}.py").run()
+        assert not at.exception
+        assert not [m.value for m in at.markdown if "<script>" in m.value or "<b>x" in m.value], page
+        for spec in plotly_specs(at):
+            assert "<script>" not in json.dumps(spec, ensure_ascii=False), page
+    # the live chart markers carry it escaped, the timeline shows it as plain data
+    at.switch_page("app_pages/live.py").run()
+    hover = json.dumps([s["data"] for s in plotly_specs(at)], ensure_ascii=False)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in hover
+    at.switch_page("app_pages/lineage.py").run()
+    assert XSS in list(frame(at, "type", "detail")["detail"])
+
+
+# ----------------------------------------------------------------- lineage
+def test_lineage_segments_and_timeline_filters(runs):
+    at = start("lineage", run=FAULTS)
+    segs = frame(at, "segment", "how it ended")
+    assert list(segs["how it ended"]) == ["crashed", "rewound", "completed"]
+    timeline = frame(at, "type", "what", "detail")
+    assert {"event", "intervention", "annotation", "segment"} <= set(timeline["type"])
+    at.multiselect(key="lineage:types").set_value(["annotation"]).run()
+    only = frame(at, "type", "what", "detail")
+    assert set(only["type"]) == {"annotation"} and len(only) == 4
+    at.multiselect(key="lineage:types").set_value(sorted(set(timeline["type"]))).run()
+    at.text_input(key="lineage:search").input("corrupted batch").run()
+    found = frame(at, "type", "what", "detail")
+    assert 0 < len(found) < len(timeline)
+    assert all("corrupted batch" in f"{w} {d} {u}".lower() for w, d, u in zip(found.what, found.detail, found.who))
+
+
+def test_lineage_edit_and_delete_an_annotation(runs):
+    run_dir = runs / FAULTS
+    at = start("lineage", run=FAULTS)
+    pick = at.selectbox(key="lineage:edit_pick")
+    aid = pick.value
+    assert aid in ann_log.current(run_dir)
+    at.text_area(key=f"lineage:edit_text:{aid}").input("edited in the dashboard")
+    at.button[[b.label for b in at.button].index("Save edit")].click().run()
+    assert not at.exception
+    assert ann_log.current(run_dir)[aid]["text"] == "edited in the dashboard"
+    assert ops(run_dir, "annotations.jsonl")[-1]["op"] == "edit"
+
+    n = len(ops(run_dir, "annotations.jsonl"))
+    at.button[[b.label for b in at.button].index("Delete")].click().run()  # not confirmed: nothing written
+    assert "Tick 'yes, delete it'" in " ".join(w.value for w in at.warning)
+    assert len(ops(run_dir, "annotations.jsonl")) == n and aid in ann_log.current(run_dir)
+
+    at.checkbox(key=f"lineage:edit_confirm:{aid}").check()
+    at.button[[b.label for b in at.button].index("Delete")].click().run()
+    assert not at.exception
+    assert aid not in ann_log.current(run_dir)
+    last = ops(run_dir, "annotations.jsonl")[-1]
+    assert (last["op"], last["id"]) == ("delete", aid) and last["author"].endswith("(dashboard)")
+    assert len(at.selectbox(key="lineage:edit_pick").options) == 3
+
+
+# ----------------------------------------------------------------- incidents
+def test_incidents_listed_and_annotate_opens_prefilled_form(runs):
+    at = start("incidents", run=FAULTS)
+    table = frame(at, "kind", "steps", "classification")
+    assert len(table) >= 1
+    first = at.expander[0].label
+    kind, steps = table.iloc[0]["kind"], table.iloc[0]["steps"]
+    assert first.startswith(f"{kind} · steps {steps}")
+    at.button(key="incidents:ann:0").click().run()
+    assert not at.exception
+    start_step = int(steps.split("–")[0])
+    assert at.number_input(key="incidents:0:ann_step:0").value == start_step
+    assert at.text_area(key="incidents:0:ann_text:0").value.startswith(f"{kind} (")
+    assert at.button(key="incidents:iv:0").disabled  # finished run: no intervening
+
+
+# ----------------------------------------------------------------- energy
+def _co2_t(at: AppTest) -> float:
+    return float(frame(at, "what", "tCO2eq")["tCO2eq"].iloc[0])
+
+
+def test_energy_co2_follows_region_and_pue(runs):
+    at = start("energy", run=FAULTS)
+    base = _co2_t(at)
+    assert base > 0 and metrics(at)["CO2eq"] != "—"
+    at.number_input(key="energy:pue").set_value(2.0).run()
+    assert _co2_t(at) == pytest.approx(2 * base)
+    assert "PUE 2" in " ".join(c.value for c in at.caption)
+    at.number_input(key="energy:pue").set_value(1.0).run()
+    grid = {r["name"]: r["g_per_kwh"] for r in energy.grid_table()}
+    region = at.selectbox(key="energy:region")
+    here, other = region.value, next(n for n in region.options if grid[n] != grid[region.value])
+    region.select(other).run()
+    assert _co2_t(at) == pytest.approx(base * grid[other] / grid[here])
+    assert metrics(at)["CO2eq"] != "—"
+
+
+# ----------------------------------------------------------------- compare
+def test_compare_overlays_both_runs(runs):
+    at = start("compare", run=FAULTS)
+    at.multiselect(key="compare:runs").set_value([FAULTS, ROLLBACK]).run()
+    assert not at.exception
+    (spec,) = plotly_specs(at)
+    assert {FAULTS, ROLLBACK} <= {t.get("name") for t in spec["data"]}
+    at.multiselect(key="compare:runs").set_value([ROLLBACK]).run()
+    (spec,) = plotly_specs(at)
+    names = {t.get("name") for t in spec["data"]}
+    assert ROLLBACK in names and FAULTS not in names
+
+
+# ----------------------------------------------------------------- interventions
+def test_intervention_review_then_confirm(live_run):
+    at = start("live")
+    assert at.caption[0].value.startswith("status: running")
+    at.selectbox(key="live:iv:action").select("clip").run()
+    at.number_input(key="live:iv:clip").set_value(0.7)
+    at.text_input(key="live:iv:note").input("spiky grads")
+    at.button(key="live:iv:review_btn").click().run()
+    assert not at.exception
+    assert at.session_state["live:iv:review"] == {"action": "clip", "params": {"max_norm": 0.7}, "note": "spiky grads"}
+    assert "Set the gradient-clip threshold" in at.warning[0].value
+    assert ops(live_run, "interventions.jsonl") == []  # reviewing sends nothing
+    at.button(key="live:iv:confirm").click().run()
+    assert not at.exception
+    (req,) = ops(live_run, "interventions.jsonl")
+    assert (req["op"], req["action"], req["note"]) == ("request", "clip", "spiky grads")
+    assert req["params"] == {"max_norm": 0.7}
+    assert "(dashboard)" in req["author"]
+    assert "live:iv:review" not in at.session_state
+    assert "pending" in list(frame(at, "action", "state")["state"])
+
+
+def test_intervention_cancel_writes_nothing(live_run):
+    at = start("live")
+    at.selectbox(key="live:iv:action").select("skip_batches").run()
+    at.button(key="live:iv:review_btn").click().run()
+    assert at.session_state["live:iv:review"]["params"] == {"n": 10}
+    at.button(key="live:iv:cancel").click().run()
+    assert not at.exception
+    assert "live:iv:review" not in at.session_state
+    assert ops(live_run, "interventions.jsonl") == []
+    assert "live:iv:action" in [w.key for w in at.selectbox]  # back to the form
+
+
+# ----------------------------------------------------------------- roots_from
+def test_roots_from(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    assert roots_from([], {}) == [DEFAULT_ROOT]
+    assert roots_from(["--runs", str(a), f"--runs={b}"], {}) == [a.resolve(), b.resolve()]
+    env = {ENV_RUNS: f"{a}{os.pathsep}{b}"}
+    assert roots_from([], env) == [a.resolve(), b.resolve()]
+    assert roots_from(["--runs", str(b)], env) == [b.resolve()]  # --runs wins over the environment
+    with pytest.raises(ValueError, match="does not exist or is not a folder") as err:
+        roots_from(["--runs", str(tmp_path / "missing")], {})
+    assert "missing" in str(err.value)
+
+
+def test_bad_runs_path_shows_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_RUNS, str(tmp_path / "nope"))
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert not at.exception
+    assert "does not exist" in at.error[0].value
+
+
+def test_only_runs_under_the_current_roots_are_listed(tmp_path, monkeypatch, sources):
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(SAMPLES / FAULTS, a / FAULTS)
+    shutil.copytree(SAMPLES / ROLLBACK, b / ROLLBACK)
+    monkeypatch.setenv(ENV_RUNS, f"{a}{os.pathsep}{b}")
+    assert start().selectbox(key="run").options == [FAULTS, ROLLBACK]
+    st.cache_resource.clear()
+    sources.pop().close()  # a new server process on the same store (a/.midflight), with only a as its root
+    monkeypatch.setenv(ENV_RUNS, str(a))
+    at = start()
+    assert at.selectbox(key="run").options == [FAULTS]
+    assert list(frame(at, "run", "status")["run"]) == [FAULTS]
+
+
+def test_run_names_are_not_rendered_as_markdown(tmp_path, monkeypatch):
+    name = "lr [sweep](example.com) *1*"  # the run id is the folder name
+    with logbook.init(tmp_path / name, config={"steps": 1}) as run:
+        run.log({"loss": 1.0}, step=0)
+    monkeypatch.setenv(ENV_RUNS, str(tmp_path))
+    at = start("live")
+    assert at.session_state["run"] == name
+    shown = [e.value for e in [*at.title, *at.markdown, *at.caption, *at.warning]]
+    assert not [s for s in shown if "[sweep](example.com)" in s]
+
+
+def test_intervention_cancel_keeps_the_choices(live_run):
+    at = start("live")
+    at.selectbox(key="live:iv:action").select("skip_batches").run()
+    at.text_input(key="live:iv:note").input("keep me")
+    at.button(key="live:iv:review_btn").click().run()
+    at.button(key="live:iv:cancel").click().run()
+    assert at.selectbox(key="live:iv:action").value == "skip_batches"
+    assert at.text_input(key="live:iv:note").value == "keep me"
