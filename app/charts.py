@@ -68,12 +68,15 @@ class Points:
     hover: list[str] = field(default_factory=list)
 
 
-def safe(text, limit: int = LABEL_CHARS) -> str:
-    """User text as inert hover text: escaped, one line, cut to `limit` characters."""
+def one_line(text, limit: int = LABEL_CHARS) -> str:
+    """User text on one line, cut to `limit` characters (for widget labels, which Streamlit shows as text)."""
     s = " ".join(str(text).split())
-    if len(s) > limit:
-        s = s[: limit - 1] + "…"
-    return html.escape(s, quote=True)
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def safe(text, limit: int = LABEL_CHARS) -> str:
+    """User text as inert Plotly text (hover labels, titles, legends): one line, HTML-escaped."""
+    return html.escape(one_line(text, limit), quote=True)
 
 
 def fmt_energy(joules: float | None) -> str:
@@ -171,23 +174,26 @@ def metric_figure(
 
 
 def _draw_markers(fig: go.Figure, markers: list[Marker], axis: str) -> None:
+    """Per kind, one trace of dashed vertical lines (None-separated, on the 0..1 overlay axis) and one of
+    hoverable symbols at the top: two traces whatever the number of markers (layout shapes cost O(n²))."""
     by_kind: dict[str, list[Marker]] = {}
     for m in markers:
         by_kind.setdefault(m.kind, []).append(m)
     for kind, ms in by_kind.items():
         colour, symbol = MARKER_STYLE.get(kind, ("#444", "circle"))
         xs = to_axis([m.x for m in ms], axis)
-        for x in xs:
-            fig.add_shape(
-                type="line",
-                x0=x,
-                x1=x,
-                y0=0,
-                y1=1,
-                yref="paper",
+        fig.add_trace(
+            go.Scatter(
+                x=np.repeat(xs, 3),
+                y=np.tile(np.array([0.0, 0.92, np.nan]), len(ms)),
+                yaxis="y2",
+                mode="lines",
                 line={"color": colour, "width": 1, "dash": "dash"},
-                layer="below",
+                hoverinfo="skip",
+                showlegend=False,
+                connectgaps=False,
             )
+        )
         fig.add_trace(
             go.Scatter(
                 x=xs,

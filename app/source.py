@@ -52,10 +52,12 @@ class Background:
     A page asks `get(key, version, fn)` and gets the newest finished result (possibly of an
     older version) at once, or after waiting up to `wait` seconds for a first one, so a big
     run's incident scan never blocks a page. A key is recomputed at most once at a time and
-    no more often than every 4x its last duration, so a live run's scans cannot hog the CPU.
+    no more often than every 4x its last duration (and `min_interval`), so a live run's scans
+    cannot hog the CPU or the GIL that the page thread needs.
     """
 
-    def __init__(self):
+    def __init__(self, min_interval: float = 5.0):
+        self.min_interval = min_interval  # seconds between recomputations of one key, at least
         self._lock = threading.Lock()
         self._done: dict = {}  # key -> (version, value, finished_at, seconds)
         self._running: dict = {}  # key -> threading.Event
@@ -66,7 +68,7 @@ class Background:
             done = self._done.get(key)
             running = self._running.get(key)
             stale = done is None or done[0] != version
-            due = done is None or time.time() - done[2] >= 4 * done[3]
+            due = done is None or time.time() - done[2] >= max(4 * done[3], self.min_interval)
             if stale and running is None and due:
                 running = threading.Event()
                 self._running[key] = running

@@ -18,8 +18,12 @@ src = ui.source()
 runs = list(data.runs(src, data.key(src))["run_id"])
 if "open_run" in st.session_state:  # the Runs page asked to open a run
     st.session_state["run"] = st.session_state.pop("open_run")
+elif "run" not in st.session_state and st.query_params.get("run") in runs:  # a link to a run (?run=NAME)
+    st.session_state["run"] = st.query_params["run"]
 if runs and st.session_state.get("run") not in runs:
     st.session_state["run"] = runs[0]
+if runs:
+    st.query_params["run"] = st.session_state["run"]  # the address bar always links to what is shown
 
 with st.sidebar:
     st.markdown("### :material/flight_takeoff: midflight")

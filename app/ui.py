@@ -296,8 +296,8 @@ def annotation_editor(ctx: Ctx, prefix: str) -> None:
         st.caption("No annotations yet: click a point on any chart to add one.")
         return
     labels = {
-        r.annotation_id: f"step {r.step} [{r.kind}] {charts.safe(r.text, 60)}" for r in anns.itertuples()
-    }  # a selectbox label is plain text, never HTML; safe() only trims it to one line
+        r.annotation_id: f"step {r.step} [{r.kind}] {charts.one_line(r.text, 60)}" for r in anns.itertuples()
+    }  # a selectbox shows its labels as text
     aid = st.selectbox("annotation", list(labels), format_func=lambda i: labels[i], key=f"{prefix}:edit_pick")
     row = anns.loc[anns.annotation_id == aid].iloc[0]
     with st.form(f"{prefix}:edit:{aid}", border=False):

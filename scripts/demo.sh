@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# The main job, for now (the dashboard is issue 6): a live 2-rank OPT-recipe training run under torchrun
-# that meets fp16 overflows, a loss spike, a rank crash with automatic restart, a straggler and an
-# audited mid-flight rewind, recorded into runs/demo; then what the logbook makes of it.
+# The main job: the dashboard (http://localhost:8501) on the sample runs, with a live CPU demo run
+# training next to it that meets fp16 overflows, a loss spike, a crash with automatic restart and a straggler.
+#   bash scripts/demo.sh                 # dashboard on sample_runs/ + the live demo run in runs/live-demo
+#   bash scripts/demo.sh --no-live       # the dashboard on the sample runs only
+#   bash scripts/demo.sh --record        # no dashboard: record a faulty run into runs/demo, print its logbook
+# Other arguments go to `python -m app` (--port N, --address HOST, more run folders).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-python examples/record_sample_run.py runs/demo
+case "${1:-}" in
+  --no-live) shift; exec python -m app sample_runs "$@" ;;
+  --record) shift; exec python examples/record_sample_run.py runs/demo ;;
+  *) exec python -m app sample_runs --demo "$@" ;;
+esac

@@ -2,6 +2,7 @@
 # The whole test suite, exactly as CI runs it (.ci/run calls this script).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+source scripts/browser.sh
 ruff check logbook trainer app tests benchmarks examples
 ruff format --check --quiet logbook trainer app tests benchmarks examples
 python -m pytest -q "$@"
