@@ -149,9 +149,11 @@ def markers(ctx: Ctx, run: str | None = None) -> list[charts.Marker]:
     return [charts.Marker(float(x), s, kind, label) for x, (s, kind, label) in zip(xs, out) if np.isfinite(x)]
 
 
-def line(ctx: Ctx, name: str, *, run: str | None = None, rank=0, label: str | None = None, **kw) -> charts.Line | None:
+def line(
+    ctx: Ctx, name: str, *, rank=0, label: str | None = None, buckets: int = data.GRID_BUCKETS, **kw
+) -> charts.Line | None:
     """A metric of the run as a chart line, downsampled by the query layer, within the zoom range."""
-    df = data.series(ctx.src, ctx.k, run or ctx.run, name, x=ctx.axis, rank=rank, x_range=zoom(ctx))
+    df = data.series(ctx.src, ctx.k, ctx.run, name, x=ctx.axis, rank=rank, x_range=zoom(ctx), buckets=buckets)
     if df.empty:
         return None
     return charts.Line(label or name, df["x"].to_numpy(), df["value"].to_numpy(), df["step"].to_numpy(), **kw)

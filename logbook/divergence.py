@@ -578,50 +578,70 @@ def run_frame(store, run: str, which: str = "effective"):
     return frame.sort_values(["step", "segment_id"], ignore_index=True)
 
 
-def hardware_incidents(store, run: str, config: DivergenceConfig | None = None) -> list[Incident]:
-    """Throttling, ECC errors and silent devices from every telemetry sample of the run (all segments)."""
+def telemetry_frame(store, run: str):
+    """The telemetry samples hardware detection reads: throttling and ECC series, plus one liveness
+    series per device (all names of a sample arrive together), sorted by wall time."""
     import pandas as pd
 
     from . import queries
 
     names = queries.telemetry_names(store, run)
-    # throttling and ECC need their own series; liveness needs one series per device (all names arrive together)
     wanted = [n for n in ("throttle_reasons", "ecc_errors") if n in names]
     alive = next((n for n in ("util_pct", "power_w", "temp_c") if n in names), None) or (names[0] if names else None)
     wanted += [alive] if alive is not None and alive not in wanted else []
     frames = [queries.telemetry(store, run, n).assign(name=n) for n in wanted]
     frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=["wall_time", "step", "segment_id", "host", "device", "name", "value"])
+    return pd.concat(frames, ignore_index=True).sort_values(["wall_time", "name"], kind="stable")
+
+
+def hardware_from(telemetry, config: DivergenceConfig | None = None) -> list[Incident]:
+    """Throttling, ECC errors and silent devices from a telemetry_frame()."""
     det = TelemetryDetector(config)
-    if frames:
-        df = pd.concat(frames, ignore_index=True).sort_values(["wall_time", "name"], kind="stable")
-        for r in df.itertuples():
-            det.update(r.wall_time, r.step, (r.segment_id, r.host, r.device), r.name, r.value)
+    for r in telemetry.itertuples():
+        det.update(r.wall_time, r.step, (r.segment_id, r.host, r.device), r.name, r.value)
     return det.incidents()
 
 
-def incidents(store, run: str, config: DivergenceConfig | None = None) -> list[Incident]:
-    """Every incident of a run: detection on the effective history, then on each superseded branch
-    (fed with the effective history before the branch, so it has a baseline), marked superseded;
-    then hardware incidents from telemetry (superseded when their segment is not on the effective path)."""
-    eff = run_frame(store, run, "effective")
+def inputs(store, run: str) -> dict:
+    """Everything incident detection reads from the store, as plain frames. The split lets a caller
+    read on one thread (DuckDB) and detect elsewhere: the dashboard runs incidents_from() in a worker
+    process, because the detector is a Python loop (~13 µs a step) that would hold the server's GIL."""
+    return {
+        "effective": run_frame(store, run, "effective"),
+        "superseded": run_frame(store, run, "superseded"),
+        "telemetry": telemetry_frame(store, run),
+    }
+
+
+def incidents_from(frames: dict, config: DivergenceConfig | None = None) -> list[Incident]:
+    """Every incident of a run from its inputs(): detection on the effective history, then on each
+    superseded branch (fed with the effective history before the branch, so it has a baseline), marked
+    superseded; then hardware incidents (superseded when their segment is not on the effective path)."""
+    import pandas as pd
+
+    eff, sup = frames["effective"], frames["superseded"]
     out: list[Incident] = []
     if len(eff):
         owner = dict(zip(eff["step"], eff["segment_id"]))
         for inc in detect(eff.drop(columns=["segment_id"]), config):
             inc.segment_id = owner.get(inc.start_step)
             out.append(inc)
-    sup = run_frame(store, run, "superseded")
     for seg, branch in sup.groupby("segment_id", sort=True) if len(sup) else ():
         first = int(branch["step"].min())
         prefix = eff[eff["step"] < first] if len(eff) else eff
-        import pandas as pd
-
         both = pd.concat([prefix, branch], ignore_index=True).drop(columns=["segment_id"])
         for inc in detect(both, config, segment_id=seg, superseded=True):
             if inc.start_step >= first:
                 out.append(inc)
     on_path = set(eff["segment_id"]) if len(eff) else set()
-    for inc in hardware_incidents(store, run, config):
+    for inc in hardware_from(frames["telemetry"], config):
         inc.superseded = inc.segment_id not in on_path
         out.append(inc)
     return sorted(out, key=lambda i: (i.superseded, i.start_step, i.kind))
+
+
+def incidents(store, run: str, config: DivergenceConfig | None = None) -> list[Incident]:
+    """Every incident of a run (see incidents_from)."""
+    return incidents_from(inputs(store, run), config)

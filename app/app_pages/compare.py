@@ -27,7 +27,7 @@ align = c3.radio(
 log_y = st.toggle("log y", value=metric in ("grad_norm", "loss_scale", "ppl"), key="compare:log")
 lines, skipped = [], []
 for run in chosen:
-    df = data.series(ctx.src, ctx.k, run, metric, x=align)
+    df = data.series(ctx.src, ctx.k, run, metric, x=align, buckets=data.WIDE_BUCKETS)
     if df.empty:
         skipped.append(run)
         continue

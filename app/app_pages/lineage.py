@@ -38,8 +38,10 @@ if names:
     default = names.index("loss") if "loss" in names else 0
     metric = st.selectbox("metric", names, index=default, key="lineage:metric")
     marks = ui.markers(ctx)
-    lines = [ui.line(ctx, metric, label=f"{metric} (effective)", colour="#1f77b4")]
-    sup = data.series(ctx.src, ctx.k, ctx.run, metric, x=ctx.axis, which="superseded", x_range=ui.zoom(ctx))
+    lines = [ui.line(ctx, metric, label=f"{metric} (effective)", colour="#1f77b4", buckets=data.WIDE_BUCKETS)]
+    sup = data.series(
+        ctx.src, ctx.k, ctx.run, metric, x=ctx.axis, which="superseded", x_range=ui.zoom(ctx), buckets=data.WIDE_BUCKETS
+    )
     for seg, g in sup.groupby("segment_id", sort=False):
         g = g.sort_values("x")
         lines.append(

@@ -180,7 +180,7 @@ def plot_traces(page, chart_index: int = 0) -> list[dict]:
         """(i) => { const c = document.querySelectorAll('[data-testid="stPlotlyChart"]')[i];
         const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e.data && e.querySelector('.main-svg'));
         const p = ps[ps.length - 1];
-        return p ? p.data.map(t => ({name: t.name, hovertext: t.hovertext || null})) : []; }""",
+        return p ? p._fullData.map(t => ({name: t.name, hovertext: t.hovertext || null})) : []; }""",
         chart_index,
     )
 
@@ -225,7 +225,7 @@ def test_click_a_point_then_save_creates_an_annotation_drawn_on_the_chart(page, 
         """() => { const p = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
         const pts = [...p.querySelectorAll('g.trace.scatter')[0].querySelectorAll('path.point')];
         const k = Math.floor(pts.length * 0.6); const r = pts[k].getBoundingClientRect();
-        return [r.x + r.width / 2, r.y + r.height / 2, p.data[0].customdata[k]]; }"""
+        return [r.x + r.width / 2, r.y + r.height / 2, p._fullData[0].customdata[k]]; }"""
     )
     page.mouse.move(x, y)
     page.mouse.click(x, y)
@@ -276,16 +276,16 @@ def test_annotation_html_is_shown_inert(page, server):
     marks = [t for t in plot_traces(page, 1) if t["name"] == "annotations"]
     assert marks and any("&lt;script&gt;" in h for h in marks[0]["hovertext"])  # escaped for Plotly's hover
     # hover the annotation's marker: Plotly shows the text typed, as text
-    x, y = page.evaluate(
-        """() => { const c = document.querySelectorAll('[data-testid="stPlotlyChart"]')[1];
-        const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e.data); const gd = ps[ps.length - 1];
-        const t = gd.data.find(t => t.name === 'annotations');
+    where = """() => { const c = document.querySelectorAll('[data-testid="stPlotlyChart"]')[1];
+        const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e._fullData); const gd = ps[ps.length - 1];
+        const t = gd && gd._fullData.find(t => t.name === 'annotations'); if (!t) return null;
         const k = t.hovertext.findIndex(h => h.includes('pwned'));
         const fl = gd._fullLayout, r = gd.getBoundingClientRect();
         return [r.x + fl.xaxis._offset + fl.xaxis.l2p(t.x[k]), r.y + fl.yaxis2._offset + fl.yaxis2.l2p(t.y[k])]; }"""
-    )
+    x, y = wait_for(lambda: page.evaluate(where), 20, "the annotation marker's position")
     page.mouse.move(x, y)
-    hover = wait_for(lambda: page.locator(".hoverlayer").first.inner_text(), 10, "the hover label")
+    hover_text = "() => [...document.querySelectorAll('.hoverlayer')].map(e => e.textContent).join(' ')"
+    hover = wait_for(lambda: page.evaluate(hover_text).strip(), 10, "the hover label")
     assert "<script>window.__pwned=1</script>" in hover and "<b>bold</b>" in hover
     assert page.evaluate("window.__pwned") is None  # neither the <script> nor the onerror handler ran
     assert page.locator("b", has_text="bold").count() == 0  # no <b> element was made from the text
