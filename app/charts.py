@@ -137,7 +137,9 @@ def metric_figure(
                 name=safe(ln.name, 60),
                 opacity=0.3 if ln.faded else 1.0,
                 line={"width": 1 if ln.faded else 1.6, "color": ln.colour},
-                marker={"size": 3, "color": ln.colour},
+                # markers make points clickable (a lines-only trace gives no selection), but drawing thousands
+                # of SVG markers tripled the browser's render time; maxdisplayed keeps them clickable, undrawn
+                marker={"size": 3, "color": ln.colour, "maxdisplayed": 1},
                 hovertemplate="step %{customdata}<br>%{y:.6g}<extra>" + safe(ln.name, 60) + "</extra>",
             )
         )

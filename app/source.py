@@ -125,7 +125,8 @@ class Source:
 
     def incidents(self, run: str) -> list:
         """The run's incidents: the store is read here (DuckDB, GIL released), the detector's Python loop
-        runs in a worker process so that a big run's scan never stalls the pages' threads."""
+        runs in a worker process so that a big run's scan never stalls the pages' threads. (A "spawn" worker
+        re-imports the parent's main module: Streamlit's CLI, pytest and `python -m app` all guard theirs.)"""
         frames = divergence.inputs(self.store, run)
         with self._lock:
             if self._workers is None:

@@ -335,6 +335,7 @@ ACTION_LABELS = {
     "lr_peak": "Set a new peak LR",
     "clip": "Set the gradient-clip threshold",
     "skip_batches": "Skip the next N batches",
+    "loss_scale_floor": "Set the fp16 loss-scale floor",
     "checkpoint_now": "Checkpoint now",
     "rewind": "Rewind to a checkpoint (with changes)",
     "stop": "Stop the run (checkpoints first)",
@@ -348,6 +349,8 @@ def _params_widgets(ctx: Ctx, action: str, prefix: str) -> dict:
         return {"lr": st.number_input("peak LR", min_value=0.0, value=3e-4, format="%.3e", key=f"{prefix}:lr")}
     if action == "clip":
         return {"max_norm": st.number_input("max grad norm", min_value=0.0, value=0.3, key=f"{prefix}:clip")}
+    if action == "loss_scale_floor":
+        return {"floor": st.number_input("loss-scale floor", min_value=0.0, value=0.25, key=f"{prefix}:floor")}
     if action == "skip_batches":
         return {"n": int(st.number_input("batches", min_value=1, value=10, step=1, key=f"{prefix}:n"))}
     if action == "rewind":

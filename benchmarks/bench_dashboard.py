@@ -36,7 +36,7 @@ driven by Python playwright), so every clock below is Python's `time.time()`.
    page every second until the header shows a number.
 
    A third table times the Live page's data calls in-process (the same
-   `logbook.queries` calls, 2,000 M4 buckets) on the same store, to split
+   `logbook.queries` calls, 600 M4 buckets as the grid charts ask) on the same store, to split
    server-side query time from Streamlit / browser time.
 
 2. Live lag. A writer thread logs one step every 0.2 s through the real Recorder
@@ -373,7 +373,7 @@ def live_queries(store_root: Path, run: str, repeats: int) -> list[list]:
             ("events(overflow)", lambda: queries.events(st, run, ["overflow"])),
             ("annotations", lambda: queries.annotations(st, run)),
             ("telemetry_names", lambda: queries.telemetry_names(st, run)),
-        ] + [(f"series({n}, 2000)", lambda n=n: queries.series(st, run, n, x="step", buckets=2000)) for n in series]
+        ] + [(f"series({n}, 600)", lambda n=n: queries.series(st, run, n, x="step", buckets=600)) for n in series]
         total_first = total_warm = 0.0
         for name, fn in calls:
             with Timer() as t:

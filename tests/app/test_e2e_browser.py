@@ -220,13 +220,15 @@ def test_a_live_runs_new_steps_appear_within_2_seconds(page, server, trainer):
 
 def test_click_a_point_then_save_creates_an_annotation_drawn_on_the_chart(page, server, runs_root):
     open_page(page, server, "live", FAULTS)
-    wait_for(lambda: page.locator(".js-plotly-plot g.points path.point").count() > 100, 30, "the loss chart")
-    x, y, step = page.evaluate(
-        """() => { const p = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
-        const pts = [...p.querySelectorAll('g.trace.scatter')[0].querySelectorAll('path.point')];
-        const k = Math.floor(pts.length * 0.6); const r = pts[k].getBoundingClientRect();
-        return [r.x + r.width / 2, r.y + r.height / 2, p._fullData[0].customdata[k]]; }"""
-    )
+    where = """() => { const c = document.querySelector('[data-testid="stPlotlyChart"]'); if (!c) return null;
+        const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e._fullData); const gd = ps[ps.length - 1];
+        if (!gd || !gd._fullData[0] || gd._fullData[0].x.length < 100) return null;
+        const t = gd._fullData[0], k = Math.floor(t.x.length * 0.6), fl = gd._fullLayout;
+        const r = gd.getBoundingClientRect();
+        return [r.x + fl.xaxis._offset + fl.xaxis.l2p(t.x[k]), r.y + fl.yaxis._offset + fl.yaxis.l2p(t.y[k]),
+                t.customdata[k]]; }"""
+    x, y, step = wait_for(lambda: page.evaluate(where), 30, "the loss chart")
+    time.sleep(1)  # Plotly binds its hover handlers after drawing
     page.mouse.move(x, y)
     page.mouse.click(x, y)
     form = page.locator('[data-testid="stForm"]').first
