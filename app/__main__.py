@@ -70,6 +70,7 @@ def wait_healthy(port: int, timeout: float = 60.0) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a SIGTERM stops the children too (finally below)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     children: list[subprocess.Popen] = []
     roots = list(args.paths)

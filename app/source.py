@@ -9,21 +9,18 @@ through `logbook.queries` and the analysis modules, with this store.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-
-import pandas as pd
 
 from logbook import divergence, layout, queries
 from logbook.follow import Follower
 from logbook.store import StoreWarning, open_store
+
+from .detector import Detector
 
 ENV_RUNS = "MIDFLIGHT_RUNS"  # run directories or folders of runs, separated by os.pathsep
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "sample_runs"
@@ -102,9 +99,6 @@ class Background:
         finished.set()
 
 
-_EMPTY = {k: pd.DataFrame() for k in ("effective", "superseded", "telemetry")}  # incidents_from(): warm-up
-
-
 class Source:
     """The store, the followers that keep it current, and the run directories by run id."""
 
@@ -117,27 +111,14 @@ class Source:
         self.background = Background()
         self._version = 0
         self._lock = threading.Lock()
-        self._workers = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        self._workers.submit(divergence.incidents_from, _EMPTY)  # start the worker now: it takes ~1 s to import
+        self.detector = Detector()
         self.followers = [Follower(self.store, r, on_ingest=self._bump, allow_empty=True) for r in roots]
         for f in self.followers:
             f.start()
 
     def incidents(self, run: str) -> list:
-        """The run's incidents: the store is read here (DuckDB, GIL released), the detector's Python loop
-        runs in a worker process so that a big run's scan never stalls the pages' threads. (A "spawn" worker
-        re-imports the parent's main module: Streamlit's CLI, pytest and `python -m app` all guard theirs.)"""
-        frames = divergence.inputs(self.store, run)
-        with self._lock:
-            if self._workers is None:
-                self._workers = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            workers = self._workers
-        try:
-            return workers.submit(divergence.incidents_from, frames).result()
-        except BrokenProcessPool:  # the worker died (out of memory?): start another next time, answer now
-            with self._lock:
-                self._workers = None
-            return divergence.incidents_from(frames)
+        """The run's incidents: read here (DuckDB releases the GIL), detected in the worker process."""
+        return self.detector.incidents(divergence.inputs(self.store, run))
 
     def _bump(self, _report) -> None:
         with self._lock:
@@ -161,6 +142,5 @@ class Source:
     def close(self) -> None:
         for f in self.followers:
             f.stop()
-        if self._workers is not None:
-            self._workers.shutdown(wait=False, cancel_futures=True)
+        self.detector.close()
         self.store.close()
