@@ -56,9 +56,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def wait_healthy(port: int, timeout: float = 60.0) -> bool:
+def wait_healthy(port: int, server: subprocess.Popen, timeout: float = 3600.0) -> bool:
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while time.time() < deadline and server.poll() is None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
                 if r.status == 200:
@@ -91,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"midflight: live demo run training in {demo} (its output: {log.name})", flush=True)
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
+        sys.executable, "-m", "app.serve", "run", str(ROOT / "app" / "streamlit_app.py"),
         "--server.port", str(args.port), "--server.address", args.address, "--",
     ]  # fmt: skip
     for r in roots:
         cmd += ["--runs", str(r)]
     children.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
     try:
-        if wait_healthy(args.port):
+        if wait_healthy(args.port, children[-1]):  # after the first ingest, which app.serve does before starting
             shown = "localhost" if args.address in ("127.0.0.1", "localhost") else args.address
             print(f"midflight: dashboard at http://{shown}:{args.port} (Ctrl-C to stop)", flush=True)
         return children[-1].wait()

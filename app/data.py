@@ -128,3 +128,8 @@ def meters(_src: Source, k: tuple, run: str) -> list:
 @st.cache_data(max_entries=64, show_spinner=False)
 def effective_steps(_src: Source, k: tuple, run: str) -> int:
     return queries.effective_steps(_src.store, run)
+
+
+def analyses_ready(src: Source, run: str) -> bool:
+    """Have the run's incident scan and energy totals finished at least once? (Starts them if not.)"""
+    return incidents(src, run, wait=0)[0] is not None and energy_summary(src, run, wait=0)[0] is not None

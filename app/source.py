@@ -48,6 +48,18 @@ def roots_from(argv: list[str], environ: dict) -> list[Path]:
     return roots
 
 
+_PRELOADED: dict[tuple[str, ...], Source] = {}
+
+
+def preload(src: Source) -> None:
+    """Hand a Source opened before the server started (app.serve) to the first page run that asks for it."""
+    _PRELOADED[tuple(str(r) for r in src.roots)] = src
+
+
+def take_preloaded(roots: tuple[str, ...]) -> Source | None:
+    return _PRELOADED.pop(roots, None)
+
+
 class Background:
     """The latest result of each slow analysis, recomputed on a thread when the data version moves on.
 

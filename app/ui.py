@@ -22,7 +22,7 @@ from logbook import annotations as ann_log
 from logbook import interventions as iv_log
 
 from . import charts, data
-from .source import Source, roots_from
+from .source import Source, roots_from, take_preloaded
 
 AXES = {"step": "step", "tokens": "tokens", "time": "wall time"}
 
@@ -30,7 +30,7 @@ AXES = {"step": "step", "tokens": "tokens", "time": "wall time"}
 # ----------------------------------------------------------------- the source and the selected run
 @st.cache_resource(show_spinner="opening the logbook…")
 def _source(roots: tuple[str, ...]) -> Source:
-    return Source([Path(r) for r in roots])
+    return take_preloaded(roots) or Source([Path(r) for r in roots])
 
 
 def source() -> Source:
@@ -75,6 +75,19 @@ def require_run(ctx: Ctx) -> None:
 def plain(text) -> str:
     """Free text (a run id) safe inside markdown: its markdown, LaTeX and shortcode characters escaped."""
     return re.sub(r"([\\`*_{}\[\]()<>#+!|~$:])", r"\\\1", str(text))
+
+
+def until_ready(ready, message: str) -> None:
+    """Show `message`, then rerun the page as soon as `ready()` holds (checked every second); stops the page."""
+    st.info(message)
+
+    @st.fragment(run_every=1.0)
+    def poll():
+        if ready():
+            st.rerun(scope="app")
+
+    poll()
+    st.stop()
 
 
 def author() -> str:
@@ -131,7 +144,7 @@ def markers(ctx: Ctx, run: str | None = None) -> list[charts.Marker]:
     out: list[tuple[int, str, str]] = []
     for a in data.annotations(ctx.src, ctx.k, run).itertuples():
         out.append((int(a.step), "annotation", f"[{a.kind}] {a.text} ({a.author})"))
-    incs, _ = data.incidents(ctx.src, run, wait=0.5)
+    incs, _ = data.incidents(ctx.src, run, wait=0)  # drawn once the scan is in: never wait for it here
     for inc in incs or []:
         if not inc.superseded:
             out.append((inc.start_step, "incident", f"{inc.kind}: {inc.classification}, {inc.severity}"))

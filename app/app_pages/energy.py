@@ -10,10 +10,12 @@ from logbook import energy, summary
 ctx = ui.context()
 ui.require_run(ctx)
 st.title(f"Energy & CO2 · {ui.plain(ctx.run)}")
-power, busy = data.energy_summary(ctx.src, ctx.run, wait=5.0)
+power, busy = data.energy_summary(ctx.src, ctx.run, wait=1.0)
 if power is None:
-    st.info("Adding up the run's energy… (this page fills in when it is done)")
-    st.stop()
+    ui.until_ready(
+        lambda: data.energy_summary(ctx.src, ctx.run, wait=0)[0] is not None,
+        "Adding up the run's energy… (this page fills in when it is done)",
+    )
 e = power["energy"]
 if e["energy_j"] is None:
     st.info("This run has no energy telemetry and no segment times to estimate from.")

@@ -10,10 +10,12 @@ CONTEXT_STEPS = 60  # steps shown either side of an incident
 ctx = ui.context()
 ui.require_run(ctx)
 st.title(f"Incidents · {ui.plain(ctx.run)}")
-incs, busy = data.incidents(ctx.src, ctx.run, wait=5.0)
+incs, busy = data.incidents(ctx.src, ctx.run, wait=1.0)
 if incs is None:
-    st.info("Scanning the run for incidents… (this page fills in when the scan finishes)")
-    st.stop()
+    ui.until_ready(
+        lambda: data.incidents(ctx.src, ctx.run, wait=0)[0] is not None,
+        "Scanning the run for incidents… (this page fills in when the scan finishes)",
+    )
 if busy:
     st.caption("A newer scan is running; these are the incidents of the previous one.")
 show_sup = st.toggle("Include incidents inside abandoned branches", key="incidents:sup")

@@ -28,7 +28,9 @@ st.title(f"Live · {ui.plain(ctx.run)}")
 c1, c2 = st.columns([1, 5])
 paused = c1.toggle("Pause live", key="live:pause", help="Stop refreshing (a zoom is kept either way)")
 annotating = ui.selection(ctx) is not None
-every = REFRESH_S if ctx.live and not paused and not annotating else None
+# the header's energy and incident count come from background analyses: never wait for them, refresh until in
+pending = not data.analyses_ready(ctx.src, ctx.run)
+every = REFRESH_S if (ctx.live and not paused and not annotating) or pending else None
 c2.caption(
     f"status: {ctx.status}"
     + (f" · refreshing every {REFRESH_S:g} s" if every else " · paused while you annotate" if annotating else "")
@@ -42,9 +44,9 @@ def header(ctx: ui.Ctx, segs: pd.DataFrame) -> None:
     st_time = data.series(ctx.src, ctx.k, ctx.run, "step_time_s", x="step")
     recent = float(np.nanmedian(st_time["value"].to_numpy()[-50:])) if not st_time.empty else None
     eta = (planned - step) * recent if ctx.live and planned and step is not None and recent else None
-    power, _ = data.energy_summary(ctx.src, ctx.run, wait=0.3)
+    power, _ = data.energy_summary(ctx.src, ctx.run, wait=0)
     e_j = (power or {}).get("energy", {}).get("energy_j")
-    incs, _ = data.incidents(ctx.src, ctx.run, wait=0.3)
+    incs, _ = data.incidents(ctx.src, ctx.run, wait=0)
     open_ = ui.open_incidents(incs, data.annotations(ctx.src, ctx.k, ctx.run))
     tps = data.last_value(ctx.src, ctx.k, ctx.run, "tokens_per_s")
     ppl = data.last_value(ctx.src, ctx.k, ctx.run, "ppl")
@@ -123,6 +125,8 @@ def live_region():
     ctx = ui.context()  # fresh: the data version moves on between refreshes
     segs = data.segments(ctx.src, ctx.k, ctx.run, data.tick())
     header(ctx, segs)
+    if pending and not ctx.live and data.analyses_ready(ctx.src, ctx.run):
+        st.rerun(scope="app")  # the analyses are in: redraw once with their markers, and stop the timer
     ui.zoom_bar(ctx, "live")
     ui.selection_panel(ctx, "live")
     marks = ui.markers(ctx)

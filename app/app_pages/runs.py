@@ -18,52 +18,74 @@ if runs.empty:
     st.stop()
 
 world = energy.grid_intensity(DEFAULT_REGION)["g_per_kwh"]
-rows = []
-busy_any = False
-for run in runs["run_id"]:
-    segs = data.segments(ctx.src, ctx.k, run, data.tick())
-    incs, busy1 = data.incidents(ctx.src, run, wait=1.0)
-    power, busy2 = data.energy_summary(ctx.src, run, wait=1.0)
-    busy_any |= busy1 or busy2
-    e_j = (power or {}).get("energy", {}).get("energy_j")
-    tokens = data.last_value(ctx.src, ctx.k, run, "tokens")
-    rows.append(
-        {
-            "run": run,
-            "status": data.run_status(ctx.src, ctx.k, run, data.tick()),
-            "segments": len(segs),
-            "last step": None if segs.empty or pd.isna(segs["end_step"].max()) else int(segs["end_step"].max()),
-            "loss": data.last_value(ctx.src, ctx.k, run, "loss"),
-            "tokens": tokens,
-            "energy kWh": None if e_j is None else e_j / energy.J_PER_KWH,
-            "CO2eq kg": None if e_j is None else energy.co2eq_kg(e_j, world),
-            "incidents": None if incs is None else sum(not i.superseded for i in incs),
-            "estimated energy": bool((power or {}).get("energy", {}).get("estimated")),
-        }
+
+
+def moving(ctx: ui.Ctx, run_ids) -> bool:
+    """Is anything on this page still changing: a live run, or a run whose totals are being computed?"""
+    for run in run_ids:
+        if data.run_status(ctx.src, ctx.k, run, data.tick()) == "running":
+            return True
+        if not data.analyses_ready(ctx.src, run):
+            return True
+    return False
+
+
+every = 2.0 if moving(ctx, runs["run_id"]) else None
+
+
+@st.fragment(run_every=every)
+def table_region():
+    ctx = ui.context()
+    run_ids = list(data.runs(ctx.src, ctx.k)["run_id"])
+    rows = []
+    for run in run_ids:
+        segs = data.segments(ctx.src, ctx.k, run, data.tick())
+        incs, _ = data.incidents(ctx.src, run, wait=0.2)
+        power, _ = data.energy_summary(ctx.src, run, wait=0.2)
+        e_j = (power or {}).get("energy", {}).get("energy_j")
+        rows.append(
+            {
+                "run": run,
+                "status": data.run_status(ctx.src, ctx.k, run, data.tick()),
+                "segments": len(segs),
+                "last step": None if segs.empty or pd.isna(segs["end_step"].max()) else int(segs["end_step"].max()),
+                "loss": data.last_value(ctx.src, ctx.k, run, "loss"),
+                "tokens": data.last_value(ctx.src, ctx.k, run, "tokens"),
+                "energy kWh": None if e_j is None else e_j / energy.J_PER_KWH,
+                "CO2eq kg": None if e_j is None else energy.co2eq_kg(e_j, world),
+                "incidents": None if incs is None else sum(not i.superseded for i in incs),
+                "estimated energy": bool((power or {}).get("energy", {}).get("estimated")),
+            }
+        )
+    table = pd.DataFrame(rows)
+    event = st.dataframe(
+        table,
+        hide_index=True,
+        on_select="rerun",
+        selection_mode="single-row",
+        key="runs:table",
+        column_config={
+            "loss": st.column_config.NumberColumn(format="%.4f"),
+            "tokens": st.column_config.NumberColumn(format="%.3e"),
+            "energy kWh": st.column_config.NumberColumn(format="%.4g"),
+            "CO2eq kg": st.column_config.NumberColumn(format="%.3g", help=f"{DEFAULT_REGION} grid, {world:g} g/kWh"),
+        },
     )
-table = pd.DataFrame(rows)
-event = st.dataframe(
-    table,
-    hide_index=True,
-    on_select="rerun",
-    selection_mode="single-row",
-    key="runs:table",
-    column_config={
-        "loss": st.column_config.NumberColumn(format="%.4f"),
-        "tokens": st.column_config.NumberColumn(format="%.3e"),
-        "energy kWh": st.column_config.NumberColumn(format="%.4g"),
-        "CO2eq kg": st.column_config.NumberColumn(format="%.3g", help=f"{DEFAULT_REGION} grid, {world:g} g/kWh"),
-    },
-)
-st.caption(
-    f"CO2eq here uses the {DEFAULT_REGION.lower()} average grid ({world:g} gCO2eq/kWh, PUE 1); choose a region on "
-    "Energy & CO2. 'estimated energy' marks runs without a power meter (CPU estimates, or TDP x time)."
-    + (" Incident scans and energy totals of big runs are still being computed." if busy_any else "")
-)
-picked = event.selection.rows if event is not None else []
-if picked:
-    st.session_state["open_run"] = table.iloc[picked[0]]["run"]
-    st.switch_page("app_pages/live.py")
+    busy = table["incidents"].isna().any() or table["energy kWh"].isna().any()
+    st.caption(
+        f"CO2eq here uses the {DEFAULT_REGION.lower()} average grid ({world:g} gCO2eq/kWh, PUE 1); choose a region "
+        "on Energy & CO2. 'estimated energy' marks runs without a power meter (CPU estimates, or TDP x time)."
+        + (" Incident scans and energy totals of big runs are still being computed." if busy else "")
+    )
+    picked = event.selection.rows if event is not None else []
+    if picked:
+        st.session_state["open_run"] = table.iloc[picked[0]]["run"]
+        st.switch_page("app_pages/live.py")
+    if every and not moving(ctx, run_ids):
+        st.rerun(scope="app")  # everything settled: redraw once more without the timer
+
+
+table_region()
 for run in runs["run_id"]:
     if st.button(f"Open {run}", key=f"runs:open:{run}"):
         st.session_state["open_run"] = run

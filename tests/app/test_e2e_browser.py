@@ -59,6 +59,14 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def stop(proc: subprocess.Popen, sig: int, timeout: float = 30) -> None:
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def logged_times(run_dir: Path) -> dict[int, float]:
     """step -> wall time rank 0 logged it (read from the run's own log: the ground truth)."""
     out: dict[int, float] = {}
@@ -98,11 +106,7 @@ def trainer(runs_root):
         assert proc.poll() is None, (runs_root.parent / "trainer.log").read_text()[-3000:]
         yield run_dir
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, signal.SIGTERM)  # the trainer checkpoints and closes its logs
         log.close()
 
 
@@ -131,11 +135,7 @@ def server(runs_root, trainer):
         assert proc.poll() is None, (runs_root.parent / "server.log").read_text()[-3000:]
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, signal.SIGINT)  # python -m app stops Streamlit with it
         log.close()
 
 

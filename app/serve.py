@@ -1,0 +1,27 @@
+"""Start Streamlit with the dashboard warm: its modules imported and its store opened before the first visit.
+
+`python -m app` runs `python -m app.serve run app/streamlit_app.py ... -- --runs PATH ...`.
+Without this, the first visit after a start paid for the imports (pandas, plotly, duckdb),
+the store's first ingest and the detector worker's start: seconds, not the ~1 s of a later visit.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from streamlit.web import cli
+
+from . import charts, data, ui  # noqa: F401  (imported now, so the first page run does not pay for it)
+from .source import Source, preload, roots_from
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    roots = roots_from(argv[argv.index("--") + 1 :] if "--" in argv else [], {})
+    print("midflight: reading the run logs into the store…", flush=True)
+    preload(Source(roots))
+    return cli.main(argv, prog_name="streamlit", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
