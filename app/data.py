@@ -106,18 +106,26 @@ def wasted(_src: Source, k: tuple, run: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------- slow analyses, off the page thread
+BIG_RUN_STEPS = 100_000  # from here on, a first scan waits for the first page render (Background's delay)
+FIRST_RENDER_S = 1.5
+
+
+def _delay(src: Source, run: str) -> float:
+    segs = segments(src, key(src), run, tick())
+    last = segs["end_step"].max() if len(segs) else None
+    return FIRST_RENDER_S if last is not None and last == last and last > BIG_RUN_STEPS else 0.0
+
+
 def incidents(src: Source, run: str, *, wait: float = 2.0) -> tuple[list | None, bool]:
     """(incidents or None while the first scan runs, busy)."""
-    return src.background.get(("incidents", run), src.version, lambda: src.incidents(run), wait=wait)
+    fn = lambda: src.incidents(run)  # noqa: E731
+    return src.background.get(("incidents", run), src.version, fn, wait=wait, delay=_delay(src, run))
 
 
 def energy_summary(src: Source, run: str, *, wait: float = 2.0) -> tuple[dict | None, bool]:
     """The run's energy and wasted branches (without CO2: region and PUE are applied by the page)."""
-    return src.background.get(("energy", run), src.version, lambda: energy.summary_energy(src.store, run), wait=wait)
-
-
-def step_energy(src: Source, run: str, *, wait: float = 2.0) -> tuple[pd.DataFrame | None, bool]:
-    return src.background.get(("step_energy", run), src.version, lambda: energy.step_energy(src.store, run), wait=wait)
+    fn = lambda: energy.summary_energy(src.store, run)  # noqa: E731
+    return src.background.get(("energy", run), src.version, fn, wait=wait, delay=_delay(src, run))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -76,8 +76,9 @@ class Background:
         self._done: dict = {}  # key -> (version, value, finished_at, seconds)
         self._running: dict = {}  # key -> threading.Event
 
-    def get(self, key, version: int, fn: Callable, *, wait: float = 2.0):
-        """(value or None, busy): busy is True while a newer result is being computed."""
+    def get(self, key, version: int, fn: Callable, *, wait: float = 2.0, delay: float = 0.0):
+        """(value or None, busy): busy is True while a newer result is being computed. `delay` holds a first
+        computation back, so that a big run's first page render has the CPU (and the GIL) to itself."""
         with self._lock:
             done = self._done.get(key)
             running = self._running.get(key)
@@ -86,7 +87,8 @@ class Background:
             if stale and running is None and due:
                 running = threading.Event()
                 self._running[key] = running
-                threading.Thread(target=self._compute, args=(key, version, fn, running), daemon=True).start()
+                first = 0.0 if done is not None else delay
+                threading.Thread(target=self._compute, args=(key, version, fn, running, first), daemon=True).start()
         if done is None and running is not None:
             running.wait(wait)
             with self._lock:
@@ -99,7 +101,8 @@ class Background:
             raise done[1]
         return done[1], busy or done[0] != version
 
-    def _compute(self, key, version, fn, finished: threading.Event) -> None:
+    def _compute(self, key, version, fn, finished: threading.Event, delay: float = 0.0) -> None:
+        time.sleep(delay)
         t0 = time.time()
         try:
             value = fn()

@@ -28,10 +28,12 @@ driven by Python playwright), so every clock below is Python's `time.time()`.
    `page.reload()` on a server that has served the page before (new session, warm
    caches), measured after the run's incident scan has finished.
 
-   Incident detection over a big run runs on a background thread (app/source.py
-   Background) and the Live header shows "…" in "open incidents" until it is done;
-   that does NOT count towards the first full render (the page is complete and
-   usable, the scan fills in on a later rerun). Time-to-incidents is reported
+   Incident detection over a big run runs in the background (app/source.py
+   Background, the detector itself in a worker process: app/detector.py) and the Live
+   header shows "…" in "open incidents" until it is done; that does NOT count towards
+   the first full render (the page is complete and usable, and refreshes itself
+   until the scan is in). The Incidents page shows "Scanning…" meanwhile, so its cold
+   load on the big run counts as failed (no charts within 60 s of the expected count). Time-to-incidents is reported
    separately: from the first navigation to /live on a fresh server, reloading the
    page every second until the header shows a number.
 

@@ -47,3 +47,27 @@ def test_follower_sees_new_records_and_new_segments(tmp_path):
         while len(queries.segments(store, "run")) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(queries.segments(store, "run")) == 2
+
+
+def test_follower_of_an_empty_folder_waits_for_runs_only_when_asked(tmp_path):
+    import pytest
+
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="holds no run directories"):
+        Follower(memory(), folder).ingest_once()  # the CLI: a folder without runs is a mistake
+    store = memory()
+    follower = Follower(store, folder, allow_empty=True, rescan_every=0.2).start()  # the dashboard: wait for one
+    try:
+        assert queries.runs(store).empty
+        run = logbook.init(folder / "late", name="late", config={})
+        run.log({"loss": 1.0}, step=1)
+        run.finish()
+        deadline = time.time() + 10
+        while queries.runs(store).empty and time.time() < deadline:
+            time.sleep(0.05)
+        runs = queries.runs(store)
+        assert list(runs["run_id"]) == ["late"] and list(runs["name"]) == ["late"]
+        assert runs["path"].iloc[0].endswith("late")
+    finally:
+        follower.stop()
