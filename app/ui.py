@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ def _source(roots: tuple[str, ...]) -> Source:
 
 def source() -> Source:
     try:
-        roots = roots_from(sys.argv[1:], dict(__import__("os").environ))
+        roots = roots_from(sys.argv[1:], dict(os.environ))
     except ValueError as exc:
         st.error(str(exc))
         st.stop()
@@ -98,43 +99,46 @@ def author() -> str:
 
 
 # ----------------------------------------------------------------- axis mapping and markers
-def step_mapper(ctx: Ctx, run: str | None = None):
-    """step -> x on the current axis, interpolated along the run's effective curve (identity on the step axis)."""
-    run = run or ctx.run
-    if ctx.axis == "step":
-        return lambda s: np.asarray(s, dtype="float64")
+def _axis_curve(ctx: Ctx, run: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, x) along the run's effective curve on the current axis: how steps map to tokens or time."""
     names = data.metric_names(ctx.src, ctx.k, run)
     name = "loss" if "loss" in names else (names[0] if names else None)
     df = data.series(ctx.src, ctx.k, run, name, x=ctx.axis) if name else pd.DataFrame()
     if df.empty:
-        return lambda s: np.full(np.shape(s), np.nan)
+        return np.empty(0), np.empty(0)
     df = df.sort_values("step")
-    xs, ss = df["x"].to_numpy(float), df["step"].to_numpy(float)
-    return lambda s: np.interp(np.asarray(s, dtype="float64"), ss, xs)
+    return df["step"].to_numpy(float), df["x"].to_numpy(float)
+
+
+def step_mapper(ctx: Ctx, run: str | None = None):
+    """step -> x on the current axis, interpolated along the run's effective curve (identity on the step axis)."""
+    if ctx.axis == "step":
+        return lambda s: np.asarray(s, dtype="float64")
+    steps, xs = _axis_curve(ctx, run or ctx.run)
+    if not len(steps):
+        return lambda s: np.full(np.shape(s), np.nan)
+    return lambda s: np.interp(np.asarray(s, dtype="float64"), steps, xs)
 
 
 def x_to_step(ctx: Ctx, x: float) -> int:
+    """The step at a point of the current axis (a box selection's edge on the tokens or time axis)."""
     if ctx.axis == "step":
         return int(round(x))
-    df = data.series(ctx.src, ctx.k, ctx.run, "loss", x=ctx.axis)
-    if df.empty:
+    steps, xs = _axis_curve(ctx, ctx.run)
+    if not len(steps):
         return 0
-    df = df.sort_values("x")
-    return int(round(np.interp(x, df["x"].to_numpy(float), df["step"].to_numpy(float))))
+    order = np.argsort(xs, kind="stable")
+    return int(round(np.interp(x, xs[order], steps[order])))
 
 
 def open_incidents(incidents: list, anns: pd.DataFrame) -> list:
     """Incidents on the effective history that no annotation covers yet (annotating one closes it)."""
-    out = []
-    for inc in incidents or []:
-        if inc.superseded:
-            continue
-        lo, hi = inc.start_step, inc.end_step
-        ends = anns["step_end"].fillna(anns["step"]) if not anns.empty else pd.Series(dtype=float)
-        covered = not anns.empty and bool(((anns["step"] <= hi) & (ends >= lo)).any())
-        if not covered:
-            out.append(inc)
-    return out
+    if anns.empty:
+        return [i for i in incidents or [] if not i.superseded]
+    starts, ends = anns["step"], anns["step_end"].fillna(anns["step"])
+    return [
+        i for i in incidents or [] if not i.superseded and not ((starts <= i.end_step) & (ends >= i.start_step)).any()
+    ]
 
 
 def markers(ctx: Ctx, run: str | None = None) -> list[charts.Marker]:

@@ -60,6 +60,7 @@ pass/fail test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -222,14 +223,10 @@ class Server:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # app/__main__ forwards it to streamlit
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # our own process group: anything left of this server
-        except (ProcessLookupError, PermissionError):
-            pass
         self.proc.wait()
         self._log.close()
 

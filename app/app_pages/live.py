@@ -41,8 +41,10 @@ def header(ctx: ui.Ctx, segs: pd.DataFrame) -> None:
     step = None if segs.empty or pd.isna(segs["end_step"].max()) else int(segs["end_step"].max())
     cfg = json.loads(segs.iloc[-1]["config"]) if not segs.empty and isinstance(segs.iloc[-1]["config"], str) else {}
     planned = cfg.get("steps") if isinstance(cfg.get("steps"), int) else None
-    st_time = data.series(ctx.src, ctx.k, ctx.run, "step_time_s", x="step")
-    recent = float(np.nanmedian(st_time["value"].to_numpy()[-50:])) if not st_time.empty else None
+    recent = None
+    if step is not None:  # the median step time of the last 100 steps, at full resolution
+        tail = data.series(ctx.src, ctx.k, ctx.run, "step_time_s", x="step", x_range=(step - 100, step))
+        recent = float(np.nanmedian(tail["value"])) if not tail.empty else None
     eta = (planned - step) * recent if ctx.live and planned and step is not None and recent else None
     power, _ = data.energy_summary(ctx.src, ctx.run, wait=0)
     e_j = (power or {}).get("energy", {}).get("energy_j")
@@ -69,7 +71,7 @@ def training_charts(ctx: ui.Ctx, marks: list, segs: pd.DataFrame) -> None:
     which = "ppl" if st.session_state.get("live:ppl") and "ppl" in names else "loss"
     specs.append((which, [ui.line(ctx, which)], {"log_y": which == "ppl"}))
     clip = ui.line(ctx, "clip", colour="#888", mode="lines", label="clip threshold")
-    specs.append(("grad norm (clip threshold dashed)", [ui.line(ctx, "grad_norm"), clip], {"log_y": True}))
+    specs.append(("grad norm (grey: the clip threshold)", [ui.line(ctx, "grad_norm"), clip], {"log_y": True}))
     specs.append(("learning rate", [ui.line(ctx, "lr")], {}))
     ov = data.events(ctx.src, ctx.k, ctx.run, ("overflow",))
     pts = []
