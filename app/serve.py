@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sys
 
+import pandas  # noqa: F401  (the heavy imports happen now, not in the first page run)
+import plotly.graph_objects  # noqa: F401
 from streamlit.web import cli
 
-from . import charts, data, ui  # noqa: F401  (imported now, so the first page run does not pay for it)
-from .source import Source, preload, roots_from
+from .source import Source, preload, roots_from  # not app.data/ui: their st.cache_* need the runtime first
 
 
 def main() -> int:
