@@ -187,10 +187,18 @@ def zoom(ctx: Ctx) -> tuple | None:
 
 def zoom_bar(ctx: Ctx, prefix: str) -> None:
     z = zoom(ctx)
+    if ctx.axis != "time":  # a range typed in: the keyboard's way to the same server-side zoom
+        with st.popover("Zoom to…"):
+            with st.form(f"{prefix}:zoomform", border=False):
+                lo = st.number_input(f"from {AXES[ctx.axis]}", min_value=0.0, value=None, key=f"{prefix}:zlo")
+                hi = st.number_input(f"to {AXES[ctx.axis]}", min_value=0.0, value=None, key=f"{prefix}:zhi")
+                if st.form_submit_button("Apply zoom") and lo is not None and hi is not None and hi > lo:
+                    st.session_state[_zoom_key(ctx)] = (float(lo), float(hi))
+                    st.rerun(scope="app")
     if z is None:
         st.caption(
-            "Whole run. Click a point to annotate it; pick Box Select in a chart's toolbar to annotate a range or zoom "
-            "to it (a zoom kept across live refreshes)."
+            "Whole run. Click a point to annotate it; switch on 'Select ranges' and drag across a chart to annotate "
+            "a range or zoom every chart to it (the zoom is kept across live refreshes)."
         )
         return
     lo, hi = z
@@ -207,8 +215,24 @@ def zoom_bar(ctx: Ctx, prefix: str) -> None:
 
 
 # ----------------------------------------------------------------- charts that select
+def box_mode_toggle() -> bool:
+    """Charts answer clicks (a point) by default; this switches them to box selection (a range).
+
+    Plotly reports no clicks while its drag mode is "select", so the two cannot be on at once, and a live
+    refresh redraws the figure, which resets a drag mode picked in the chart's own toolbar: hence a
+    server-side switch (the Live page also pauses its refresh while it is on, so a drag is not cut short).
+    """
+    return st.toggle(
+        "Select ranges",
+        key="box_mode",
+        help="Drag across any chart to select a step range: annotate it, or zoom every chart to it",
+    )
+
+
 def chart(ctx: Ctx, fig, key: str) -> None:
     """Render a figure; a click or a box selection becomes the pending selection (step or step range)."""
+    if st.session_state.get("box_mode"):
+        fig.update_layout(dragmode="select", selectdirection="h")
     event = st.plotly_chart(
         fig,
         key=key,

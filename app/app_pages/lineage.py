@@ -49,6 +49,7 @@ if names:
                 f"{seg} (superseded)", g["x"].to_numpy(), g["value"].to_numpy(), g["step"].to_numpy(), faded=True
             )
         )
+    ui.box_mode_toggle()
     ui.zoom_bar(ctx, "lineage")
     ui.selection_panel(ctx, "lineage")
     fig = charts.metric_figure(

@@ -25,16 +25,16 @@ TELEMETRY = [  # (title, names tried in order, unit)
 ctx = ui.context()
 ui.require_run(ctx)
 st.title(f"Live · {ui.plain(ctx.run)}")
-c1, c2 = st.columns([1, 5])
+c1, c2, c3 = st.columns([1, 1, 4])
 paused = c1.toggle("Pause live", key="live:pause", help="Stop refreshing (a zoom is kept either way)")
+with c2:
+    selecting = ui.box_mode_toggle()
 annotating = ui.selection(ctx) is not None
 # the header's energy and incident count come from background analyses: never wait for them, refresh until in
 pending = not data.analyses_ready(ctx.src, ctx.run)
-every = REFRESH_S if (ctx.live and not paused and not annotating) or pending else None
-c2.caption(
-    f"status: {ctx.status}"
-    + (f" · refreshing every {REFRESH_S:g} s" if every else " · paused while you annotate" if annotating else "")
-)
+every = REFRESH_S if (ctx.live and not paused and not annotating and not selecting) or pending else None
+why = " · paused while you annotate" if annotating else " · paused while selecting ranges" if selecting else ""
+c3.caption(f"status: {ctx.status}" + (f" · refreshing every {REFRESH_S:g} s" if every else why))
 
 
 def header(ctx: ui.Ctx, segs: pd.DataFrame) -> None:

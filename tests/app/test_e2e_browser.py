@@ -164,6 +164,15 @@ def open_page(page, server: str, path: str, run: str):
     return page
 
 
+def idle(page) -> None:
+    """Wait until the page's script run is over and its charts are drawn (a drag must not race a redraw)."""
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=stApp]').getAttribute('data-test-script-state') === 'notRunning'",
+        timeout=30000,
+    )
+    time.sleep(1.5)
+
+
 def step_shown(page) -> int | None:
     """The Live header's step value (the first metric)."""
     try:
@@ -291,3 +300,63 @@ def test_annotation_html_is_shown_inert(page, server):
     assert "<script>window.__pwned=1</script>" in hover and "<b>bold</b>" in hover
     assert page.evaluate("window.__pwned") is None  # neither the <script> nor the onerror handler ran
     assert page.locator("b", has_text="bold").count() == 0  # no <b> element was made from the text
+
+
+RANGES = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].map(c => {
+    const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e._fullLayout);
+    return ps.length ? ps[ps.length - 1]._fullLayout.xaxis.range : null; }).filter(r => r)"""
+
+
+def zoomed_to(page) -> tuple[float, float]:
+    caption = page.get_by_text("Zoomed to step")
+    caption.wait_for(timeout=15000)
+    lo, hi = caption.inner_text().split("step ", 1)[1].split(" (")[0].split(" – ")
+    return float(lo.replace(",", "")), float(hi.replace(",", ""))
+
+
+def assert_charts_show(page, lo: float, hi: float, n: int = 6) -> None:
+    def shown():
+        ranges = page.evaluate(RANGES)[:n]
+        return len(ranges) == n and all(abs(a - lo) <= 1 and abs(b - hi) <= 1 for a, b in ranges) and ranges
+
+    wait_for(shown, 20, f"every chart to show steps {lo}..{hi}: {page.evaluate(RANGES)[:n]}")
+
+
+def test_a_box_selection_zooms_every_chart_of_the_run(page, server):
+    open_page(page, server, "live", FAULTS)
+    wait_for(lambda: len(page.evaluate(RANGES)) >= 6, 30, "the charts")
+    page.get_by_text("Select ranges", exact=True).click()  # charts drag-select instead of answering clicks
+    idle(page)
+    box = page.evaluate(
+        """() => { const gd = [...document.querySelectorAll('.js-plotly-plot')].filter(e => e._fullLayout)[0];
+        const fl = gd._fullLayout, r = gd.getBoundingClientRect();
+        return [r.x + fl.xaxis._offset + fl.xaxis._length * 0.2, r.x + fl.xaxis._offset + fl.xaxis._length * 0.5,
+                r.y + fl.yaxis._offset + fl.yaxis._length * 0.3, r.y + fl.yaxis._offset + fl.yaxis._length * 0.7,
+                fl.dragmode]; }"""
+    )
+    assert box[4] == "select"
+    page.mouse.move(box[0], box[2])
+    page.mouse.down()
+    page.mouse.move((box[0] + box[1]) / 2, (box[2] + box[3]) / 2, steps=5)
+    page.mouse.move(box[1], box[3], steps=5)
+    page.mouse.up()
+    page.get_by_role("button", name="Zoom to this range").click(timeout=15000)
+    lo, hi = zoomed_to(page)
+    assert 100 < lo < hi < 500  # 20 % .. 50 % of a 700-step run
+    assert_charts_show(page, lo, hi)
+    page.get_by_role("button", name="Reset zoom").click()
+    wait_for(lambda: page.get_by_text("Zoomed to step").count() == 0, 15, "the zoom to be reset")
+
+
+def test_a_zoom_survives_live_refreshes(page, server, trainer):
+    open_page(page, server, "live", LIVE)
+    wait_for(lambda: step_shown(page) and step_shown(page) > 60, 60, "60 steps of the live run")
+    page.get_by_text("Zoom to…").click()
+    page.get_by_label("from step").fill("10")
+    page.get_by_label("to step").fill("50")
+    page.get_by_role("button", name="Apply zoom").click()
+    assert zoomed_to(page) == (10.0, 50.0)
+    assert_charts_show(page, 10, 50)
+    before = step_shown(page)
+    wait_for(lambda: (step_shown(page) or 0) > before + 5, 20, "the live refresh to go on")
+    assert_charts_show(page, 10, 50)  # refreshed with new data, and still zoomed
