@@ -7,6 +7,7 @@ User text is shown with st.text / st.dataframe / st.code, never through markdown
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
@@ -230,26 +231,39 @@ def box_mode_toggle() -> bool:
 
 
 def chart(ctx: Ctx, fig, key: str) -> None:
-    """Render a figure; a click or a box selection becomes the pending selection (step or step range)."""
+    """Render a figure; a click or a box selection becomes the pending selection (step or step range).
+
+    The selection is read in the on_select callback, not from the return value: Streamlit derives a
+    chart's identity from its figure, so on a live run the rerun that a click causes draws a chart with
+    new data, a new identity and no selection. The callback runs first, with the clicked chart's state.
+    """
     if st.session_state.get("box_mode"):
         fig.update_layout(dragmode="select", selectdirection="h")
-    event = st.plotly_chart(
+    st.plotly_chart(
         fig,
         key=key,
-        on_select="rerun",
+        on_select=functools.partial(_selected, ctx.run, ctx.axis, key),
         selection_mode=("points", "box"),
         config={"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d"]},
     )
-    sel = _steps_of(ctx, getattr(event, "selection", None) or {})
+    if st.session_state.pop("_new_selection", False):
+        st.rerun(scope="app")  # a full rerun: the live refresh pauses while the form is open
+
+
+def _selected(run: str, axis: str, key: str) -> None:
+    """on_select callback: keep the chart's selection as the pending one (an empty one clears nothing)."""
+    state = st.session_state.get(key)
+    sel = _steps_of(context_for(run, axis), (state or {}).get("selection") or {})
     if sel is None:
         return
-    seen = st.session_state.setdefault("_seen_selection", {})
-    if seen.get(key) == sel:
-        return  # the widget still reports a selection we already handled
-    seen[key] = sel
-    st.session_state["selection"] = {"run": ctx.run, "axis": ctx.axis, "chart": key, **sel}
+    st.session_state["selection"] = {"run": run, "axis": axis, "chart": key, **sel}
     st.session_state["selection_id"] = st.session_state.get("selection_id", 0) + 1
-    st.rerun(scope="app")  # a full rerun: live refresh pauses while the form is open
+    st.session_state["_new_selection"] = True
+
+
+def context_for(run: str, axis: str) -> Ctx:
+    src = source()
+    return Ctx(src, data.key(src), run, axis, None, None)
 
 
 def _steps_of(ctx: Ctx, selection) -> dict | None:
