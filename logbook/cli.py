@@ -177,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--note", required=True, help="why: kept in the audit record")
     sp.add_argument("--author", default=None)
     sp.set_defaults(func=cmd_intervene)
+
+    from .exporters.cli import add_parser as add_export
+    from .importers.cli import add_parser as add_import
+
+    add_import(sub)
+    add_export(sub)
     return p
 
 

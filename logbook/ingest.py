@@ -419,6 +419,9 @@ class _Batch:
                 ]
                 + key,
             )
+            last = _int(c.get("last_step"))
+            if last is not None:  # a rank that logged no metrics (an imported timeline) still has an extent
+                self._touch_rank(cur, key, None, last)
         for op in self.annotation_ops:
             cur.execute("INSERT INTO annotation_ops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [self.run_id, *op])
         for op in self.intervention_ops:
@@ -429,7 +432,7 @@ class _Batch:
         cur.execute(
             "UPDATE rank_logs SET first_step = least(coalesce(first_step, ?), ?), "
             "last_step = greatest(coalesce(last_step, ?), ?) WHERE run_id = ? AND segment_id = ? AND rank = ?",
-            [lo, lo, hi, hi] + key,
+            [lo, lo, hi, hi] + key,  # lo None: only the last step is known
         )
 
 

@@ -1,12 +1,27 @@
 """Lineage & logbook: the restart tree, the curves as OPT's Figure 1 drew them, one timeline, and wasted compute."""
 
+import functools
 import json
 
 import pandas as pd
 import streamlit as st
 
 from app import charts, data, ui
-from logbook import energy
+from logbook import energy, exporters
+
+EXPORTS = (  # format, button label
+    ("markdown", "Markdown (zip)"),
+    ("html", "HTML"),
+    ("parquet", "Parquet (zip)"),
+    ("csv", "CSV (zip)"),
+)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def export_file(_src, k: tuple, run: str, fmt: str) -> bytes:
+    """One download, generated when its button is clicked and kept until the run's data changes."""
+    return exporters.export_bytes(_src.store, run, fmt)[2]
+
 
 ctx = ui.context()
 ui.require_run(ctx)
@@ -132,3 +147,21 @@ st.subheader("Annotations")
 ui.annotation_editor(ctx, "lineage")
 with st.expander("Audit trail (every create, edit and delete)"):
     st.dataframe(data.annotation_history(ctx.src, ctx.k, ctx.run), hide_index=True, key="lineage:audit")
+
+# --- export: every format is generated only when its button is clicked (data=callable, on a worker thread)
+st.subheader("Export this logbook")
+st.caption(
+    "Markdown: the written logbook with its charts as PNG files. HTML: one page with interactive charts that "
+    "works offline. Parquet and CSV: every metric, event, telemetry sample, segment, annotation, intervention and "
+    "incident. A file is generated when you click (a few seconds); CO2eq uses the world-average grid and PUE 1."
+)
+for col, (fmt, label) in zip(st.columns(len(EXPORTS)), EXPORTS):
+    file_name, mime = exporters.download_name(ctx.run, fmt)
+    col.download_button(
+        label,
+        data=functools.partial(export_file, ctx.src, ctx.k, ctx.run, fmt),
+        file_name=file_name,
+        mime=mime,
+        on_click="ignore",
+        key=f"lineage:export:{fmt}",
+    )

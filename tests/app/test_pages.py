@@ -20,7 +20,7 @@ from logbook import energy
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app" / "streamlit_app.py")  # AppTest resolves relative paths against the calling file
 SAMPLES = ROOT / "sample_runs"
-FAULTS, ROLLBACK = "opt-tiny-faults", "tiny-rollback"
+FAULTS, ROLLBACK, OPT = "opt-tiny-faults", "tiny-rollback", "opt175b-timeline"
 PAGES = {
     "runs": "Runs",
     "live": "Live · {run}",
@@ -124,7 +124,7 @@ def ops(run_dir: Path, name: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------- every page
-@pytest.mark.parametrize("run", [FAULTS, ROLLBACK])
+@pytest.mark.parametrize("run", [FAULTS, ROLLBACK, OPT])  # OPT: an imported lineage with no metrics at all
 def test_every_page_renders_with_its_title(runs, run):
     at = start(run=run)
     for page, title in PAGES.items():
@@ -151,10 +151,12 @@ def test_runs_table_and_open_button(runs):
     while table["incidents"].isna().any() and time.time() < deadline:  # the scan runs in a worker process
         time.sleep(0.5)
         table = frame(at.run(), "run", "status", "incidents")
-    assert sorted(table["run"]) == [FAULTS, ROLLBACK]
+    assert sorted(table["run"]) == [FAULTS, OPT, ROLLBACK]
     assert set(table["status"]) == {"finished"}
     faults = table.set_index("run").loc[FAULTS]
     assert faults["incidents"] > 0 and faults["segments"] == 3 and faults["last step"] == 700
+    opt = table.set_index("run").loc[OPT]
+    assert opt["segments"] == 49 and opt["last step"] == 143052
     at.button(key=f"runs:open:{ROLLBACK}").click().run()
     assert not at.exception
     assert at.session_state["run"] == ROLLBACK
@@ -241,6 +243,19 @@ def test_lineage_segments_and_timeline_filters(runs):
     found = frame(at, "type", "what", "detail")
     assert 0 < len(found) < len(timeline)
     assert all("corrupted batch" in f"{w} {d} {u}".lower() for w, d, u in zip(found.what, found.detail, found.who))
+
+
+def test_lineage_page_draws_the_opt175b_restart_tree(runs):
+    at = start("lineage", run=OPT)
+    tree = next(s for s in plotly_specs(at) if "restart tree" in s["layout"]["title"]["text"])
+    lanes = tree["layout"]["yaxis"]["ticktext"]
+    assert len(lanes) == 49 and lanes[0] == "11.0" and lanes[-1] == "12.47"
+    ends = [max(t["x"]) for t in tree["data"] if t.get("name") and t.get("x") and None not in t["x"]]
+    assert max(ends) == 143052  # the final update
+    thick = {t["name"] for t in tree["data"] if t.get("line", {}).get("width") == 9}
+    assert "12.08" in thick and "11.10" not in thick  # the effective path is the 12.x lineage
+    table = frame(at, "segment", "why it started")
+    assert "resumed from an earlier checkpoint" in table.set_index("segment").loc["12.08", "why it started"]
 
 
 def test_lineage_edit_and_delete_an_annotation(runs):

@@ -1,0 +1,251 @@
+"""One run's logbook as one plain structure, gathered from the store, so every format says the same.
+
+The facts come from `summary.summarize` (segments, incidents, interventions, energy, CO2eq, wasted
+compute, ingest problems) and `logbook.queries` (annotations, curves); nothing here analyses
+anything. The writers (Markdown, HTML) only format a `Logbook`. A run may have no metrics (only
+segment headers and annotations) or no energy data: every field then says so with None or an
+empty list, and the writers show "—".
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import accounting, queries
+from ..store import Store
+from ..summary import summarize
+
+CHART_BUCKETS = 1000  # M4 buckets per curve: ~one per pixel column of a chart; no spike is ever dropped
+CHARTS = (  # metric, title, log y; drawn when the run logged the metric
+    ("loss", "Loss", False),
+    ("grad_norm", "Gradient norm (before clipping)", True),
+    ("lr", "Learning rate", False),
+    ("loss_scale", "Loss scale (fp16)", True),
+)
+
+
+@dataclass
+class Curve:
+    """One line of a chart: the steps and values of one history (effective, or one abandoned branch)."""
+
+    label: str
+    step: np.ndarray
+    value: np.ndarray
+    faded: bool = False  # an abandoned (superseded) branch
+
+
+@dataclass
+class Marker:
+    """A vertical line on every chart: a restart, an incident, an annotation or an applied intervention."""
+
+    kind: str  # restart | incident | annotation | intervention
+    step: int
+    label: str  # plain (unescaped) text; each writer escapes it for its format
+
+
+@dataclass
+class Chart:
+    metric: str
+    title: str
+    curves: list[Curve]
+    log_y: bool = False
+
+
+@dataclass
+class Logbook:
+    run: str  # the run id (its folder name)
+    name: str  # display name from the newest segment header
+    generated_time: float
+    header: dict  # status, last_step, effective_steps, last_loss, tokens, start/end time, elapsed_s, segment_s
+    segments: list[dict]  # summary segments, oldest first, plus start/end time, host, world size
+    incidents: list[dict]
+    interventions: list[dict]
+    annotations: list[dict]  # id, step, step_end, kind, text, author, created_time, updated_time
+    energy: dict | None
+    co2eq_kg: float | None
+    co2: dict
+    projection: dict | None
+    references: dict
+    wasted: list[dict]
+    wasted_totals: dict
+    ingest_problems: list[dict]
+    metrics: list[str]
+    events: dict[str, int]
+    charts: list[Chart] = field(default_factory=list)
+    markers: list[Marker] = field(default_factory=list)
+
+
+def _f(v):
+    """A finite float or None (NaN, NA and None all become None)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _i(v):
+    f = _f(v)
+    return None if f is None else int(f)
+
+
+def _s(v):
+    return v if isinstance(v, str) else None
+
+
+def gather(
+    store: Store,
+    run: str,
+    *,
+    region: str | None = None,
+    intensity_g_per_kwh: float | None = None,
+    pue: float | None = None,
+    buckets: int = CHART_BUCKETS,
+    progress: Callable[[str], None] | None = None,
+) -> Logbook:
+    """Everything a logbook shows for `run`. Raises ValueError if the store has no such run."""
+    say = progress or (lambda msg: None)
+    if run not in queries.run_ids(store):
+        known = ", ".join(queries.run_ids(store)) or "none"
+        raise ValueError(f"no run named {run!r} in the store (runs: {known})")
+    say(f"{run}: summarising (incidents, energy, wasted compute)")
+    s = summarize(store, run, region=region, intensity_g_per_kwh=intensity_g_per_kwh, pue=pue)
+    names = queries.runs(store).set_index("run_id")["name"]
+    seg_rows = {r.segment_id: r for r in queries.segments(store, run).itertuples()}
+    segments = []
+    for seg in s["segments"]:
+        row = seg_rows.get(seg["id"])
+        segments.append(
+            seg
+            | {
+                "host": _s(getattr(row, "host", None)),
+                "world_size": _i(getattr(row, "world_size", None)),
+                "start_time": _f(seg["start_time"]),
+                "end_time": _f(seg["end_time"])
+                if seg["end_time"] is not None
+                else _f(getattr(row, "last_write", None)),
+            }
+        )
+    starts = [x["start_time"] for x in segments if x["start_time"] is not None]
+    ends = [x["end_time"] for x in segments if x["end_time"] is not None]
+    spans = [
+        x["end_time"] - x["start_time"] for x in segments if x["start_time"] is not None and x["end_time"] is not None
+    ]
+    header = {
+        "status": s["status"],
+        "last_step": s["last_step"],
+        "effective_steps": s["effective_steps"],
+        "last_loss": s["last_loss"],
+        "tokens": _f(queries.last_value(store, run, queries.TOKENS_METRIC)),
+        "start_time": min(starts) if starts else None,
+        "end_time": max(ends) if ends else None,
+        "elapsed_s": (max(ends) - min(starts)) if starts and ends else None,
+        "segment_s": sum(spans) if spans else None,
+        "segments": len(segments),
+        "restarts": max(0, len(segments) - 1),
+    }
+    annotations = [
+        {
+            "id": r.annotation_id,
+            "step": _i(r.step),
+            "step_end": _i(r.step_end),
+            "kind": _s(r.kind) or "note",
+            "text": _s(r.text) or "",
+            "author": _s(r.author),
+            "created_time": _f(r.created_time),
+            "updated_time": _f(r.updated_time),
+        }
+        for r in queries.annotations(store, run).itertuples()
+    ]
+    book = Logbook(
+        run=run,
+        name=str(names.get(run) or run),
+        generated_time=time.time(),
+        header=header,
+        segments=segments,
+        incidents=s["incidents"],
+        interventions=s["interventions"],
+        annotations=annotations,
+        energy=s["energy"],
+        co2eq_kg=s["co2eq_kg"],
+        co2=s["co2"],
+        projection=s["projection"],
+        references=s["references"],
+        wasted=s["wasted"],
+        wasted_totals=accounting.totals(s["wasted"]) if s["wasted"] else {},
+        ingest_problems=s["ingest_problems"],
+        metrics=s["metrics"],
+        events=s["events"],
+    )
+    book.markers = markers(book)
+    say(f"{run}: reading curves ({buckets} buckets each)")
+    book.charts = charts(store, run, s["metrics"], buckets)
+    return book
+
+
+def markers(book: Logbook) -> list[Marker]:
+    """Restarts (each later segment at its resume step), incidents on the effective history, annotations,
+    and applied interventions: what the dashboard marks on every chart."""
+    out = []
+    for seg in book.segments[1:]:
+        step = seg["resume_step"] if seg["resume_step"] is not None else seg["start_step"]
+        if step is not None:
+            out.append(Marker("restart", int(step), f"{seg['id']}: {seg['reason'] or 'restart'}"))
+    for inc in book.incidents:
+        if not inc["superseded"]:
+            label = f"{inc['kind']} ({inc['severity']}, {inc['classification']})"
+            out.append(Marker("incident", int(inc["start_step"]), label))
+    for a in book.annotations:
+        if a["step"] is not None:
+            out.append(Marker("annotation", a["step"], f"[{a['kind']}] {a['text']}"))
+    for iv in book.interventions:
+        if iv["status"] == "applied" and iv["applied_step"] is not None:
+            out.append(Marker("intervention", int(iv["applied_step"]), f"{iv['kind']}: {iv['note'] or ''}"))
+    return sorted(out, key=lambda m: (m.step, m.kind))
+
+
+def charts(store: Store, run: str, names: list[str], buckets: int) -> list[Chart]:
+    """The key curves, M4-downsampled: the effective history, and for the loss each abandoned branch faded."""
+    out = []
+    for metric, title, log_y in CHARTS:
+        if metric not in names:
+            continue
+        eff = queries.series(store, run, metric, buckets=buckets)
+        curves = [Curve(metric, eff["step"].to_numpy(), eff["value"].to_numpy(dtype="float64"))]
+        if metric == "loss":
+            sup = queries.series(store, run, metric, which="superseded", buckets=buckets)
+            for seg, g in sup.groupby("segment_id", sort=False):
+                g = g.sort_values("step")
+                curves.append(
+                    Curve(f"{seg} (abandoned)", g["step"].to_numpy(), g["value"].to_numpy(dtype="float64"), True)
+                )
+        out.append(Chart(metric, title, curves, log_y))
+    return out
+
+
+def tree(book: Logbook) -> list[dict]:
+    """The restart tree as lanes: one per segment (oldest first) from the step it started at to its
+    last step, with its parent's lane, how it ended and whether it is on the effective path."""
+    lane = {seg["id"]: i for i, seg in enumerate(book.segments)}
+    out = []
+    for i, seg in enumerate(book.segments):
+        start = next((v for v in (seg["resume_step"], seg["start_step"]) if v is not None), 0)
+        end = seg["end_step"] if seg["end_step"] is not None else start
+        out.append(
+            {
+                "lane": i,
+                "id": seg["id"],
+                "start": start,
+                "end": end,
+                "parent_lane": lane.get(seg["parent"]) if seg["parent"] else None,
+                "end_reason": seg["end_reason"],
+                "effective": seg["effective"],
+                "reason": seg["reason"],
+            }
+        )
+    return out

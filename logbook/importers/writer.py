@@ -1,0 +1,355 @@
+"""Writes parsed items as midflight segments: the one way an importer writes.
+
+An imported run is an ordinary run directory: segment headers and rank logs in
+the trainer's own record format, so ingest, queries, detection, lineage, the
+dashboard and the exporters work on it unchanged (data flows one way: logs in,
+DuckDB derived).
+
+Segments. Each source file starts a new launch, and inside a file a launch ends
+where its steps go back (a restart from an earlier checkpoint, or job logs
+concatenated) or where the log says it loaded a checkpoint. A new segment's parent
+is the latest segment that began at or before the step it resumed from, the rule
+the trainer uses (logbook.segments.infer_parent).
+
+Idempotent, crash-safe, and incremental. Output is a pure function of the source:
+segment ids come from the source's path, and every step is its own record. A
+re-import compares what it would write with what is on disk and writes nothing
+when they match; when the source has grown (a job still running), the old output
+is a prefix of the new and only the difference is appended, which ingest then reads
+exactly once. An import killed half-way leaves a prefix too, so re-running it
+completes it. A source that changed in place is refused (or rewritten with
+`replace=True`), because the store cannot take back rows it already ingested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import layout, records, segments
+from .items import Config, End, Event, ImportReport, Resume, Step
+
+NEG_INF = float("-inf")
+
+
+class ImportConflict(ValueError):
+    """The source changed in place since it was imported (not just grew)."""
+
+
+def source_key(path: Path) -> str:
+    """A segment-id prefix for a source: its file name (made path-safe) and a hash of where it lives."""
+    path = Path(path)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name).strip("._-")[:40] or "log"
+    digest = hashlib.sha1(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:6]
+    return f"{stem}-{digest}"
+
+
+class _Out:
+    """A file written so that the same content changes nothing and a longer one only appends."""
+
+    def __init__(self, path: Path, report: ImportReport, what: str):
+        self.path, self.report, self.what = path, report, what
+        self.old = open(path, "rb") if path.exists() else None  # noqa: SIM115 - closed in close()
+        self.f = None
+        self.state = "unchanged" if self.old is not None else "new"
+
+    def write(self, data: bytes) -> None:
+        if self.f is None and self.old is not None:
+            old = self.old.read(len(data))
+            if old == data:
+                return
+            if not (data.startswith(old) and not self.old.read(1)):
+                self._conflict()
+            self.old.close()
+            self.old = None
+            data = data[len(old) :]
+            self.state = "appended"
+        if self.f is None:
+            self.f = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        self.f.write(data)
+        if self.state == "appended":
+            self.report.appended_bytes += len(data)
+        else:
+            self.report.new_bytes += len(data)
+
+    def _conflict(self):
+        raise ImportConflict(
+            f"{self.what} was imported before from a different version of this source (it did not just grow). "
+            "Import it into a new --run-dir, or pass --replace and then delete the store folder (.midflight) "
+            "so it is rebuilt"
+        )
+
+    def close(self) -> None:
+        if self.old is not None:
+            longer = bool(self.old.read(1))
+            self.old.close()
+            self.old = None
+            if longer:
+                self._conflict()
+            self.report.unchanged_files += 1
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+@dataclass
+class _Seg:
+    id: str
+    source: Path
+    reason: str
+    first_line: int
+    out: _Out
+    parent: str | None = None
+    placed: bool = False  # parent decided
+    resume_step: int | None = None
+    start_time: float | None = None
+    first_step: int | None = None
+    last_step: int | None = None
+    last_line: int = 0
+    end: End | None = None
+    config: dict = field(default_factory=dict)
+
+
+class RunWriter:
+    """Writes one run directory from one or more sources, in order."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        sources: list[Path],
+        *,
+        fmt: str,
+        name: str | None,
+        report: ImportReport,
+        replace: bool = False,
+        tz: str = "UTC",
+        config: dict | None = None,
+        world_size: int | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.fmt, self.report, self.tz, self.world_size = fmt, report, tz, world_size
+        self.name = name or self.run_dir.name
+        self.base_config = config if config is not None else {}  # the parsers' run_config: read at finish
+        self.keys = {Path(s): source_key(s) for s in sources}
+        (self.run_dir / layout.SEGMENTS).mkdir(parents=True, exist_ok=True)
+        if replace:
+            self._remove_previous()
+        # segments of other sources already in the run: candidates for parents, in start order
+        self.known: list[tuple[float, str]] = []
+        ours = tuple(f"{k}-" for k in self.keys.values())
+        for h in segments.existing_headers(self.run_dir):
+            if not h["segment"].startswith(ours):
+                self.known.append((_start_of(h), h["segment"]))
+        self.segs: list[_Seg] = []
+
+    def _remove_previous(self) -> None:
+        root = self.run_dir / layout.SEGMENTS
+        for key in self.keys.values():
+            for d in root.glob(f"{key}-*"):
+                if d.is_dir():
+                    shutil.rmtree(d)
+                    self.report.notes.append(
+                        f"replaced {d.name}: delete the store folder (.midflight) so it is rebuilt without the old rows"
+                    )
+
+    # -- items
+    def add_source(self, path: Path, items) -> None:
+        path = Path(path)
+        key = self.keys[path]
+        self.report.sources += 1
+        cur: _Seg | None = None
+        pending: dict = {}
+        count = 0
+
+        def start(reason: str, line: int) -> _Seg:
+            nonlocal cur, count
+            seg_id = f"{key}-{count:03d}"
+            count += 1
+            out = _Out(layout.rank_file(self.run_dir, seg_id, 0), self.report, f"{path.name} (segment {seg_id})")
+            out.path.parent.mkdir(parents=True, exist_ok=True)
+            cur = _Seg(seg_id, path, reason, line, out, config=dict(pending))
+            pending.clear()
+            self.segs.append(cur)
+            return cur
+
+        for item in items:
+            if isinstance(item, Step):
+                if cur is None:
+                    start(self._first_reason(path), item.line)
+                elif cur.last_step is not None and item.step < cur.last_step:
+                    start(
+                        f"steps went back from {cur.last_step} to {item.step} at line {item.line} of {path.name}: "
+                        "resumed from an earlier checkpoint",
+                        item.line,
+                    )
+                self._step(cur, item)
+            elif isinstance(item, Event):
+                if cur is None:
+                    start(self._first_reason(path), item.line)
+                self._event(cur, item)
+            elif isinstance(item, Resume):
+                if cur is None or cur.first_step is not None or cur.resume_step is not None:
+                    start(f"line {item.line} of {path.name}: {item.note}", item.line)
+                else:
+                    cur.reason = f"line {item.line} of {path.name}: {item.note}"
+                cur.resume_step = item.step
+                if item.t is not None and cur.start_time is None:
+                    cur.start_time = item.t
+                self._place(cur)
+            elif isinstance(item, Config):
+                if cur is not None and cur.first_step is None:
+                    cur.config.update(item.values)
+                else:
+                    pending.update(item.values)
+            elif isinstance(item, End) and cur is not None:
+                cur.end = item
+        if cur is not None and pending:
+            cur.config.update(pending)
+
+    def _first_reason(self, path: Path) -> str:
+        if self.segs or self.known:
+            return f"new log file {path.name} (a new job)"
+        return f"start of {path.name}"
+
+    def _place(self, seg: _Seg) -> None:
+        """Decide the parent once the segment's start is known (its resume step or its first step)."""
+        if seg.placed:
+            return
+        anchor = seg.resume_step if seg.resume_step is not None else (seg.first_step or 0) - 1
+        seg.parent = None
+        for begin, seg_id in self.known:
+            if begin <= anchor:
+                seg.parent = seg_id
+        seg.placed = True
+        self.known.append((anchor, seg.id))
+
+    def _step(self, seg: _Seg, item: Step) -> None:
+        if seg.first_step is None:
+            seg.first_step = item.step
+            self._place(seg)
+        seg.last_step = item.step
+        seg.last_line = item.line
+        if seg.start_time is None and item.t is not None:
+            seg.start_time = item.t
+        seg.out.write(_metrics_line(item.step, item.t, item.values))
+        self.report.steps += 1
+
+    def _event(self, seg: _Seg, item: Event) -> None:
+        fields = dict(item.fields)
+        step = item.step
+        if step is None and seg.last_step is not None:
+            step, fields["step_is"] = seg.last_step, "the last step logged before this line"
+        fields["line"] = item.line
+        if seg.start_time is None and item.t is not None:
+            seg.start_time = item.t
+        seg.last_line = max(seg.last_line, item.line)
+        rec = {"k": records.EVENT, "kind": item.kind, "step": step, "t": item.t, "fields": fields}
+        seg.out.write(records.encode(rec))
+        self.report.events += 1
+
+    # -- output
+    def finish(self) -> None:
+        """Write every segment's header and close record; give each log the source's mtime."""
+        by_id = {}
+        for seg in self.segs:
+            seg.config = {**self.base_config, **seg.config}
+            if not seg.placed:  # only events: it follows the segment before it
+                seg.parent = self.known[-1][1] if self.known else None
+                seg.placed = True
+                self.known.append((NEG_INF, seg.id))
+            if seg.end is not None:
+                seg.out.write(
+                    records.encode(
+                        {
+                            "k": records.CLOSE,
+                            "t": seg.end.t,
+                            "reason": seg.end.reason,
+                            "exit_code": 0,
+                            "error": None,
+                            "last_step": seg.last_step,
+                        }
+                    )
+                )
+            seg.out.close()
+            parent_config = by_id.get(seg.parent, {}) if seg.parent else None
+            header = {
+                "v": records.FORMAT_VERSION,
+                "segment": seg.id,
+                "run": self.name,
+                "parent": seg.parent,
+                "resume_step": seg.resume_step,
+                "reason": seg.reason,
+                "start_time": seg.start_time,
+                "world_size": self.world_size,
+                "host": None,
+                "pid": None,
+                "config": seg.config,
+                "config_diff": segments.config_diff(parent_config, seg.config) if seg.parent else {},
+                "import": {
+                    "source": str(seg.source),
+                    "format": self.fmt,
+                    "lines": [seg.first_line, seg.last_line],
+                    "first_step": seg.first_step,
+                    "last_step": seg.last_step,
+                    "time_zone": self.tz,
+                },
+            }
+            by_id[seg.id] = seg.config
+            write_if_changed(layout.segment_dir(self.run_dir, seg.id) / layout.SEGMENT_HEADER, header)
+            try:
+                mtime = seg.source.stat().st_mtime
+                os.utime(seg.out.path, (mtime, mtime))  # a log still being written shows as a live run
+            except OSError as exc:
+                self.report.notes.append(f"could not set the time of {seg.out.path}: {exc}")
+            self.report.segments.append(
+                {
+                    "segment": seg.id,
+                    "parent": seg.parent,
+                    "resume_step": seg.resume_step,
+                    "first_step": seg.first_step,
+                    "last_step": seg.last_step,
+                    "reason": seg.reason,
+                    "source": str(seg.source),
+                }
+            )
+
+
+def _start_of(header: dict) -> float:
+    if header.get("resume_step") is not None:
+        return header["resume_step"]
+    first = (header.get("import") or {}).get("first_step")
+    if first is not None and header.get("parent"):
+        return first - 1
+    return NEG_INF
+
+
+def _metrics_line(step: int, t: float | None, values: dict[str, float]) -> bytes:
+    row: list = [step, t if t is not None and math.isfinite(t) else None]
+    nonfinite = []
+    for j, v in enumerate(values.values()):
+        if math.isfinite(v):
+            row.append(v)
+        else:
+            row.append(None)
+            nonfinite.append([0, j, records.nonfinite_token(v)])
+    rec = {"k": records.METRICS, "names": list(values), "rows": [row]}
+    if nonfinite:
+        rec["nonfinite"] = nonfinite
+    return records.encode_block(rec)
+
+
+def write_if_changed(path: Path, obj: dict) -> None:
+    """Write a small JSON document atomically, unless the file already holds exactly it."""
+    data = json.dumps(obj, indent=1, default=str).encode("utf-8")
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    records.write_json_atomic(path, obj)
