@@ -61,7 +61,14 @@ def import_logs(
         from . import tensorboard
 
         tensorboard.import_tensorboard(
-            paths, run_dir, name=name, report=report, clock=clock, replace=replace, world_size=world_size
+            paths,
+            run_dir,
+            name=name,
+            report=report,
+            clock=clock,
+            replace=replace,
+            world_size=world_size,
+            progress=progress,
         )
         return report
     for p in paths:
@@ -111,8 +118,12 @@ def sniff(path) -> tuple[str, str]:
         if len(sample) >= SNIFF_LINES:
             break
     first = sample[0] if sample else ""
-    if path.suffix.lower() in (".csv", ".tsv") or (first.count(",") >= 2 and "|" not in first and "{" not in first):
-        cols = {c.strip().strip('"').lower() for c in first.split(",")}
+    suffixes = [s.lower() for s in path.suffixes]
+    suffixes = suffixes[:-1] if suffixes[-1:] == [".gz"] else suffixes
+    sep = max(",\t;", key=first.count)
+    tabular = first.count(sep) >= 2 and "|" not in first and "{" not in first
+    if suffixes[-1:] in ([".csv"], [".tsv"]) or tabular:
+        cols = {c.strip().strip('"').lower() for c in first.split(sep)}
         if "date" in cols and ({"event_type", "event"} & cols):
             return "timeline", "a CSV with date and event columns"
         return "csv", "a CSV table"

@@ -1,6 +1,7 @@
 """Importers of text logs (metaseq, fairseq, Megatron) and of the OPT-175B timeline, end to end:
 real fixtures -> run directory -> real DuckDB store -> queries."""
 
+import gzip
 import json
 import math
 import shutil
@@ -143,6 +144,13 @@ def test_sniff_names_each_format(tmp_path):
     assert sniff(MODERN)[0] == "fairseq"
     assert sniff(BLOOM)[0] == "megatron"
     assert sniff(TIMELINE)[0] == "timeline"
+    semicolons = tmp_path / "table.txt"
+    semicolons.write_text("step;loss;lr\n1;2.5;0.1\n")
+    assert sniff(semicolons)[0] == "csv"
+    packed = tmp_path / "history.csv.gz"
+    with gzip.open(packed, "wt") as f:
+        f.write("_step\ttrain/loss\n1\t2.0\n")
+    assert sniff(packed)[0] == "csv"
     junk = tmp_path / "notes.txt"
     junk.write_text("hello\nworld\n")
     with pytest.raises(ValueError, match="cannot tell the format"):
