@@ -16,20 +16,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-MARKER_STYLE = {  # kind -> (colour, symbol)
-    "annotation": ("#1f77b4", "triangle-down"),
-    "incident": ("#d62728", "x"),
-    "restart": ("#ff7f0e", "diamond"),
-    "intervention": ("#9467bd", "star"),
-}
-END_COLOURS = {
-    "completed": "#2ca02c",
-    "stopped": "#17becf",
-    "running": "#1f77b4",
-    "crashed": "#d62728",
-    "rewound": "#ff7f0e",
-    "unknown": "#7f7f7f",
-}
+from logbook.palette import END_COLOURS, MARKER_COLOURS
+
+MARKER_SYMBOLS = {"annotation": "triangle-down", "incident": "x", "restart": "diamond", "intervention": "star"}
+MARKER_STYLE = {
+    kind: (MARKER_COLOURS[kind], symbol) for kind, symbol in MARKER_SYMBOLS.items()
+}  # kind -> (colour, symbol)
 X_TITLES = {"step": "step", "tokens": "tokens", "time": "wall time (UTC)"}
 LABEL_CHARS = 300  # hover text is a glimpse; the full text is in the logbook tables
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from ..palette import END_COLOURS, MARKER_COLOURS
 from .content import Chart, Logbook, Marker, tree
-from .png import END_COLOURS, MARKER_COLOURS
 from .text import esc, one_line
 
 MARKER_SYMBOLS = {"restart": "diamond", "incident": "x", "annotation": "triangle-down", "intervention": "star"}

@@ -14,17 +14,9 @@ import io
 
 import numpy as np
 
+from ..palette import END_COLOURS, MARKER_COLOURS
 from .content import Chart, Logbook, Marker, tree
 
-MARKER_COLOURS = {"restart": "#ff7f0e", "incident": "#d62728", "annotation": "#1f77b4", "intervention": "#9467bd"}
-END_COLOURS = {
-    "completed": "#2ca02c",
-    "stopped": "#17becf",
-    "running": "#1f77b4",
-    "crashed": "#d62728",
-    "rewound": "#ff7f0e",
-    "unknown": "#7f7f7f",
-}
 DPI = 110
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

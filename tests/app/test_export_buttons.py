@@ -6,18 +6,12 @@ media file manager (calling the real one too) and runs them, as Streamlit's serv
 """
 
 import io
-import shutil
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
-
-import app.ui
-from app.source import ENV_RUNS, Source
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app" / "streamlit_app.py")
@@ -30,33 +24,7 @@ BUTTONS = {  # key -> (label, file name, first bytes)
 }
 
 
-@pytest.fixture(autouse=True)
-def sources(monkeypatch):
-    """Fresh caches, no pytest argv leaking into the dashboard's run folders, every Source closed afterwards."""
-    opened: list[Source] = []
-
-    class Closing(Source):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            opened.append(self)
-
-    monkeypatch.setattr(app.ui, "Source", Closing)
-    monkeypatch.setattr(sys, "argv", ["streamlit"])
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield opened
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    for s in opened:
-        s.close()
-
-
-@pytest.fixture
-def runs(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "runs"
-    shutil.copytree(ROOT / "sample_runs", root, ignore=shutil.ignore_patterns(".midflight", "README.md"))
-    monkeypatch.setenv(ENV_RUNS, str(root))
-    return root
+pytestmark = pytest.mark.usefixtures("sources")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -11,9 +10,8 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-import app.ui
 import logbook
-from app.source import DEFAULT_ROOT, ENV_RUNS, Source, roots_from
+from app.source import DEFAULT_ROOT, ENV_RUNS, roots_from
 from logbook import annotations as ann_log
 from logbook import energy
 
@@ -32,33 +30,7 @@ PAGES = {
 XSS = "<script>alert(1)</script><b>x</b>"
 
 
-@pytest.fixture(autouse=True)
-def sources(monkeypatch):
-    """Fresh caches per test, no pytest argv leaking into roots_from, and every Source closed afterwards."""
-    opened: list[Source] = []
-
-    class Closing(Source):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            opened.append(self)
-
-    monkeypatch.setattr(app.ui, "Source", Closing)
-    monkeypatch.setattr(sys, "argv", ["streamlit"])
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield opened
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    for s in opened:
-        s.close()
-
-
-@pytest.fixture
-def runs(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "runs"
-    shutil.copytree(SAMPLES, root, ignore=shutil.ignore_patterns(".midflight", "README.md"))
-    monkeypatch.setenv(ENV_RUNS, str(root))
-    return root
+pytestmark = pytest.mark.usefixtures("sources")
 
 
 @pytest.fixture

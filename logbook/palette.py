@@ -1,0 +1,15 @@
+"""The colours of end reasons and markers, shared by the dashboard and the exported logbooks.
+
+One place, so a crashed segment or an incident marker looks the same on a page, in a PNG and in
+an HTML export.
+"""
+
+END_COLOURS = {
+    "completed": "#2ca02c",
+    "stopped": "#17becf",
+    "running": "#1f77b4",
+    "crashed": "#d62728",
+    "rewound": "#ff7f0e",
+    "unknown": "#7f7f7f",
+}
+MARKER_COLOURS = {"restart": "#ff7f0e", "incident": "#d62728", "annotation": "#1f77b4", "intervention": "#9467bd"}
