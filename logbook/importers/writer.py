@@ -169,6 +169,8 @@ class RunWriter:
 
         def start(reason: str, line: int) -> _Seg:
             nonlocal cur, count
+            if cur is not None:
+                self._seal(cur)
             seg_id = f"{key}-{count:03d}"
             count += 1
             out = _Out(layout.rank_file(self.run_dir, seg_id, 0), self.report, f"{path.name} (segment {seg_id})")
@@ -209,8 +211,9 @@ class RunWriter:
                     pending.update(item.values)
             elif isinstance(item, End) and cur is not None:
                 cur.end = item
-        if cur is not None and pending:
+        if cur is not None:
             cur.config.update(pending)
+            self._seal(cur)
 
     def _first_reason(self, path: Path) -> str:
         if self.segs or self.known:
@@ -254,29 +257,22 @@ class RunWriter:
         self.report.events += 1
 
     # -- output
+    def _seal(self, seg: _Seg) -> None:
+        """A segment no more items go to: its close record if the log said it ended, and its file closed."""
+        if not seg.placed:  # only events: it follows the segment before it
+            seg.parent = self.known[-1][1] if self.known else None
+            seg.placed = True
+            self.known.append((NEG_INF, seg.id))
+        if seg.end is not None:
+            close = {"k": records.CLOSE, "t": seg.end.t, "reason": seg.end.reason, "exit_code": 0, "error": None}
+            seg.out.write(records.encode({**close, "last_step": seg.last_step}))
+        seg.out.close()
+
     def finish(self) -> None:
-        """Write every segment's header and close record; give each log the source's mtime."""
+        """Write every segment's header; give each log the source's mtime."""
         by_id = {}
         for seg in self.segs:
             seg.config = {**self.base_config, **seg.config}
-            if not seg.placed:  # only events: it follows the segment before it
-                seg.parent = self.known[-1][1] if self.known else None
-                seg.placed = True
-                self.known.append((NEG_INF, seg.id))
-            if seg.end is not None:
-                seg.out.write(
-                    records.encode(
-                        {
-                            "k": records.CLOSE,
-                            "t": seg.end.t,
-                            "reason": seg.end.reason,
-                            "exit_code": 0,
-                            "error": None,
-                            "last_step": seg.last_step,
-                        }
-                    )
-                )
-            seg.out.close()
             parent_config = by_id.get(seg.parent, {}) if seg.parent else None
             header = {
                 "v": records.FORMAT_VERSION,

@@ -198,6 +198,19 @@ def test_several_files_are_launches_of_one_run(tmp_path):
     assert queries.segments(store, run)["effective"].all()
 
 
+def test_a_log_that_says_training_ended_closes_its_run_as_finished(tmp_path):
+    src = tmp_path / "train.log"
+    lines = [fairseq_line(s, 5.0, "2024-01-01 10:00:00") for s in (10, 20)]
+    src.write_text(
+        "\n".join([*lines, "2024-01-01 11:00:00 | INFO | fairseq_cli.train | done training in 3600.1 seconds"])
+    )
+    import_logs("fairseq", [src], tmp_path / "run")
+    store, run = load(tmp_path / "run")
+    seg = queries.segments(store, run).iloc[0]
+    assert seg.end_reason == "completed" and seg.end_step == 20 and seg.end_time == utc("2024-01-01 11:00:00")
+    assert queries.run_status(store, run) == "finished"
+
+
 # ----------------------------------------------------------------- bad input
 def test_garbage_lines_are_counted_with_line_numbers_and_never_fatal(tmp_path):
     good = [fairseq_line(s, 5.0) for s in (1, 2, 3)]
