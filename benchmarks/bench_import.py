@@ -138,7 +138,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{n:,} steps per format (python {sys.version.split()[0]})\n")
-    print("| format | steps | points | MB | import s | steps/s | ingest s | import+ingest s | baseline s | ratio | baseline |")
+    cols = "format | steps | points | MB | import s | steps/s | ingest s | import+ingest s | baseline s | ratio"
+    print(f"| {cols} | baseline |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for fmt, steps, points, size, ti, tg, base, label in rows:
         print(
