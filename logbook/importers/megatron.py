@@ -31,7 +31,9 @@ RENAME = {
     "samples per second": "samples_per_s",
     "TFLOPs": "tflops",
     "params norm": "param_norm",
+    "throughput per GPU (TFLOP/s/GPU)": "tflops_per_gpu",
 }
+SCALED = {"elapsed time per iteration (ms)": ("step_time_s", 1e-3)}  # newer Megatron-LM prints milliseconds
 MAX_JOINED = 4  # a wrapped record spans at most this many lines
 
 _PREFIX = re.compile(r"^\s*(?:\[[^\]\s]+\]:\s?|\d+: )")
@@ -121,7 +123,11 @@ def _record(parts: list, ctx: Context):
                 v = float(raw)
             except ValueError:
                 continue  # a text field
-            values[RENAME.get(name) or _NAME.sub("_", name).strip("_").lower()] = v
+            if name in SCALED:
+                key, factor = SCALED[name]
+                values[key] = v * factor
+            else:
+                values[RENAME.get(name) or _NAME.sub("_", name).strip("_").lower()] = v
         if "loss" not in values and not any(k.endswith("loss") for k in values):
             raise ValueError("iteration line without a loss (cut short?)")
     except (ValueError, AttributeError, OverflowError) as exc:

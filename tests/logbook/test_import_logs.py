@@ -138,6 +138,21 @@ def test_megatron_skipped_and_nan_iterations_become_events_and_wrapped_lines_rej
     assert [json.loads(f)["count"] for f in ev["fields"]] == [2, 1]
 
 
+def test_megatron_lm_newer_lines_with_timestamps_and_milliseconds(tmp_path):
+    src = tmp_path / "megatron-lm.log"
+    src.write_text(
+        " [2024-05-01 10:00:00] iteration      100/    1000 | consumed samples:        51200 | elapsed time per "
+        "iteration (ms): 1234.5 | throughput per GPU (TFLOP/s/GPU): 150.2 | learning rate: 1.000000E-04 | global "
+        "batch size:   512 | lm loss: 5.123000E+00 | loss scale: 1.0 | grad norm: 1.234 | number of skipped "
+        "iterations:   0 | number of nan iterations:   0 |\n"
+    )
+    import_logs("auto", [src], tmp_path / "r")
+    store, run = load(tmp_path / "r")
+    assert values(store, run, "step_time_s") == {100: pytest.approx(1.2345)}
+    assert values(store, run, "tflops_per_gpu") == {100: pytest.approx(150.2)}
+    assert queries.series(store, run, "loss", x="time")["x"].tolist() == [utc("2024-05-01 10:00:00")]
+
+
 def test_sniff_names_each_format(tmp_path):
     assert sniff(METASEQ)[0] == "metaseq"
     assert sniff(LEGACY)[0] == "fairseq"
