@@ -140,10 +140,15 @@ def _terminate_torn_tail(fd: int) -> None:
         os.write(fd, TORN_TERMINATOR)
 
 
+def json_document(obj: dict) -> bytes:
+    """The bytes `write_json_atomic` writes for `obj` (so a caller can tell whether a file already holds them)."""
+    return json.dumps(obj, indent=1, default=_fallback).encode("utf-8")
+
+
 def write_json_atomic(path: Path, obj: dict) -> None:
     """Write a small JSON document via temp file + rename, so readers see all or nothing."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(obj, indent=1, default=_fallback).encode("utf-8")
+    data = json_document(obj)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import fairseq, megatron, reading
+from . import fairseq, megatron, reading, table
 from .items import Context, ImportReport
 from .writer import ImportConflict, RunWriter
 
@@ -75,8 +75,6 @@ def import_logs(
         if p.is_dir():
             raise ValueError(f"{str(p)!r} is a directory: give the log files themselves")
     if fmt == "csv":
-        from . import table
-
         parse = table.parse_path
     else:
         parser = megatron.parse if fmt == "megatron" else fairseq.parse
@@ -120,7 +118,7 @@ def sniff(path) -> tuple[str, str]:
     first = sample[0] if sample else ""
     suffixes = [s.lower() for s in path.suffixes]
     suffixes = suffixes[:-1] if suffixes[-1:] == [".gz"] else suffixes
-    sep = max(",\t;", key=first.count)
+    sep = table.sniff_delimiter(first)
     tabular = first.count(sep) >= 2 and "|" not in first and "{" not in first
     if suffixes[-1:] in ([".csv"], [".tsv"]) or tabular:
         cols = {c.strip().strip('"').lower() for c in first.split(sep)}

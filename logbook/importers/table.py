@@ -82,7 +82,7 @@ def parse_path(path, ctx: Context):
         first = f.readline()
         if not first.strip():
             raise ValueError(f"{ctx.source}: no header line: a CSV table starts with its column names")
-        delimiter = _delimiter(first)
+        delimiter = sniff_delimiter(first)
         reader = csv.reader(itertools.chain([first], f), delimiter=delimiter)
         header = next(reader)
         if header:
@@ -93,7 +93,7 @@ def parse_path(path, ctx: Context):
     cols.finish()
 
 
-def _delimiter(line: str) -> str:
+def sniff_delimiter(line: str) -> str:
     """The delimiter that splits the header into the most cells (comma on a tie)."""
     return max(DELIMITERS, key=lambda d: len(next(csv.reader([line], delimiter=d))))
 

@@ -24,7 +24,6 @@ completes it. A source that changed in place is refused (or rewritten with
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -342,9 +341,8 @@ def _metrics_line(step: int, t: float | None, values: dict[str, float]) -> bytes
 
 def write_if_changed(path: Path, obj: dict) -> None:
     """Write a small JSON document atomically, unless the file already holds exactly it."""
-    data = json.dumps(obj, indent=1, default=str).encode("utf-8")
     try:
-        if path.read_bytes() == data:
+        if path.read_bytes() == records.json_document(obj):
             return
     except OSError:
         path.parent.mkdir(parents=True, exist_ok=True)
