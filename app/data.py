@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from logbook import accounting, energy, queries
+from logbook.analysis import accounting, energy
+from logbook.store import queries
 
-from .source import Source
+from app.source import Source
 
 # M4 buckets per trace (each keeps up to 4 points: first, last, min, max). About one bucket per pixel
 # column is visually lossless (Jugel et al., M4, VLDB 2014) and no spike is lost at any count; more only

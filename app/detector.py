@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from logbook import divergence
+from logbook.analysis import divergence
 
 ROOT = Path(__file__).resolve().parents[1]
 _HEAD = struct.Struct("<Q")

@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from logbook import annotations as ann_log
-from logbook import interventions as iv_log
+from logbook.record import annotations as ann_log
+from logbook.record import interventions as iv_log
 
-from . import charts, data
-from .source import Source, roots_from, take_preloaded
+from logbook.present import figures
+from app import data
+from app.source import Source, roots_from, take_preloaded
 
 AXES = {"step": "step", "tokens": "tokens", "time": "wall time"}
 

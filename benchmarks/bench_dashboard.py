@@ -145,7 +145,7 @@ def metric_block(rng: np.random.Generator, first: int, n: int, spikes: list[int]
 def write_big_run(run_dir: Path, steps: int, seed: int = 0) -> float:
     """One rank's log of `steps` x 20 metrics in the Recorder's format; returns seconds."""
     import logbook
-    from logbook import records
+    from logbook.record import records
 
     rng = np.random.default_rng(seed)
     spikes = [int(steps * 0.31), int(steps * 0.72)]
@@ -167,9 +167,9 @@ def write_big_run(run_dir: Path, steps: int, seed: int = 0) -> float:
 
 def ingest_root(root: Path) -> tuple[float, str]:
     """Pre-ingest every run under root into root/.midflight/store.duckdb (what the dashboard opens)."""
-    from logbook import layout, queries
-    from logbook.ingest import ingest
-    from logbook.store import open_store
+    from logbook.record import layout
+    from logbook.store import open_store, queries
+    from logbook.store.ingest import ingest
 
     st = open_store(layout.default_store_path(root), fallback=False)
     try:
@@ -355,8 +355,10 @@ def stats(xs: list[float]) -> tuple[float, float, float]:
 # ----------------------------------------------------------------- server-side query time (in-process)
 def live_queries(store_root: Path, run: str, repeats: int) -> list[list]:
     """The Live page's data calls, timed directly on the store: first call and warm median (ms)."""
-    from logbook import divergence, energy, layout, queries
-    from logbook.store import open_store
+    from logbook.record import layout
+    from logbook.report import incidents
+    from logbook.report.summary import energy_summary
+    from logbook.store import open_store, queries
 
     st = open_store(layout.default_store_path(store_root), fallback=False)
     rows = []
@@ -388,8 +390,8 @@ def live_queries(store_root: Path, run: str, repeats: int) -> list[list]:
             rows.append([name, first, median(warm)])
         rows.append(["total (Live page's queries)", total_first, total_warm])
         for name, fn in [
-            ("energy.summary_energy (background)", lambda: energy.summary_energy(st, run)),
-            ("divergence.incidents (background)", lambda: divergence.incidents(st, run)),
+            ("summary.energy_summary (background)", lambda: energy_summary(st, run)),
+            ("incidents.incidents (background)", lambda: incidents.incidents(st, run)),
         ]:
             with Timer() as t:
                 fn()

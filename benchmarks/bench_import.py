@@ -32,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from logbook import layout  # noqa: E402
 from logbook.importers import import_logs  # noqa: E402
-from logbook.ingest import ingest  # noqa: E402
+from logbook.record import layout  # noqa: E402
 from logbook.store import open_store  # noqa: E402
+from logbook.store.ingest import ingest  # noqa: E402
 
 
 def megatron(path: Path, n: int) -> None:

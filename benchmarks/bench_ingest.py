@@ -89,7 +89,7 @@ def write_with_recorder(run_dir: Path, steps: int, block: int, seed: int = 0) ->
 def write_direct(run_dir: Path, steps: int, block: int, seed: int = 0) -> None:
     """The same records written straight from numpy (faster to generate; same JSON-lines format)."""
     import logbook
-    from logbook import records
+    from logbook.record import records
 
     rng = np.random.default_rng(seed)
     run = logbook.init(
@@ -115,8 +115,8 @@ def log_bytes(run_dir: Path) -> int:
 # ----------------------------------------------------------------- measurements
 def time_ingest(run_dir: Path, store_path: Path, repeats: int) -> dict:
     """`repeats` times: fresh on-disk store, full ingest, re-ingest (nothing new), reopen + re-ingest."""
-    from logbook.ingest import ingest
     from logbook.store import open_store
+    from logbook.store.ingest import ingest
 
     full, again_s, reopen_s = [], [], []
     for _ in range(repeats):
@@ -158,8 +158,8 @@ def warm_up(tmp: Path) -> None:
     """One tiny ingest first, so one-off imports (pandas via DuckDB's register, tqdm: ~0.3 s) are not timed."""
     import tqdm  # noqa: F401
 
-    from logbook.ingest import ingest
     from logbook.store import open_store
+    from logbook.store.ingest import ingest
 
     write_direct(tmp / "warm-up", 100, 10)
     store = open_store(None)
@@ -169,7 +169,7 @@ def warm_up(tmp: Path) -> None:
 
 def time_parse_floor(run_dir: Path, repeats: int) -> float:
     """Seconds (median) to read every log line and parse it as ingest does (`records.decode`): the unavoidable part."""
-    from logbook.records import decode
+    from logbook.record.records import decode
 
     times = []
     for _ in range(repeats):
@@ -218,8 +218,8 @@ def time_insert_floor(points: int, tmp: Path, repeats: int) -> float:
 
 def profile_ingest(run_dir: Path, store_path: Path, top: int) -> str:
     """cProfile of one full ingest into a fresh store; returns the top functions by own and cumulative time."""
-    from logbook.ingest import ingest
     from logbook.store import open_store
+    from logbook.store.ingest import ingest
 
     for p in (store_path, Path(str(store_path) + ".wal")):
         p.unlink(missing_ok=True)

@@ -1,16 +1,22 @@
-"""midflight's data layer: per-rank event logs in, DuckDB store and queries out.
+"""midflight's data layer: per-rank event logs in, DuckDB store and analyses out.
 
 Writing (any training loop):   run = logbook.init(run_dir, name=..., config={...})
                                run.log({"loss": loss}, step=step); run.finish()
 Reading (dashboard, CLI):      store, report = logbook.open_run(path)
                                logbook.queries.series(store, run_id, "loss", buckets=2000)
 
-This package imports neither torch nor streamlit.
+The layers, each a subpackage that imports only those before it (tests/test_layers.py):
+record (the write side) -> store (DuckDB, every SQL statement) -> analysis (pure) -> report
+(store + analysis: answers about a run) -> present (what people see); then importers,
+exporters and cli. `import logbook` loads the write side only: neither duckdb, pandas, torch
+nor streamlit. The other layers load when first used (`logbook.queries`, `logbook.report`, ...).
 """
 
-from .annotations import KINDS as ANNOTATION_KINDS
-from .annotations import annotate, delete_annotation, edit_annotation
-from .recorder import Run, event, finish, init, log
+import importlib
+
+from logbook.record.annotations import KINDS as ANNOTATION_KINDS
+from logbook.record.annotations import annotate, delete_annotation, edit_annotation
+from logbook.record.recorder import Run, event, finish, init, log
 
 __all__ = [
     "ANNOTATION_KINDS",
@@ -27,21 +33,34 @@ __all__ = [
     "open_store",
 ]
 
+# Loaded on first use, so a training process that only records never imports duckdb or pandas.
+_LAZY = {
+    "Store": ("logbook.store.database", "Store"),
+    "open_store": ("logbook.store.database", "open_store"),
+    "queries": ("logbook.store.queries", None),
+    "record": ("logbook.record", None),
+    "store": ("logbook.store", None),
+    "analysis": ("logbook.analysis", None),
+    "report": ("logbook.report", None),
+    "present": ("logbook.present", None),
+    "importers": ("logbook.importers", None),
+    "exporters": ("logbook.exporters", None),
+}
+
 
 def __getattr__(name):
-    # The store side imports duckdb; load it only when asked, so a training process never does.
-    if name in ("Store", "open_store"):
-        from . import store
-
-        return getattr(store, name)
-    raise AttributeError(f"module 'logbook' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'logbook' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    return value if attr is None else getattr(value, attr)
 
 
 def open_run(path, store_path=None, *, progress: bool = False):
     """Open the store for a run (or a folder of runs) and bring it up to date. Returns (store, report)."""
-    from . import layout
-    from .ingest import ingest
-    from .store import open_store
+    from logbook.record import layout
+    from logbook.store.database import open_store
+    from logbook.store.ingest import ingest
 
     runs = layout.discover_runs(path)
     store = open_store(store_path or layout.default_store_path(path))

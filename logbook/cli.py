@@ -12,11 +12,11 @@ import sys
 import time
 import warnings
 
-from . import annotations, layout
+from logbook.record import annotations, layout
 
 
 def _open(args):
-    from . import open_run
+    from logbook import open_run
 
     return open_run(args.path, args.store, progress=not args.quiet)
 
@@ -28,7 +28,7 @@ def cmd_ingest(args) -> int:
     print(report.describe())
     if not args.follow:
         return 0
-    from .follow import Follower
+    from logbook.store.follow import Follower
 
     def show(rep):
         print(f"{time.strftime('%H:%M:%S')} +{rep.records:,} records ({rep.metric_points:,} points)", flush=True)
@@ -46,8 +46,9 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from . import queries
-    from .summary import format_text, summarize
+    from logbook.present.summary import format_text
+    from logbook.report.summary import summarize
+    from logbook.store import queries
 
     store, report = _open(args)
     if store.note:
@@ -115,7 +116,7 @@ def _intervention_from_args(args) -> tuple[str, dict]:
 
 
 def cmd_intervene(args) -> int:
-    from . import interventions
+    from logbook.record import interventions
 
     action, params = _intervention_from_args(args)
     req_id = interventions.request(args.path, action, params, note=args.note, author=args.author)
@@ -178,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--author", default=None)
     sp.set_defaults(func=cmd_intervene)
 
-    from .exporters.cli import add_parser as add_export
-    from .importers.cli import add_parser as add_import
+    from logbook.exporters.cli import add_parser as add_export
+    from logbook.importers.cli import add_parser as add_import
 
     add_import(sub)
     add_export(sub)

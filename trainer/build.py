@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 
 import logbook
-from logbook import segments
-from logbook.dist import DistInfo
+from logbook.record import segments
+from logbook.record.dist import DistInfo
 
 from .checkpoint import Checkpointer
 from .config import TrainConfig, set_value

@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable
 
-from logbook.recorder import RecorderWarning
+from logbook.record.recorder import RecorderWarning
 
 from . import nvml as _nvml
 

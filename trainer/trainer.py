@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from logbook import interventions
+from logbook.record import interventions
 
 from . import parallelize
 from .checkpoint import Checkpointer

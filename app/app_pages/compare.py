@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from app import charts, data, ui
+from logbook.present import figures
+from app import data, ui
 
 ctx = ui.context()
 st.title("Compare runs")

@@ -4,8 +4,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, ui
-from logbook import energy, summary
+from logbook.present import figures
+from app import data, ui
+from logbook.analysis import energy
+from logbook.report import summary
 
 ctx = ui.context()
 ui.require_run(ctx)

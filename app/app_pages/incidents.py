@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, ui
+from logbook.present import figures
+from app import data, ui
 
 CONTEXT_STEPS = 60  # steps shown either side of an incident
 

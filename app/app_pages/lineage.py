@@ -6,8 +6,10 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, ui
-from logbook import energy, exporters
+from logbook.present import figures
+from app import data, ui
+from logbook.analysis import energy
+from logbook import exporters
 
 EXPORTS = (  # format, button label
     ("markdown", "Markdown (zip)"),

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, ui
+from logbook.present import figures
+from app import data, ui
 
 REFRESH_S = float(os.environ.get("MIDFLIGHT_REFRESH_S", "1.0"))
 TELEMETRY = [  # (title, names tried in order, unit)

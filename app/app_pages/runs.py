@@ -4,8 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from app import data, ui
-from logbook import energy
-from logbook.summary import DEFAULT_REGION
+from logbook.analysis import energy
+from logbook.report.summary import DEFAULT_REGION
 
 ctx = ui.context()
 st.title("Runs")

@@ -12,6 +12,6 @@ Modules, one concept each: `content` gathers a run from the store into one plain
 imported only by the writer that needs them.
 """
 
-from .bundle import FORMATS, download_name, export, export_bytes
+from logbook.exporters.bundle import FORMATS, download_name, export, export_bytes
 
 __all__ = ["FORMATS", "download_name", "export", "export_bytes"]

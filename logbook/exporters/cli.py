@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .bundle import FORMATS
+from logbook.exporters.bundle import FORMATS
 
 
 def add_parser(sub) -> None:
@@ -38,8 +38,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from .. import open_run, queries
-    from .bundle import check_format, export
+    from logbook import open_run
+    from logbook.exporters.bundle import check_format, export
+    from logbook.store import queries
 
     fmt = check_format(args.format)
     started = time.monotonic()

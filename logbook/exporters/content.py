@@ -1,24 +1,28 @@
 """One run's logbook as one plain structure, gathered from the store, so every format says the same.
 
-The facts come from `summary.summarize` (segments, incidents, interventions, energy, CO2eq, wasted
-compute, ingest problems) and `logbook.queries` (annotations, curves); nothing here analyses
-anything. The writers (Markdown, HTML) only format a `Logbook`. A run may have no metrics (only
+The facts come from `report.summary.summarize` (segments, incidents, interventions, energy, CO2eq,
+wasted compute, ingest problems) and `store.queries` (annotations, curves); the markers and the restart
+tree's lanes from `logbook.present`, as the dashboard draws them; nothing here analyses anything.
+The writers (Markdown, HTML) only format a `Logbook`. A run may have no metrics (only
 segment headers and annotations) or no energy data: every field then says so with None or an
 empty list, and the writers show "—".
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import accounting, queries
-from ..store import Store
-from ..summary import summarize
+from logbook.analysis import accounting
+from logbook.present import tree
+from logbook.present.markers import Marker, run_markers
+from logbook.report.summary import summarize
+from logbook.store import queries
+from logbook.store.database import Store
+from logbook.values import finite, text, whole
 
 CHART_BUCKETS = 1000  # M4 buckets per curve: ~one per pixel column of a chart; no spike is ever dropped
 CHARTS = (  # metric, title, log y; drawn when the run logged the metric
@@ -37,15 +41,6 @@ class Curve:
     step: np.ndarray
     value: np.ndarray
     faded: bool = False  # an abandoned (superseded) branch
-
-
-@dataclass
-class Marker:
-    """A vertical line on every chart: a restart, an incident, an annotation or an applied intervention."""
-
-    kind: str  # restart | incident | annotation | intervention
-    step: int
-    label: str  # plain (unescaped) text; each writer escapes it for its format
 
 
 @dataclass
@@ -78,24 +73,7 @@ class Logbook:
     events: dict[str, int]
     charts: list[Chart] = field(default_factory=list)
     markers: list[Marker] = field(default_factory=list)
-
-
-def _f(v):
-    """A finite float or None (NaN, NA and None all become None)."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
-
-
-def _i(v):
-    f = _f(v)
-    return None if f is None else int(f)
-
-
-def _s(v):
-    return v if isinstance(v, str) else None
+    lanes: list[dict] = field(default_factory=list)  # the restart tree (present.tree.lanes)
 
 
 def gather(
@@ -116,19 +94,20 @@ def gather(
     say(f"{run}: summarising (incidents, energy, wasted compute)")
     s = summarize(store, run, region=region, intensity_g_per_kwh=intensity_g_per_kwh, pue=pue)
     names = queries.runs(store).set_index("run_id")["name"]
-    seg_rows = {r.segment_id: r for r in queries.segments(store, run).itertuples()}
+    seg_frame = queries.segments(store, run)
+    seg_rows = {r.segment_id: r for r in seg_frame.itertuples()}
     segments = []
     for seg in s["segments"]:
         row = seg_rows.get(seg["id"])
         segments.append(
             seg
             | {
-                "host": _s(getattr(row, "host", None)),
-                "world_size": _i(getattr(row, "world_size", None)),
-                "start_time": _f(seg["start_time"]),
-                "end_time": _f(seg["end_time"])
+                "host": text(getattr(row, "host", None)),
+                "world_size": whole(getattr(row, "world_size", None)),
+                "start_time": finite(seg["start_time"]),
+                "end_time": finite(seg["end_time"])
                 if seg["end_time"] is not None
-                else _f(getattr(row, "last_write", None)),
+                else finite(getattr(row, "last_write", None)),
             }
         )
     starts = [x["start_time"] for x in segments if x["start_time"] is not None]
@@ -141,7 +120,7 @@ def gather(
         "last_step": s["last_step"],
         "effective_steps": s["effective_steps"],
         "last_loss": s["last_loss"],
-        "tokens": _f(queries.last_value(store, run, queries.TOKENS_METRIC)),
+        "tokens": finite(queries.last_value(store, run, queries.TOKENS_METRIC)),
         "start_time": min(starts) if starts else None,
         "end_time": max(ends) if ends else None,
         "elapsed_s": (max(ends) - min(starts)) if starts and ends else None,
@@ -149,18 +128,19 @@ def gather(
         "segments": len(segments),
         "restarts": max(0, len(segments) - 1),
     }
+    ann_frame = queries.annotations(store, run)
     annotations = [
         {
             "id": r.annotation_id,
-            "step": _i(r.step),
-            "step_end": _i(r.step_end),
-            "kind": _s(r.kind) or "note",
-            "text": _s(r.text) or "",
-            "author": _s(r.author),
-            "created_time": _f(r.created_time),
-            "updated_time": _f(r.updated_time),
+            "step": whole(r.step),
+            "step_end": whole(r.step_end),
+            "kind": text(r.kind) or "note",
+            "text": text(r.text) or "",
+            "author": text(r.author),
+            "created_time": finite(r.created_time),
+            "updated_time": finite(r.updated_time),
         }
-        for r in queries.annotations(store, run).itertuples()
+        for r in ann_frame.itertuples()
     ]
     book = Logbook(
         run=run,
@@ -182,31 +162,11 @@ def gather(
         metrics=s["metrics"],
         events=s["events"],
     )
-    book.markers = markers(book)
+    book.markers = run_markers(seg_frame, s["incidents"], ann_frame, queries.interventions(store, run))
+    book.lanes = tree.lanes(seg_frame)
     say(f"{run}: reading curves ({buckets} buckets each)")
     book.charts = charts(store, run, s["metrics"], buckets)
     return book
-
-
-def markers(book: Logbook) -> list[Marker]:
-    """Restarts (each later segment at its resume step), incidents on the effective history, annotations,
-    and applied interventions: what the dashboard marks on every chart."""
-    out = []
-    for seg in book.segments[1:]:
-        step = seg["resume_step"] if seg["resume_step"] is not None else seg["start_step"]
-        if step is not None:
-            out.append(Marker("restart", int(step), f"{seg['id']}: {seg['reason'] or 'restart'}"))
-    for inc in book.incidents:
-        if not inc["superseded"]:
-            label = f"{inc['kind']} ({inc['severity']}, {inc['classification']})"
-            out.append(Marker("incident", int(inc["start_step"]), label))
-    for a in book.annotations:
-        if a["step"] is not None:
-            out.append(Marker("annotation", a["step"], f"[{a['kind']}] {a['text']}"))
-    for iv in book.interventions:
-        if iv["status"] == "applied" and iv["applied_step"] is not None:
-            out.append(Marker("intervention", int(iv["applied_step"]), f"{iv['kind']}: {iv['note'] or ''}"))
-    return sorted(out, key=lambda m: (m.step, m.kind))
 
 
 def charts(store: Store, run: str, names: list[str], buckets: int) -> list[Chart]:
@@ -225,27 +185,4 @@ def charts(store: Store, run: str, names: list[str], buckets: int) -> list[Chart
                     Curve(f"{seg} (abandoned)", g["step"].to_numpy(), g["value"].to_numpy(dtype="float64"), True)
                 )
         out.append(Chart(metric, title, curves, log_y))
-    return out
-
-
-def tree(book: Logbook) -> list[dict]:
-    """The restart tree as lanes: one per segment (oldest first) from the step it started at to its
-    last step, with its parent's lane, how it ended and whether it is on the effective path."""
-    lane = {seg["id"]: i for i, seg in enumerate(book.segments)}
-    out = []
-    for i, seg in enumerate(book.segments):
-        start = next((v for v in (seg["resume_step"], seg["start_step"]) if v is not None), 0)
-        end = seg["end_step"] if seg["end_step"] is not None else start
-        out.append(
-            {
-                "lane": i,
-                "id": seg["id"],
-                "start": start,
-                "end": end,
-                "parent_lane": lane.get(seg["parent"]) if seg["parent"] else None,
-                "end_reason": seg["end_reason"],
-                "effective": seg["effective"],
-                "reason": seg["reason"],
-            }
-        )
     return out

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .. import energy as energy_model
-from .content import Logbook
-from .text import duration, energy, mass, num, when
+from logbook.analysis import energy as energy_model
+from logbook.exporters.content import Logbook
+from logbook.present.text import duration, energy, mass, num, when
 
 
 class U(str):

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import document as d
-from . import interactive
-from .content import Logbook
-from .text import esc, num
+from logbook.exporters import document as d
+from logbook.exporters import interactive
+from logbook.exporters.content import Logbook
+from logbook.present.text import esc, num
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
@@ -78,7 +78,7 @@ def render(book: Logbook, blocks: list, charts: dict[str, str]) -> str:
 def page(book: Logbook, *, progress: Callable[[str], None] | None = None) -> str:
     say = progress or (lambda msg: None)
     charts, first = {}, True
-    for name, fig in interactive.figures(book):
+    for name, fig in interactive.figures_of(book):
         say(f"{book.run}: building the {name} chart")
         charts[name] = fig.to_html(
             full_html=False,

@@ -14,8 +14,9 @@ import io
 
 import numpy as np
 
-from ..palette import END_COLOURS, MARKER_COLOURS
-from .content import Chart, Logbook, Marker, tree
+from logbook.exporters.content import Chart, Logbook
+from logbook.present.markers import Marker
+from logbook.present.palette import END_COLOURS, MARKER_COLOURS
 
 DPI = 110
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -89,7 +90,7 @@ def chart_png(chart: Chart, markers: list[Marker]) -> bytes:
 def tree_png(book: Logbook) -> bytes:
     """The restart tree: one lane per segment from the step it started at to its last step, coloured by
     how it ended, thick on the effective path, with a dotted connector from the parent's lane."""
-    lanes = tree(book)
+    lanes = book.lanes
     fig = _new(9.0, max(1.8, 0.9 + (0.45 if len(lanes) <= 12 else 0.28) * len(lanes)))  # 49 lanes: ~15 in
     ax = fig.add_subplot()
     for ln in lanes:

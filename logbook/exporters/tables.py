@@ -6,7 +6,7 @@ with `COPY (SELECT ... WHERE run_id = ?) TO '<file>'`: no row passes through Pyt
 millions of points exports in seconds with bounded memory. The run id is always a bound
 parameter. COPY cannot bind its file name, so the path is one this module built (the resolved
 output directory plus a fixed file name) written as a SQL string literal with its quotes doubled.
-The small tables come from `logbook.queries` and `divergence.incidents` and are written with
+The small tables come from `logbook.queries` and `report.incidents` and are written with
 pyarrow.
 
 `metrics.effective` says whether a row is on the effective history (the curve after rollbacks,
@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from .. import divergence, queries
-from ..store import Store
+from logbook.report import incidents as incident_report
+from logbook.store import queries
+from logbook.store.database import Store
 
 TABLES = ("metrics", "events", "telemetry", "segments", "annotations", "interventions", "incidents")
 FORMATS = ("parquet", "csv")
@@ -77,7 +78,7 @@ def _frames(store: Store, run: str) -> dict[str, pd.DataFrame]:
     segs = segs.drop(columns=["reasons", "rank0_reason", "closed_ranks"]).assign(run_id=run)
     segs = segs[["run_id"] + [c for c in segs.columns if c != "run_id"]]
     incidents = []
-    for inc in divergence.incidents(store, run):
+    for inc in incident_report.incidents(store, run):
         row = inc.to_dict()
         row["context"] = json.dumps(row["context"], allow_nan=False, default=str)
         row["detail"] = json.dumps(row["detail"], allow_nan=False, default=str)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import fairseq, megatron, reading, table
-from .items import Context, ImportReport
-from .writer import ImportConflict, RunWriter
+from logbook.importers import fairseq, megatron, reading, table
+from logbook.importers.items import Context, ImportReport
+from logbook.importers.writer import ImportConflict, RunWriter
 
 FORMATS = ("metaseq", "fairseq", "megatron", "tensorboard", "csv", "timeline")
 SNIFF_LINES = 400
@@ -53,12 +53,12 @@ def import_logs(
     clock = reading.Clock(tz)
     run_dir = Path(run_dir)
     if fmt == "timeline":
-        from . import timeline
+        from logbook.importers import timeline
 
         timeline.import_timeline(paths, run_dir, name=name, report=report, clock=clock, world_size=world_size)
         return report
     if fmt == "tensorboard":
-        from . import tensorboard
+        from logbook.importers import tensorboard
 
         tensorboard.import_tensorboard(
             paths,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import FORMATS, import_logs
+from logbook.importers import FORMATS, import_logs
 
 
 def cmd_import(args) -> int:

@@ -19,7 +19,7 @@ import json
 import math
 import re
 
-from .items import Config, Context, End, Event, Resume, Step
+from logbook.importers.items import Config, Context, End, Event, Resume, Step
 
 LN2 = math.log(2)
 BITS = ("loss", "nll_loss", "valid_loss", "valid_nll_loss", "valid_best_loss")

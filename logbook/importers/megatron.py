@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .items import Context, End, Event, Resume, Step
+from logbook.importers.items import Context, End, Event, Resume, Step
 
 RENAME = {
     "consumed samples": "samples",

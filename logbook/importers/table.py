@@ -52,8 +52,8 @@ import sqlite3
 import tempfile
 from datetime import datetime
 
-from . import names, reading
-from .items import Context, Step
+from logbook.importers import names, reading
+from logbook.importers.items import Context, Step
 
 STEP_COLUMNS = (
     "trainer/global_step",

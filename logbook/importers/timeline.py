@@ -39,10 +39,10 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from .. import layout, records
-from .items import ImportReport
-from .reading import Clock, open_text
-from .writer import write_if_changed
+from logbook.importers.items import ImportReport
+from logbook.importers.reading import Clock, open_text
+from logbook.importers.writer import write_if_changed
+from logbook.record import layout, records
 
 CHECKPOINT_EVERY = 250
 AUTHOR = "timeline import"

@@ -31,8 +31,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import layout, records, segments
-from .items import Config, End, Event, ImportReport, Resume, Step
+from logbook.importers.items import Config, End, Event, ImportReport, Resume, Step
+from logbook.record import layout, records, segments
 
 NEG_INF = float("-inf")
 

@@ -3,9 +3,10 @@
 import pytest
 
 from app.detector import Detector
-from logbook import divergence, layout
-from logbook.ingest import ingest
+from logbook.analysis import divergence
+from logbook.record import layout
 from logbook.store import memory
+from logbook.store.ingest import ingest
 
 from .test_pages import FAULTS, ROOT
 

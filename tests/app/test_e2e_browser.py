@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from logbook import annotations as ann_log
-from logbook import records
+from logbook.record import annotations as ann_log
+from logbook.record import records
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("MIDFLIGHT_CHROMIUM", "/usr/bin/chromium"))

@@ -12,8 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 import logbook
 from app.source import DEFAULT_ROOT, ENV_RUNS, roots_from
-from logbook import annotations as ann_log
-from logbook import energy
+from logbook.analysis import energy
+from logbook.record import annotations as ann_log
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app" / "streamlit_app.py")  # AppTest resolves relative paths against the calling file

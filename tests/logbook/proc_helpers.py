@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from logbook import records
+from logbook.record import records
 
 ROOT = Path(__file__).resolve().parents[2]
 

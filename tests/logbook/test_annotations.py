@@ -3,9 +3,8 @@
 import pytest
 
 import logbook
-from logbook import queries
-from logbook.ingest import ingest
-from logbook.store import memory, open_store
+from logbook.store import memory, open_store, queries
+from logbook.store.ingest import ingest
 
 
 @pytest.fixture

@@ -109,7 +109,7 @@ def test_garbage_files_are_skipped_and_counted(run_dir):
 
 
 def test_long_ingest_shows_progress(run_dir, monkeypatch, capsys):
-    from logbook import ingest as ingest_mod
+    from logbook.store import ingest as ingest_mod
     from logbook.store import memory
 
     monkeypatch.setattr(ingest_mod, "PROGRESS_MIN_BYTES", 0)

@@ -15,14 +15,14 @@ import sys
 import pytest
 
 import logbook
-from logbook import layout, queries
-from logbook.store import StoreWarning, open_store
+from logbook.record import layout
+from logbook.store import StoreWarning, open_store, queries
 
 from .proc_helpers import Proc, child_env, cli, python
 
 FOLLOWER = """
     import sys, time
-    from logbook.follow import Follower
+    from logbook.store.follow import Follower
     from logbook.store import open_store
 
     run_dir, store_path, target, idle = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])

@@ -10,9 +10,9 @@ import random
 import time
 
 import logbook
-from logbook import layout, records
-from logbook.ingest import ingest
+from logbook.record import layout, records
 from logbook.store import open_store
+from logbook.store.ingest import ingest
 
 from .proc_helpers import duplicate_metric_keys, metric_points, parse_log, python, python_ok
 

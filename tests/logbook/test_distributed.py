@@ -6,9 +6,8 @@ import textwrap
 import threading
 
 import logbook
-from logbook import queries
-from logbook.ingest import ingest
-from logbook.store import memory
+from logbook.store import memory, queries
+from logbook.store.ingest import ingest
 
 SCRIPT = textwrap.dedent("""
     import sys, torch, torch.distributed as dist

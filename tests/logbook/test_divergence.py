@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 import logbook
-from logbook import divergence
-from logbook.divergence import DivergenceConfig, OnlineDetector, detect
-from logbook.ingest import ingest
+from logbook.analysis import divergence
+from logbook.analysis.divergence import DivergenceConfig, OnlineDetector, detect
+from logbook.report import incidents as incident_report
 from logbook.store import memory
+from logbook.store.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOOM = ROOT / "tests" / "fixtures" / "bloom_tr11_176B_megatron_deepspeed.log"
@@ -201,7 +202,7 @@ def test_bloom_176b_spike_is_detected_with_the_right_step_range():
 
 def test_sample_run_spike_overflows_and_straggler(tmp_path):
     store, _ = logbook.open_run(ROOT / "sample_runs" / "opt-tiny-faults", store_path=str(tmp_path / "s.duckdb"))
-    found = divergence.incidents(store, "opt-tiny-faults")
+    found = incident_report.incidents(store, "opt-tiny-faults")
     eff = [i for i in found if not i.superseded]
     by = {(i.kind, i.start_step) for i in eff}
     assert {("loss_spike", 300), ("grad_norm_spike", 300), ("loss_scale_collapse", 250)} <= by
@@ -238,7 +239,7 @@ def test_rollback_lineage_no_false_incident_and_superseded_marked(tmp_path):
     _segment(run, "b", range(251, 700), lambda s: (2.5 * noise[2, s], clean(s)[1]), resume_step=250)
     store = memory()
     ingest(store, [run])
-    found = divergence.incidents(store, "r")
+    found = incident_report.incidents(store, "r")
     eff = [i for i in found if not i.superseded]
     sup = [i for i in found if i.superseded]
     assert eff == []  # neither the blow-up nor the jump back down at the rollback is an incident

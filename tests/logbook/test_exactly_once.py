@@ -15,9 +15,9 @@ import duckdb
 import pytest
 
 import logbook
-from logbook import layout
-from logbook.ingest import ingest
+from logbook.record import layout
 from logbook.store import open_store
+from logbook.store.ingest import ingest
 
 from .proc_helpers import cli, duplicate_metric_keys, metric_points, parse_bytes, parse_log, python, store_snapshot_diff
 
@@ -36,7 +36,7 @@ CHUNK = 64 * 1024
 
 INGESTER = """
     import sys
-    from logbook.ingest import ingest
+    from logbook.store.ingest import ingest
     from logbook.store import open_store
 
     store = open_store(sys.argv[2], fallback=False)

@@ -16,10 +16,12 @@ import pandas as pd
 import pytest
 
 import logbook
-from logbook import divergence, queries, segments
 from logbook.exporters import export, export_bytes
 from logbook.exporters.png import PNG_SIGNATURE
-from logbook.exporters.text import md
+from logbook.present.text import md
+from logbook.record import segments
+from logbook.report import incidents as incident_report
+from logbook.store import queries
 
 from .proc_helpers import ROOT, cli
 
@@ -80,7 +82,7 @@ def test_markdown_has_every_segment_incident_and_annotation_and_its_pngs(sample,
         assert md(sid) in text
     assert "## Chronicle" in text and text.count("\n### ") >= 3  # one chronicle entry per segment
 
-    incidents = divergence.incidents(store, RUN)
+    incidents = incident_report.incidents(store, RUN)
     assert incidents, "the sample run has incidents"
     table = text.split("## Incidents", 1)[1].split("\n## ", 1)[0]
     rows = [ln for ln in table.splitlines() if ln.startswith("| ")][1:]
@@ -239,7 +241,7 @@ def test_tables_round_trip(sample, tmp_path, fmt):
         ("segments", 3),
         ("annotations", 4),
         ("interventions", 1),
-        ("incidents", len(divergence.incidents(store, RUN))),
+        ("incidents", len(incident_report.incidents(store, RUN))),
     ):
         assert len(read_table(out / f"{table}.{fmt}")) == expected, table
     segs = read_table(out / f"segments.{fmt}")

@@ -3,9 +3,8 @@
 import time
 
 import logbook
-from logbook import queries
-from logbook.follow import Follower, filesystem_type
-from logbook.store import memory
+from logbook.store import memory, queries
+from logbook.store.follow import Follower, filesystem_type
 
 
 def test_filesystem_type_picks_the_longest_mount(tmp_path):

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 import logbook
-from logbook import annotations, queries
 from logbook.importers import ImportConflict, import_logs, reading, sniff
-from logbook.ingest import ingest
-from logbook.lineage import effective_path
+from logbook.record import annotations
+from logbook.store import queries
+from logbook.store.ingest import ingest
+from logbook.store.lineage import effective_path
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import logbook
-from logbook import queries
 from logbook.importers import import_logs, sniff
+from logbook.store import queries
 
 WALL0 = 1_700_000_000.0
 

@@ -5,9 +5,9 @@ import json
 import pytest
 
 import logbook
-from logbook import interventions, queries
-from logbook.ingest import ingest
-from logbook.store import memory
+from logbook.record import interventions
+from logbook.store import memory, queries
+from logbook.store.ingest import ingest
 
 
 @pytest.fixture

@@ -10,17 +10,17 @@ import json
 import warnings
 
 import logbook
-from logbook import layout, records
-from logbook.ingest import ingest
-from logbook.recorder import RecorderWarning
+from logbook.record import layout, records
+from logbook.record.recorder import RecorderWarning
 from logbook.store import memory
+from logbook.store.ingest import ingest
 
 from .proc_helpers import duplicate_metric_keys, metric_points, parse_log, python_ok
 
 FULL_DISK_WRITER = """
     import json, resource, signal, sys, time, warnings
     import logbook
-    from logbook.recorder import RecorderWarning
+    from logbook.record.recorder import RecorderWarning
 
     run_dir = sys.argv[1]
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us

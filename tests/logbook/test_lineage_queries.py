@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 import logbook
-from logbook import ingest as ingest_mod
-from logbook import lineage, queries
-from logbook.ingest import ingest
-from logbook.store import memory
+from logbook.store import ingest as ingest_mod
+from logbook.store import lineage, memory, queries
+from logbook.store.ingest import ingest
 
 
 def _segment(run_dir, seg_id, steps, *, value, resume_step=None, parent=None, finish="completed"):
@@ -78,8 +77,7 @@ def test_x_axes_tokens_and_time_and_multi_run(tmp_path):
     assert t["x"].is_monotonic_increasing and t["x"].iloc[0] > 1e9
     zoom = queries.series(store, "r1", "loss", x_range=(10, 19))
     assert zoom["step"].tolist() == list(range(10, 20))
-    both = queries.multi_series(store, ["r1", "r2"], "loss")
-    assert both.groupby("run").size().to_dict() == {"r1": 50, "r2": 30}
+    assert len(queries.series(store, "r2", "loss")) == 30  # runs in one store stay apart
     with pytest.raises(ValueError):
         queries.series(store, "r1", "loss", x="epochs")
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import logbook
-from logbook import layout, queries
-from logbook.ingest import ingest
-from logbook.recorder import RecorderWarning
-from logbook.store import memory
+from logbook.record import layout
+from logbook.record.recorder import RecorderWarning
+from logbook.store import memory, queries
+from logbook.store.ingest import ingest
 
 
 def _ingest(run_dir):

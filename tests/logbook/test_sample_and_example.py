@@ -4,10 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from logbook import layout, open_run, queries
-from logbook.ingest import ingest
-from logbook.store import open_store
-from logbook.summary import summarize
+from logbook import open_run
+from logbook.record import layout
+from logbook.report.summary import summarize
+from logbook.store import open_store, queries
+from logbook.store.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 

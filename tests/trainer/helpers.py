@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 import logbook
-from logbook import queries
+from logbook.store import queries
 from tests.logbook.proc_helpers import ROOT, Proc, child_env
 
 # Small and fast on a 2-core CPU: ~5 ms a step.

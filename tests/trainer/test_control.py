@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from logbook import interventions
+from logbook.record import interventions
 
 from .helpers import Recorded, logbook_cli, start, train
 

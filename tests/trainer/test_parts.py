@@ -94,7 +94,7 @@ def test_mixed_precision_and_activation_checkpointing_train(tmp_path, precision)
 
 def _names(run_dir):
     rec = Recorded(run_dir)
-    from logbook import queries
+    from logbook.store import queries
 
     return queries.metric_names(rec.store, rec.run)
 

@@ -3,10 +3,10 @@
 import json
 from pathlib import Path
 
-from logbook import layout, queries
-from logbook.ingest import ingest
-from logbook.store import open_store
-from logbook.summary import summarize
+from logbook.record import layout
+from logbook.report.summary import summarize
+from logbook.store import open_store, queries
+from logbook.store.ingest import ingest
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_runs" / "opt-tiny-faults"
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import logbook
-from logbook import queries
+from logbook.store import queries
 from trainer import nvml, telemetry
 from trainer.telemetry import EnergyCounter, TelemetrySampler, TelemetryWarning
 

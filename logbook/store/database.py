@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from . import schema
+from logbook.store import schema
 
 
 class StoreWarning(UserWarning):

@@ -19,8 +19,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from . import layout, records, schema
-from .store import Store
+from logbook.record import layout, records
+from logbook.store import schema
+from logbook.store.database import Store
 
 CHUNK_BYTES = 32 << 20
 MAX_EXAMPLES = 5

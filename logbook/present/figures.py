@@ -1,29 +1,25 @@
-"""Plotly figures for the pages: pure functions from arrays and frames to a go.Figure.
+"""Plotly figures for the dashboard and the HTML logbook: pure functions from arrays and frames to a go.Figure.
 
-Every chart of a run draws the run's markers (annotations, incidents, restarts,
-interventions) as vertical lines plus a hoverable symbol in a strip at the top,
-whatever the data's scale or the zoom. Marker and trace labels are user text, so
-they are HTML-escaped here: Plotly renders a subset of HTML in hover labels, and
-an annotation must show as the characters typed, never as markup.
+Every chart of a run draws the run's markers (annotations, incidents, restarts, interventions) as
+vertical lines plus a hoverable symbol in a strip at the top, whatever the data's scale or the zoom.
+Marker and trace labels are user text, so they are HTML-escaped here (`text.safe`): Plotly renders a
+subset of HTML in hover labels, and an annotation must show as the characters typed, never as markup.
 """
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from logbook.palette import END_COLOURS, MARKER_COLOURS
+from logbook.present.markers import Marker
+from logbook.present.palette import END_COLOURS, MARKER_COLOURS, MARKER_SYMBOLS
+from logbook.present.text import safe
 
-MARKER_SYMBOLS = {"annotation": "triangle-down", "incident": "x", "restart": "diamond", "intervention": "star"}
-MARKER_STYLE = {
-    kind: (MARKER_COLOURS[kind], symbol) for kind, symbol in MARKER_SYMBOLS.items()
-}  # kind -> (colour, symbol)
+MARKER_STYLE = {kind: (MARKER_COLOURS[kind], symbol) for kind, symbol in MARKER_SYMBOLS.items()}
 X_TITLES = {"step": "step", "tokens": "tokens", "time": "wall time (UTC)"}
-LABEL_CHARS = 300  # hover text is a glimpse; the full text is in the logbook tables
 
 
 @dataclass
@@ -34,17 +30,9 @@ class Line:
     x: np.ndarray
     y: np.ndarray
     step: np.ndarray
-    faded: bool = False
+    faded: bool = False  # an abandoned branch: thin and pale, one legend entry for all of them
     colour: str | None = None
     mode: str = "lines+markers"
-
-
-@dataclass
-class Marker:
-    x: float
-    step: int
-    kind: str  # a key of MARKER_STYLE
-    label: str  # plain text
 
 
 @dataclass
@@ -58,37 +46,6 @@ class Points:
     symbol: str = "circle-open"
     colour: str = "#d62728"
     hover: list[str] = field(default_factory=list)
-
-
-def one_line(text, limit: int = LABEL_CHARS) -> str:
-    """User text on one line, cut to `limit` characters (for widget labels, which Streamlit shows as text)."""
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
-
-
-def safe(text, limit: int = LABEL_CHARS) -> str:
-    """User text as inert Plotly text (hover labels, titles, legends): one line, HTML-escaped."""
-    return html.escape(one_line(text, limit), quote=True)
-
-
-def fmt_energy(joules: float | None) -> str:
-    """Energy in the unit that reads best: J, kJ, Wh, kWh or MWh."""
-    if joules is None or not np.isfinite(joules):
-        return "—"
-    for limit, div, unit in ((1e4, 1, "J"), (3.6e5, 1e3, "kJ"), (3.6e6, 3600, "Wh"), (3.6e9, 3.6e6, "kWh")):
-        if abs(joules) < limit:
-            return f"{joules / div:.3g} {unit}"
-    return f"{joules / 3.6e9:.4g} MWh"
-
-
-def fmt_mass(kg: float | None) -> str:
-    """CO2eq mass: mg, g, kg or t."""
-    if kg is None or not np.isfinite(kg):
-        return "—"
-    for limit, div, unit in ((1e-3, 1e-6, "mg"), (1, 1e-3, "g"), (1e3, 1, "kg")):
-        if abs(kg) < limit:
-            return f"{kg / div:.3g} {unit}"
-    return f"{kg / 1e3:.4g} t"
 
 
 def to_axis(x, axis: str):
@@ -116,9 +73,12 @@ def metric_figure(
     points: list[Points] = (),
     hlines: list[tuple[float, str]] = (),
     x_range: tuple | None = None,
+    template: str | None = None,
 ) -> go.Figure:
-    """A line chart with the run's markers; customdata holds each point's step."""
+    """A line chart with the run's markers; customdata holds each point's step. Faded lines (abandoned
+    branches) share one legend entry, however many there are."""
     fig = go.Figure()
+    faded_shown = False
     for ln in lines:
         fig.add_trace(
             go.Scatter(
@@ -127,7 +87,9 @@ def metric_figure(
                 customdata=np.asarray(ln.step),
                 mode=ln.mode,
                 name=safe(ln.name, 60),
-                opacity=0.3 if ln.faded else 1.0,
+                legendgroup="faded" if ln.faded else None,
+                showlegend=not (ln.faded and faded_shown),
+                opacity=0.35 if ln.faded else 1.0,
                 line={"width": 1 if ln.faded else 1.6, "color": ln.colour},
                 # markers make points clickable (a lines-only trace gives no selection), but drawing thousands
                 # of SVG markers tripled the browser's render time; maxdisplayed keeps them clickable, undrawn
@@ -135,6 +97,7 @@ def metric_figure(
                 hovertemplate="step %{customdata}<br>%{y:.6g}<extra>" + safe(ln.name, 60) + "</extra>",
             )
         )
+        faded_shown |= ln.faded
     for p in points:
         fig.add_trace(
             go.Scatter(
@@ -161,6 +124,7 @@ def metric_figure(
         yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
         xaxis={"title": None},
         hovermode="closest",
+        template=template,
     )
     if x_range is not None:
         fig.update_xaxes(range=list(to_axis(np.asarray(x_range, dtype="float64"), axis)))
@@ -179,7 +143,7 @@ def _draw_markers(fig: go.Figure, markers: list[Marker], axis: str) -> None:
     shapes = []
     for kind, ms in by_kind.items():
         colour, symbol = MARKER_STYLE.get(kind, ("#444", "circle"))
-        xs = to_axis([m.x for m in ms], axis)
+        xs = to_axis([m.step if m.x is None else m.x for m in ms], axis)
         line = {"color": colour, "width": 1, "dash": "dash"}
         shapes += [
             {"type": "line", "x0": x, "x1": x, "y0": 0, "y1": 0.92, "yref": "paper", "line": line, "layer": "below"}
@@ -202,69 +166,60 @@ def _draw_markers(fig: go.Figure, markers: list[Marker], axis: str) -> None:
         fig.update_layout(shapes=shapes)
 
 
-def lineage_tree_figure(segs: pd.DataFrame, height: int | None = None) -> go.Figure:
-    """The restart tree: one lane per segment (oldest at the top) from its start step to its last step,
-    coloured by how it ended, with a connector from the parent at the step it resumed from."""
+def lineage_tree_figure(lanes: list[dict], height: int | None = None, template: str | None = None) -> go.Figure:
+    """The restart tree from `tree.lanes()`: one lane per segment (oldest at the top) from its start step to
+    its last step, coloured by how it ended, thick on the effective path, with a dotted connector from the
+    parent's lane at the step it resumed from."""
     fig = go.Figure()
-    if segs.empty:
+    if not lanes:
         return fig
-    segs = segs.reset_index(drop=True)
-    lane = {sid: i for i, sid in enumerate(segs["segment_id"])}
-    for i, s in segs.iterrows():
-        start = _first(s.get("resume_step"), s.get("start_step"), 0)
-        end = _first(s.get("end_step"), start)
-        colour = END_COLOURS.get(s["end_reason"], "#7f7f7f")
-        label = safe(f"{s['segment_id']}: {s.get('reason') or ''} → {s['end_reason']}", 200)
+    for ln in lanes:
+        colour = END_COLOURS.get(ln["end_reason"], "#7f7f7f")
+        label = safe(f"{ln['id']}: {ln['reason'] or 'fresh start'} → {ln['end_reason']}", 200)
         fig.add_trace(
             go.Scatter(
-                x=[start, end],
-                y=[i, i],
+                x=[ln["start"], ln["end"]],
+                y=[ln["lane"], ln["lane"]],
                 mode="lines+markers",
-                line={"color": colour, "width": 9 if s.get("effective") else 4},
-                opacity=1.0 if s.get("effective") else 0.45,
+                line={"color": colour, "width": 9 if ln["effective"] else 4},
+                opacity=1.0 if ln["effective"] else 0.45,
                 marker={"size": 8},
-                name=safe(s["segment_id"], 40),
-                customdata=[start, end],
+                name=safe(ln["id"], 40),
+                customdata=[ln["start"], ln["end"]],
                 hovertext=[label, label],
                 hovertemplate="%{hovertext}<br>step %{x}<extra></extra>",
                 showlegend=False,
             )
         )
-        parent = s.get("parent_id")
-        if isinstance(parent, str) and parent in lane:
+        if ln["parent_lane"] is not None:
             fig.add_trace(
                 go.Scatter(
-                    x=[start, start],
-                    y=[lane[parent], i],
+                    x=[ln["start"], ln["start"]],
+                    y=[ln["parent_lane"], ln["lane"]],
                     mode="lines",
-                    line={"color": "#999", "width": 1, "dash": "dot"},
+                    line={"color": "#999999", "width": 1, "dash": "dot"},
                     hoverinfo="skip",
                     showlegend=False,
                 )
             )
+    ended = {ln["end_reason"] for ln in lanes}
     for reason, colour in END_COLOURS.items():  # a legend of end reasons
-        if reason in set(segs["end_reason"]):
+        if reason in ended:
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line={"color": colour, "width": 6}, name=reason))
     fig.update_layout(
-        height=height or max(220, 60 + 34 * len(segs)),
-        margin={"l": 10, "r": 10, "t": 30, "b": 30},
-        title={"text": "restart tree (thick: the effective path)", "font": {"size": 14}},
+        height=height or max(220, 60 + 34 * len(lanes)),
+        margin={"l": 10, "r": 10, "t": 32, "b": 36},
+        title={"text": "Restart tree (thick: the effective path)", "font": {"size": 14}},
         yaxis={
             "autorange": "reversed",
-            "tickvals": list(range(len(segs))),
-            "ticktext": [safe(s, 32) for s in segs["segment_id"]],
+            "tickvals": [ln["lane"] for ln in lanes],
+            "ticktext": [safe(ln["id"], 40) for ln in lanes],
         },
-        xaxis={"title": "step"},
+        xaxis={"title": {"text": "step"}},
         legend={"orientation": "h", "y": -0.2},
+        template=template,
     )
     return fig
-
-
-def _first(*values):
-    for v in values:
-        if v is not None and not (isinstance(v, float) and np.isnan(v)) and v is not pd.NA:
-            return v
-    return None
 
 
 def bar_figure(title: str, labels: list[str], values: list[float], *, unit: str, colours=None) -> go.Figure:

@@ -30,7 +30,7 @@ import warnings
 from collections import deque
 from pathlib import Path
 
-from . import dist, layout, records, segments
+from logbook.record import dist, layout, records, segments
 
 END_REASONS = ("completed", "crashed", "stopped", "rewound")
 

@@ -17,9 +17,9 @@ from watchdog.events import EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileS
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from . import layout
-from .ingest import IngestReport, ingest
-from .store import Store
+from logbook.record import layout
+from logbook.store.database import Store
+from logbook.store.ingest import IngestReport, ingest
 
 NETWORK_FS = {
     "nfs",

@@ -69,3 +69,54 @@ def effective_ranges(segs: list[Seg]) -> list[Range]:
         hi = starts[i + 1] if i + 1 < len(path) else POS_INF
         ranges.append(Range(seg.segment_id, starts[i], hi))
     return ranges
+
+
+@dataclass(frozen=True)
+class Span:
+    """Steps cut < step <= last_step of `segment_id` are not in the effective history."""
+
+    segment_id: str
+    cut: int  # the last step it kept (a resume step); steps after it were discarded
+    last_step: int
+    discarded_by: str | None  # the path segment whose start superseded them
+    on_path: bool  # False: the whole segment is an abandoned branch
+
+
+def abandoned_spans(segs: list[Seg], last_steps: dict[str, int | None]) -> list[Span]:
+    """Pure: which logged steps of which segment the effective history discarded.
+
+    last_steps: the last step each segment logged (None if it logged none).
+    """
+    path = effective_path(segs)
+    ranges = {r.segment_id: r for r in effective_ranges(segs)}
+    pos = {s.segment_id: i for i, s in enumerate(path)}
+    by_id = {s.segment_id: s for s in segs}
+    spans = []
+    for s in segs:
+        last = last_steps.get(s.segment_id)
+        if last is None:
+            continue
+        if s.segment_id in pos:
+            hi = ranges[s.segment_id].hi
+            if last > hi:
+                nxt = path[pos[s.segment_id] + 1].segment_id
+                spans.append(Span(s.segment_id, hi, int(last), nxt, True))
+            continue
+        start = _start(s, s.parent_id is None)  # its own first step - 1
+        if start == NEG_INF:
+            start = (s.first_step - 1) if s.first_step is not None else 0
+        spans.append(Span(s.segment_id, int(start), int(last), _superseder(s, by_id, pos, path), False))
+    return spans
+
+
+def _superseder(seg: Seg, by_id: dict, pos: dict, path: list) -> str | None:
+    """The path segment that replaced an off-path branch: the child, on the path, of its nearest path ancestor."""
+    seen = set()
+    node = seg
+    while node is not None and node.segment_id not in seen:
+        seen.add(node.segment_id)
+        if node.segment_id in pos:
+            i = pos[node.segment_id]
+            return path[i + 1].segment_id if i + 1 < len(path) else None
+        node = by_id.get(node.parent_id) if node.parent_id else None
+    return path[0].segment_id if path else None  # a replaced lineage: the new root superseded it

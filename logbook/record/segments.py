@@ -14,7 +14,7 @@ import secrets
 import time
 from pathlib import Path
 
-from . import layout, records
+from logbook.record import layout, records
 
 
 def new_segment_id(now: float | None = None) -> str:

@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from . import layout, records
+from logbook.record import layout, records
 
 KINDS = ("note", "hardware", "data", "optimizer", "lr", "clip", "code")
 MAX_TEXT = 100_000  # characters; a logbook entry, not a file upload

@@ -12,6 +12,8 @@ import math
 import re
 import time
 
+from logbook.values import missing
+
 # Inline ASCII punctuation that means something to CommonMark, GFM (tables, strikethrough) or to the
 # renderers that add LaTeX ($) and emoji shortcodes (:). CommonMark lets any of them be
 # backslash-escaped; <, > and & become entities instead, which every renderer shows as the character.
@@ -52,14 +54,18 @@ def esc(value, limit: int | None = None) -> str:
     return html.escape(s, quote=True)
 
 
-def one_line(value, limit: int = 300) -> str:
-    """User text on one line, cut to `limit` characters (hover labels)."""
+LABEL_CHARS = 300  # hover text is a glimpse; the full text is in the logbook tables
+
+
+def one_line(value, limit: int = LABEL_CHARS) -> str:
+    """User text on one line, cut to `limit` characters (widget labels, which Streamlit shows as text)."""
     s = " ".join(str(value).split())
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
+def safe(value, limit: int = LABEL_CHARS) -> str:
+    """User text as inert Plotly text (hover labels, titles, legends): one line, HTML-escaped."""
+    return esc(one_line(value, limit))
 
 
 def num(v) -> str:

@@ -15,8 +15,8 @@ import time
 import uuid
 from pathlib import Path
 
-from . import layout, records
-from .annotations import author_name
+from logbook.record import layout, records
+from logbook.record.annotations import author_name
 
 # action -> {param: check}; validated here so a typo or a nonsense value never reaches a live run
 _POSITIVE = ("a number > 0", lambda v: _is_number(v) and v > 0)

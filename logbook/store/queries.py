@@ -11,8 +11,9 @@ import time
 
 import pandas as pd
 
-from . import downsample, lineage
-from .store import Store
+from logbook.store import downsample, lineage
+from logbook.store.database import Store
+from logbook.values import missing
 
 X_AXES = ("step", "tokens", "time")
 TOKENS_METRIC = "tokens"  # cumulative tokens seen; the x-axis for x="tokens"
@@ -80,20 +81,16 @@ def segments(store: Store, run: str, now: float | None = None) -> pd.DataFrame:
 
 def _end_reason(row, now: float) -> str:
     """completed | crashed | stopped | rewound | running | unknown (died without a close record)."""
-    reasons = [] if _missing(row.reasons) else list(row.reasons)
+    reasons = [] if missing(row.reasons) else list(row.reasons)
     if "crashed" in reasons:
         return "crashed"
-    if not _missing(row.rank0_reason):
+    if not missing(row.rank0_reason):
         return row.rank0_reason
     if reasons and len(reasons) == row.ranks:
         return reasons[0]
-    if not _missing(row.last_write) and now - row.last_write < STALE_AFTER_S:
+    if not missing(row.last_write) and now - row.last_write < STALE_AFTER_S:
         return "running"
     return "unknown"
-
-
-def _missing(v) -> bool:
-    return v is None or (not hasattr(v, "__len__") and bool(pd.isna(v)))
 
 
 def run_status(store: Store, run: str) -> str:
@@ -195,15 +192,6 @@ def last_value(store: Store, run: str, name: str, *, rank: int | None = 0) -> fl
     return None if row is None else row[1]
 
 
-def multi_series(store: Store, runs: list[str], name: str, **kwargs) -> pd.DataFrame:
-    """The same metric for several runs, stacked with a `run` column (for overlays)."""
-    frames = [series(store, run, name, **kwargs).assign(run=run) for run in runs]
-    frames = [f for f in frames if not f.empty]
-    if not frames:
-        return pd.DataFrame(columns=["x", "value", "step", "segment_id", "run"])
-    return pd.concat(frames, ignore_index=True)
-
-
 def effective_steps(store: Store, run: str) -> int:
     cond, params = _range_filter(effective_ranges(store, run), "effective")
     row = (
@@ -274,3 +262,58 @@ def ingest_problems(store: Store, run: str) -> list[dict]:
         .fetchall()
     )
     return [{"file": p, "malformed": int(n), "examples": json.loads(e or "[]")} for p, n, e in rows]
+
+
+# ----------------------------------------------------------------- what energy and accounting read
+def segment_times(store: Store, run: str) -> dict[str, tuple[float, float]]:
+    """(start, end) wall time of each segment: header start (else first record) to close (else last record)."""
+    rows = (
+        store.cursor()
+        .execute(
+            """SELECT s.segment_id, s.start_time,
+                  (SELECT max(close_time) FROM rank_logs r WHERE r.run_id = s.run_id AND r.segment_id = s.segment_id),
+                  (SELECT min(wall_time) FROM metrics m WHERE m.run_id = s.run_id AND m.segment_id = s.segment_id),
+                  (SELECT max(wall_time) FROM metrics m WHERE m.run_id = s.run_id AND m.segment_id = s.segment_id),
+                  (SELECT min(wall_time) FROM telemetry t WHERE t.run_id = s.run_id AND t.segment_id = s.segment_id),
+                  (SELECT max(wall_time) FROM telemetry t WHERE t.run_id = s.run_id AND t.segment_id = s.segment_id)
+           FROM segments s WHERE s.run_id = ?""",
+            [run],
+        )
+        .fetchall()
+    )
+    out = {}
+    for seg, start, close, m0, m1, t0, t1 in rows:
+        firsts = [x for x in (start, m0, t0) if x is not None]
+        lasts = [x for x in (close, m1, t1) if x is not None]
+        if firsts and lasts:
+            s = start if start is not None else min(firsts)
+            out[seg] = (float(s), float(max(lasts + [s])))
+    return out
+
+
+def rank_hosts(store: Store, run: str) -> dict[tuple[str, int], str | None]:
+    """{(segment_id, rank): host} from each rank's open record."""
+    rows = store.cursor().execute("SELECT segment_id, rank, host FROM rank_logs WHERE run_id = ?", [run]).fetchall()
+    return {(seg, rank): host for seg, rank, host in rows}
+
+
+def step_wall_times(store: Store, run: str) -> pd.DataFrame:
+    """segment_id, step, wall_time: when each step was logged (rank 0's latest record of it)."""
+    sql = """SELECT segment_id, step, max(wall_time) AS wall_time FROM metrics
+             WHERE run_id = ? AND rank = 0 GROUP BY segment_id, step ORDER BY segment_id, step"""
+    return _df(store.cursor(), sql, [run])
+
+
+def gpu_counts(store: Store, run: str) -> dict[str, int]:
+    """GPUs that reported telemetry, per segment (distinct host x device)."""
+    rows = (
+        store.cursor()
+        .execute(
+            """SELECT t.segment_id, count(DISTINCT coalesce(r.host, 'rank' || t.rank::VARCHAR) || '/' || t.device)
+               FROM telemetry t LEFT JOIN rank_logs r USING (run_id, segment_id, rank)
+               WHERE t.run_id = ? AND t.device LIKE 'gpu%' GROUP BY t.segment_id""",
+            [run],
+        )
+        .fetchall()
+    )
+    return {seg: int(n) for seg, n in rows}

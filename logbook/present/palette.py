@@ -1,4 +1,4 @@
-"""The colours of end reasons and markers, shared by the dashboard and the exported logbooks.
+"""The colours of end reasons and markers, and the markers' symbols, shared by the dashboard and the exports.
 
 One place, so a crashed segment or an incident marker looks the same on a page, in a PNG and in
 an HTML export.
@@ -13,3 +13,4 @@ END_COLOURS = {
     "unknown": "#7f7f7f",
 }
 MARKER_COLOURS = {"restart": "#ff7f0e", "incident": "#d62728", "annotation": "#1f77b4", "intervention": "#9467bd"}
+MARKER_SYMBOLS = {"restart": "diamond", "incident": "x", "annotation": "triangle-down", "intervention": "star"}

@@ -3,8 +3,8 @@ throughput drops and stragglers. Pure functions over plain values; no torch, no 
 
 `OnlineDetector` takes one step at a time (O(window) work per point, constant in the run's length).
 `detect` is the batch form: it runs the same detector over arrays, so both give the same incidents.
-`incidents(store, run)` reads a run through `logbook.queries` (effective history, then each
-superseded branch) and returns every incident.
+`incidents_from(frames)` finds every incident of a run from its detector inputs (the effective history,
+each superseded branch, telemetry), which `logbook.report.incidents` reads from the store.
 
 Spike rule (chosen in benchmarks/bench_divergence.py): on log(value), a point is anomalous when its
 robust z-score against the last `window` normal points (median, IQR/1.349) exceeds `z` AND it exceeds
@@ -541,78 +541,12 @@ def _truthy(v) -> bool:
     return v is not None and v == v and bool(v)
 
 
-# ----------------------------------------------------------------- store
-SERIES = ("loss", "grad_norm", "loss_scale", "lr", "clip", "tokens_per_s")
-
-
-def run_frame(store, run: str, which: str = "effective"):
-    """The detector's input table for a run, read through logbook.queries: one row per step with the
-    metrics of rank 0, step_time_s/<rank> for every rank, overflow / at_floor flags from events, and
-    segment_id. which: "effective" or "superseded" (rows of every superseded branch together)."""
-    import pandas as pd
-
-    from . import queries
-
-    names = set(queries.metric_names(store, run))
-    frame = None
-
-    def join(df, col):
-        nonlocal frame
-        df = df.drop_duplicates(["segment_id", "step"], keep="last")[["segment_id", "step", "value"]]
-        df = df.rename(columns={"value": col})
-        frame = df if frame is None else frame.merge(df, on=["segment_id", "step"], how="outer")
-
-    for name in SERIES:
-        if name in names:
-            join(queries.series(store, run, name, which=which), name)
-    if "step_time_s" in names:
-        segs = queries.segments(store, run)
-        for r in range(int(segs["ranks"].max()) if len(segs) else 0):
-            join(queries.series(store, run, "step_time_s", rank=r, which=which), f"{STEP_TIME_PREFIX}{r}")
-    if frame is None:
-        return pd.DataFrame(columns=["segment_id", "step"])
-    ev = queries.events(store, run, kinds=["overflow", "loss_scale_at_floor"])
-    for kind, col in (("overflow", "overflow"), ("loss_scale_at_floor", "at_floor")):
-        hits = set(zip(ev.loc[ev.kind == kind, "segment_id"], ev.loc[ev.kind == kind, "step"]))
-        frame[col] = [(s, st) in hits for s, st in zip(frame["segment_id"], frame["step"])]
-    return frame.sort_values(["step", "segment_id"], ignore_index=True)
-
-
-def telemetry_frame(store, run: str):
-    """The telemetry samples hardware detection reads: throttling and ECC series, plus one liveness
-    series per device (all names of a sample arrive together), sorted by wall time."""
-    import pandas as pd
-
-    from . import queries
-
-    names = queries.telemetry_names(store, run)
-    wanted = [n for n in ("throttle_reasons", "ecc_errors") if n in names]
-    alive = next((n for n in ("util_pct", "power_w", "temp_c") if n in names), None) or (names[0] if names else None)
-    wanted += [alive] if alive is not None and alive not in wanted else []
-    frames = [queries.telemetry(store, run, n).assign(name=n) for n in wanted]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame(columns=["wall_time", "step", "segment_id", "host", "device", "name", "value"])
-    return pd.concat(frames, ignore_index=True).sort_values(["wall_time", "name"], kind="stable")
-
-
 def hardware_from(telemetry, config: DivergenceConfig | None = None) -> list[Incident]:
     """Throttling, ECC errors and silent devices from a telemetry_frame()."""
     det = TelemetryDetector(config)
     for r in telemetry.itertuples():
         det.update(r.wall_time, r.step, (r.segment_id, r.host, r.device), r.name, r.value)
     return det.incidents()
-
-
-def inputs(store, run: str) -> dict:
-    """Everything incident detection reads from the store, as plain frames. The split lets a caller
-    read on one thread (DuckDB) and detect elsewhere: the dashboard runs incidents_from() in a worker
-    process, because the detector is a Python loop (~13 µs a step) that would hold the server's GIL."""
-    return {
-        "effective": run_frame(store, run, "effective"),
-        "superseded": run_frame(store, run, "superseded"),
-        "telemetry": telemetry_frame(store, run),
-    }
 
 
 def incidents_from(frames: dict, config: DivergenceConfig | None = None) -> list[Incident]:
@@ -640,8 +574,3 @@ def incidents_from(frames: dict, config: DivergenceConfig | None = None) -> list
         inc.superseded = inc.segment_id not in on_path
         out.append(inc)
     return sorted(out, key=lambda i: (i.superseded, i.start_step, i.kind))
-
-
-def incidents(store, run: str, config: DivergenceConfig | None = None) -> list[Incident]:
-    """Every incident of a run (see incidents_from)."""
-    return incidents_from(inputs(store, run), config)

@@ -1,0 +1,77 @@
+"""A run's summary (`report.summary.summarize`) as the text `python -m logbook summary` prints."""
+
+from __future__ import annotations
+
+
+def _g(v) -> str:
+    """A number for people (3-4 significant digits), or what it is if it is not one."""
+    return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def format_text(s: dict) -> str:
+    lines = [
+        f"run {s['run']}: {s['status']}, last step {s['last_step']}, "
+        f"{s['effective_steps']} effective steps, last loss {s['last_loss']}"
+    ]
+    lines.append(f"segments ({len(s['segments'])}):")
+    for seg in s["segments"]:
+        mark = "*" if seg["effective"] else " "
+        span = f"steps {seg['start_step']}..{seg['end_step']}"
+        resumed = f" resumed from {seg['resume_step']} of {seg['parent']}" if seg["parent"] else ""
+        why = f" ({seg['reason']})" if seg["reason"] else ""
+        ended = seg["end_reason"]
+        if seg["error"]:
+            ended += f" ({seg['error'].strip().splitlines()[-1][:100]})"
+        elif seg["exit_code"]:
+            ended += f" (exit code {seg['exit_code']})"
+        lines.append(f" {mark} {seg['id']}: {span}, {ended}{resumed}{why}")
+        for key, (old, new) in seg["config_diff"].items():
+            lines.append(f"      {key}: {old} -> {new}")
+    lines.append("   (* = on the effective path)")
+    lines.append(f"metrics: {', '.join(s['metrics']) or '-'}")
+    lines.append(f"events: {', '.join(f'{k}={n}' for k, n in s['events'].items()) or '-'}")
+    lines.append(f"annotations: {s['annotations']}, interventions: {len(s['interventions'])}")
+    for i in s["interventions"]:
+        params = ", ".join(f"{k}={v}" for k, v in i["params"].items())
+        at = f" at step {i['applied_step']}" if i["applied_step"] is not None else ""
+        why = f": {i['detail']}" if i["detail"] else ""
+        note = f' ("{i["note"]}")' if i["note"] else ""
+        lines.append(f"    {i['kind']}({params}) by {i['author']}: {i['status']}{at}{why}{note}")
+    open_now = [i for i in s["incidents"] if not i["superseded"]]
+    lines.append(f"incidents: {len(open_now)} on the effective path, {len(s['incidents']) - len(open_now)} superseded")
+    for i in s["incidents"]:
+        where = " (superseded)" if i["superseded"] else ""
+        act = f"; suggested: {i['suggested_action']}" if i.get("suggested_action") else ""
+        lines.append(
+            f"    {i['kind']} steps {i['start_step']}..{i['end_step']}{where}: {i['severity']}, "
+            f"{i['classification']}, peak {_g(i['peak_value'])} at {i['peak_step']}{act}"
+        )
+    e = s["energy"]
+    if e and e["energy_j"] is not None:
+        label = "estimated" if e["estimated"] else "metered"
+        co2 = s["co2"]
+        kg = f"{s['co2eq_kg']:.3g} kg CO2eq" if s["co2eq_kg"] is not None else "CO2eq unknown"
+        lines.append(
+            f"energy: {_g(e['energy_kwh'])} kWh ({label}, basis {e['basis']}; nameplate "
+            f"{_g(e['nameplate_j'] and e['nameplate_j'] / 3.6e6)} kWh); {kg} at {co2['intensity_g_per_kwh']} g/kWh "
+            f"x PUE {co2['pue']:g} ({co2['source']})"
+        )
+    proj = s.get("projection")
+    if proj:
+        kg = f", {_g(proj['co2eq_kg'])} kg CO2eq" if proj["co2eq_kg"] is not None else ""
+        lines.append(
+            f"projection to the planned {proj['planned_steps']:,} steps: {_g(proj['projected_kwh'])} kWh{kg} "
+            f"(at {_g(proj['j_per_token'])} J/token{', estimated' if proj['estimated'] else ''})"
+        )
+    for b in s["wasted"]:
+        energy_txt = f", {_g(b['energy_j'])} J" if b["energy_j"] is not None else ""
+        lines.append(
+            f"wasted: {b['segment_id']} steps {b['first_step']}..{b['last_step']} ({b['steps']} steps, "
+            f"{_g(b['wall_s'])} s, {_g(b['device_hours'])} {b['device_kind']}-hours{energy_txt}), "
+            f"discarded by {b['discarded_by']}"
+        )
+    for p in s["ingest_problems"]:
+        lines.append(f"warning: {p['file']}: {p['malformed']} malformed lines skipped")
+        for line_no, msg, snippet in p["examples"][:3]:
+            lines.append(f"    line {line_no}: {msg}: {snippet[:80]}")
+    return "\n".join(lines)

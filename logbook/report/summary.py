@@ -1,0 +1,155 @@
+"""A run's summary as one plain dict: what `python -m logbook summary --json` prints."""
+
+from __future__ import annotations
+
+import json
+
+from logbook.analysis import energy
+from logbook.analysis.energy import DEFAULT_TDP_W, J_PER_KWH
+from logbook.report import energy as energy_report
+from logbook.report import incidents
+from logbook.report.wasted import wasted
+from logbook.store import queries
+from logbook.store.database import Store
+from logbook.values import finite, number, text
+
+
+def _interventions(store: Store, run: str) -> list[dict]:
+    return [
+        {
+            "id": r.intervention_id,
+            "kind": r.action,
+            "status": r.status,
+            "applied_step": number(r.applied_step),
+            "note": text(r.note),
+            "params": json.loads(r.params) if isinstance(r.params, str) else {},
+            "detail": text(r.detail),
+            "author": text(r.author),
+            "requested_time": number(r.requested_time),
+        }
+        for r in queries.interventions(store, run).itertuples()
+    ]
+
+
+def projection(store: Store, run: str, power: dict, effective_steps: int) -> dict | None:
+    """The planned full run's energy and CO2eq, from the measured J/token, when the run's config names its length."""
+    segs = queries.segments(store, run)
+    e, tokens = power["energy"], queries.last_value(store, run, queries.TOKENS_METRIC)
+    if segs.empty or not e or not e["energy_j"] or not tokens or not effective_steps:
+        return None
+    try:
+        planned_steps = int(json.loads(segs.iloc[-1].config).get("steps"))
+    except (TypeError, ValueError, AttributeError):
+        return None  # not a midflight trainer config: no plan to project to
+    params = None
+    models = queries.events(store, run, ["model"])
+    if not models.empty:
+        params = json.loads(models.iloc[-1].fields).get("params")
+    tokens_per_step = float(tokens) / effective_steps
+    out = energy.project(
+        e["energy_j"],
+        float(tokens),
+        tokens_per_step * planned_steps,
+        n_params=params,
+        intensity_g_per_kwh=power["co2"]["intensity_g_per_kwh"],
+        pue=power["co2"]["pue"],
+        estimated=e["estimated"],
+    )
+    out["planned_steps"] = planned_steps
+    return out
+
+
+def summarize(
+    store: Store,
+    run: str,
+    *,
+    region: str | None = None,
+    intensity_g_per_kwh: float | None = None,
+    pue: float | None = None,
+) -> dict:
+    """Everything `summary --json` prints. CO2eq: the given intensity, else the region's, else the world average."""
+    if region is None and intensity_g_per_kwh is None:
+        region = energy.DEFAULT_REGION
+    power = energy_summary(store, run, region=region, intensity_g_per_kwh=intensity_g_per_kwh, pue=pue)
+    segs = queries.segments(store, run)
+    segments = [
+        {
+            "id": r.segment_id,
+            "parent": text(r.parent_id),
+            "resume_step": number(r.resume_step),
+            "start_step": number(r.start_step),
+            "end_step": number(r.end_step),
+            "end_reason": r.end_reason,
+            "exit_code": number(r.exit_code),
+            "start_time": number(r.start_time),
+            "end_time": number(r.end_time),
+            "reason": text(r.reason),
+            "effective": bool(r.effective),
+            "ranks": int(r.ranks),
+            "config_diff": json.loads(r.config_diff) if isinstance(r.config_diff, str) else {},
+            "error": text(r.error),
+        }
+        for r in segs.itertuples()
+    ]
+    last_loss = number(queries.last_value(store, run, "loss"))
+    ends = [s["end_step"] for s in segments if s["end_step"] is not None]
+    effective_steps = queries.effective_steps(store, run)
+    return {
+        "run": run,
+        "status": queries.run_status(store, run),
+        "last_step": max(ends) if ends else None,
+        "effective_steps": effective_steps,
+        "last_loss": last_loss,
+        "segments": segments,
+        "metrics": queries.metric_names(store, run),
+        "events": queries.event_counts(store, run),
+        "annotations": len(queries.annotations(store, run)),
+        "incidents": [i.to_dict() for i in incidents.incidents(store, run)],
+        "interventions": _interventions(store, run),
+        "energy": power["energy"],
+        "co2eq_kg": power["co2eq_kg"],
+        "co2": power["co2"],
+        "projection": projection(store, run, power, effective_steps),
+        "wasted": power["wasted"],  # computed once, by the energy summary that sums its energy
+        "references": {k: {"co2eq_t": v["co2eq_t"], "method": v["method"]} for k, v in energy.REFERENCES.items()},
+        "ingest_problems": queries.ingest_problems(store, run),
+    }
+
+
+def energy_summary(
+    store: Store,
+    run: str,
+    *,
+    region: str | None = None,
+    intensity_g_per_kwh: float | None = None,
+    pue: float | None = None,
+    default_tdp_w: float = DEFAULT_TDP_W,
+) -> dict:
+    """{"energy": {...}, "co2eq_kg": float | None, "co2": {...}, "wasted": [...]}, what `summary` prints.
+
+    CO2eq follows analysis.energy.co2_basis: the given intensity, else the region's, else None.
+    """
+    tot = energy_report.run_energy(store, run, default_tdp_w=default_tdp_w)
+    waste = wasted(store, run, default_tdp_w=default_tdp_w)
+    wasted_j = sum(b["energy_j"] for b in waste if b["energy_j"] is not None) if waste else 0.0
+    tokens = finite(queries.last_value(store, run, queries.TOKENS_METRIC))
+    figures = {
+        "energy_j": tot["energy_j"],
+        "energy_kwh": None if tot["energy_j"] is None else tot["energy_j"] / J_PER_KWH,
+        "basis": tot["basis"],
+        "estimated": tot["estimated"],
+        "metered_j": tot["metered_j"],
+        "estimated_j": tot["estimated_j"],
+        "nameplate_j": tot["nameplate_j"],
+        "wasted_j": wasted_j,
+        "j_per_token": tot["energy_j"] / tokens if tot["energy_j"] and tokens else None,
+        "method": energy.ENERGY_METHOD,
+        "segments": [
+            {k: s[k] for k in ("segment_id", "energy_j", "basis", "metered_j", "estimated_j", "nameplate_j")}
+            for s in tot["segments"]
+        ],
+    }
+    co2 = energy.co2_basis(region, intensity_g_per_kwh, pue)
+    kg = energy.co2eq_of(tot["energy_j"], co2)
+    co2["estimated"] = tot["estimated"]
+    return {"energy": figures, "co2eq_kg": kg, "co2": co2, "wasted": waste}
