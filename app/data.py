@@ -1,4 +1,4 @@
-"""Cached reads for the pages: thin st.cache_data wrappers over logbook.queries and the analysis modules.
+"""Cached reads for the pages: thin st.cache_data wrappers over logbook.store.queries and logbook.report.
 
 Every wrapper takes the Source (not hashed) and its `key`: the root folders plus the
 data version, so a cached answer lives exactly until an ingest adds records. Queries
@@ -15,10 +15,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from logbook.analysis import accounting, energy
-from logbook.store import queries
-
 from app.source import Source
+from logbook.report import energy as energy_report
+from logbook.report import progress as progress_report
+from logbook.report import summary
+from logbook.report import timeline as timeline_report
+from logbook.report import wasted as wasted_report
+from logbook.store import queries
 
 # M4 buckets per trace (each keeps up to 4 points: first, last, min, max). About one bucket per pixel
 # column is visually lossless (Jugel et al., M4, VLDB 2014) and no spike is lost at any count; more only
@@ -103,7 +106,7 @@ def last_value(_src: Source, k: tuple, run: str, name: str) -> float | None:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def wasted(_src: Source, k: tuple, run: str) -> list[dict]:
-    return accounting.wasted(_src.store, run)
+    return wasted_report.wasted(_src.store, run)
 
 
 # ----------------------------------------------------------------- slow analyses, off the page thread
@@ -125,13 +128,33 @@ def incidents(src: Source, run: str, *, wait: float = 2.0) -> tuple[list | None,
 
 def energy_summary(src: Source, run: str, *, wait: float = 2.0) -> tuple[dict | None, bool]:
     """The run's energy and wasted branches (without CO2: region and PUE are applied by the page)."""
-    fn = lambda: energy.summary_energy(src.store, run)  # noqa: E731
+    fn = lambda: summary.energy_summary(src.store, run)  # noqa: E731
     return src.background.get(("energy", run), src.version, fn, wait=wait, delay=_delay(src, run))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def meters(_src: Source, k: tuple, run: str) -> list:
-    return energy.meters(_src.store, run)
+    return energy_report.meters(_src.store, run)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def step_energy(_src: Source, k: tuple, run: str) -> pd.DataFrame:
+    return energy_report.step_energy(_src.store, run)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def timeline(_src: Source, k: tuple, run: str) -> pd.DataFrame:
+    return timeline_report.timeline(_src.store, run)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def progress(_src: Source, k: tuple, run: str) -> dict:
+    return progress_report.progress(_src.store, run)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def projection(_src: Source, k: tuple, run: str, energy: dict, co2: dict) -> dict | None:
+    return summary.projection(_src.store, run, {"energy": energy, "co2": co2}, queries.effective_steps(_src.store, run))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

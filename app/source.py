@@ -16,13 +16,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from app.detector import Detector
 from logbook.analysis import divergence
 from logbook.record import layout
-from logbook.store import queries
+from logbook.store import StoreWarning, open_store, queries
 from logbook.store.follow import Follower
-from logbook.store import StoreWarning, open_store
-
-from app.detector import Detector
 
 ENV_RUNS = "MIDFLIGHT_RUNS"  # run directories or folders of runs, separated by os.pathsep
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "sample_runs"

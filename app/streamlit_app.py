@@ -10,11 +10,11 @@ from pathlib import Path
 import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run app/streamlit_app.py` from anywhere
-from app import data, ui  # noqa: E402
+from app import context, data  # noqa: E402
 
 st.set_page_config(page_title="midflight", page_icon=":material/flight_takeoff:", layout="wide")
 
-src = ui.source()
+src = context.source()
 runs = list(data.runs(src, data.key(src))["run_id"])
 if "open_run" in st.session_state:  # the Runs page asked to open a run
     st.session_state["run"] = st.session_state.pop("open_run")
@@ -31,7 +31,7 @@ with st.sidebar:
         st.selectbox("run", runs, key="run")
     else:
         st.caption("No runs yet in " + ", ".join(str(r) for r in src.roots))
-    st.radio("x axis", list(ui.AXES), format_func=ui.AXES.get, key="axis", horizontal=True)
+    st.radio("x axis", list(context.AXES), format_func=context.AXES.get, key="axis", horizontal=True)
     if src.note:
         st.caption(src.note)
 

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
+from app import context, data
 from logbook.present import figures
-from app import data, ui
 
-ctx = ui.context()
+ctx = context.context()
 st.title("Compare runs")
 runs = list(data.runs(ctx.src, ctx.k)["run_id"])
 if not runs:
@@ -35,9 +35,9 @@ for run in chosen:
     x = df["x"].to_numpy(float)
     if align == "time":
         x = (x - x.min()) / 3600.0  # hours since the run's first logged step
-    lines.append(charts.Line(run, x, df["value"].to_numpy(), df["step"].to_numpy(), mode="lines"))
+    lines.append(figures.Line(run, x, df["value"].to_numpy(), df["step"].to_numpy(), mode="lines"))
 title = f"{metric} by {'hours since start' if align == 'time' else align} (effective histories)"
-fig = charts.metric_figure(title, lines, axis="step", log_y=log_y, height=460)
+fig = figures.metric_figure(title, lines, axis="step", log_y=log_y, height=460)
 fig.update_layout(showlegend=True, xaxis={"title": "hours since start" if align == "time" else align})
 st.plotly_chart(fig, key="compare:chart", config={"displaylogo": False})
 if skipped:

@@ -4,17 +4,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from logbook.present import figures
-from app import data, ui
+from app import context, data
 from logbook.analysis import energy
-from logbook.report import summary
+from logbook.present import figures, text
 
-ctx = ui.context()
-ui.require_run(ctx)
-st.title(f"Energy & CO2 · {ui.plain(ctx.run)}")
+ctx = context.context()
+context.require_run(ctx)
+st.title(f"Energy & CO2 · {context.plain(ctx.run)}")
 power, busy = data.energy_summary(ctx.src, ctx.run, wait=1.0)
 if power is None:
-    ui.until_ready(
+    context.until_ready(
         lambda: data.energy_summary(ctx.src, ctx.run, wait=0)[0] is not None,
         "Adding up the run's energy… (this page fills in when it is done)",
     )
@@ -25,7 +24,7 @@ if e["energy_j"] is None:
 
 # --- CO2 settings
 grid = {r["name"]: r for r in energy.grid_table()}
-names = sorted(grid, key=lambda n: (n != summary.DEFAULT_REGION, grid[n]["kind"], n))
+names = sorted(grid, key=lambda n: (n != energy.DEFAULT_REGION, grid[n]["kind"], n))
 c1, c2, c3 = st.columns([2, 1, 1])
 region = c1.selectbox("grid (country or cloud region)", names, key="energy:region")
 pue = c2.number_input(
@@ -38,16 +37,15 @@ pue = c2.number_input(
     help="data-centre overhead: 1.0 counts the IT energy only",
 )
 custom = c3.number_input("or gCO2eq/kWh", min_value=0.0, value=None, key="energy:custom")
-row = grid[region]
-intensity = custom if custom is not None else row["g_per_kwh"]
-source = "given by you" if custom is not None else f"{row['name']} {row['year']}: {row['source']}, {row['licence']}"
-kg = energy.co2eq_kg(e["energy_j"], intensity, pue)
+co2 = energy.co2_basis(region, custom, pue)
+intensity, source = co2["intensity_g_per_kwh"], co2["source"]
+kg = energy.co2eq_of(e["energy_j"], co2)
 
 label = "estimated" if e["estimated"] else "metered"
 m = st.columns(4)
-m[0].metric(f"energy ({label})", charts.fmt_energy(e["energy_j"]))
-m[1].metric("CO2eq", charts.fmt_mass(kg))
-m[2].metric("wasted in abandoned branches", charts.fmt_energy(e["wasted_j"]))
+m[0].metric(f"energy ({label})", text.energy(e["energy_j"]))
+m[1].metric("CO2eq", text.mass(kg))
+m[2].metric("wasted in abandoned branches", text.energy(e["wasted_j"]))
 m[3].metric("per token", "—" if not e["j_per_token"] else f"{e['j_per_token']:.4g} J")
 st.caption(f"Basis: {e['basis']}. Intensity {intensity:g} gCO2eq/kWh ({source}); PUE {pue:g}.")
 if e["estimated"]:
@@ -63,15 +61,28 @@ if ms:
     lines = []
     for mt in ms:
         x = mt.times
-        thin = charts.thin(pd.DataFrame({"t": x, "v": mt.cum, "step": np.zeros(len(x))}), "t", "v")
+        thin = figures.thin(pd.DataFrame({"t": x, "v": mt.cum, "step": np.zeros(len(x))}), "t", "v")
         kind = "metered" if mt.metered else "estimated"
         name = f"{mt.segment_id[-6:]} {mt.host}/{mt.device} ({kind})"
         lines.append(
-            charts.Line(name, thin["t"].to_numpy(), thin["v"].to_numpy() / 1000, thin["step"].to_numpy(), mode="lines")
+            figures.Line(name, thin["t"].to_numpy(), thin["v"].to_numpy() / 1000, thin["step"].to_numpy(), mode="lines")
         )
     st.plotly_chart(
-        charts.metric_figure("cumulative energy (kJ) per device and segment", lines, axis="time"),
+        figures.metric_figure("cumulative energy (kJ) per device and segment", lines, axis="time"),
         key="energy:cum",
+        config={"displaylogo": False},
+    )
+per_step = data.step_energy(ctx.src, ctx.k, ctx.run)
+if len(per_step):
+    lines = []
+    for col, what in (("metered_j", "metered"), ("estimated_j", "estimated"), ("nameplate_j", "nameplate")):
+        done = per_step[per_step[col].notna() & per_step["effective"]]
+        if len(done) and not lines:  # the best figure the run has, as the summary chooses it
+            thin = figures.thin(done.assign(j=done[col] / done["steps"]), "step", "j")
+            lines.append(figures.Line(f"J per step ({what})", thin["step"], thin["j"], thin["step"], mode="lines"))
+    st.plotly_chart(
+        figures.metric_figure("energy per step, effective history (J; each a share of ~0.1-0.5 s samples)", lines),
+        key="energy:per_step",
         config={"displaylogo": False},
     )
 pnames = set(data.telemetry_names(ctx.src, ctx.k, ctx.run))
@@ -80,9 +91,9 @@ if pname:
     df = data.telemetry(ctx.src, ctx.k, ctx.run, pname)
     lines = []
     for (host, dev), g in df.groupby(["host", "device"], dropna=False):
-        g = charts.thin(g, "wall_time", "value")
+        g = figures.thin(g, "wall_time", "value")
         lines.append(
-            charts.Line(
+            figures.Line(
                 f"{host}/{dev}",
                 g["wall_time"].to_numpy(),
                 g["value"].to_numpy(),
@@ -91,7 +102,7 @@ if pname:
             )
         )
     title = "power (W)" + (" (estimated)" if pname == "power_est_w" else " (NVML)")
-    st.plotly_chart(charts.metric_figure(title, lines, axis="time"), key="energy:power", config={"displaylogo": False})
+    st.plotly_chart(figures.metric_figure(title, lines, axis="time"), key="energy:power", config={"displaylogo": False})
 
 # --- metered vs nameplate, and per branch
 c1, c2 = st.columns(2)
@@ -99,7 +110,7 @@ kinds = [("metered", e["metered_j"]), ("estimated", e["estimated_j"]), ("namepla
 kinds = [(k, v / 3600) for k, v in kinds if v is not None]
 with c1:
     st.plotly_chart(
-        charts.bar_figure("metered vs nameplate", [k for k, _ in kinds], [v for _, v in kinds], unit="Wh"),
+        figures.bar_figure("metered vs nameplate", [k for k, _ in kinds], [v for _, v in kinds], unit="Wh"),
         key="energy:kinds",
         config={"displaylogo": False},
     )
@@ -116,7 +127,9 @@ for s in segs.itertuples():
     colours += ["#2ca02c", "#d62728"]
 with c2:
     st.plotly_chart(
-        charts.bar_figure("per segment: kept vs wasted (abandoned branch)", labels, values, unit="Wh", colours=colours),
+        figures.bar_figure(
+            "per segment: kept vs wasted (abandoned branch)", labels, values, unit="Wh", colours=colours
+        ),
         key="energy:branches",
         config={"displaylogo": False},
     )
@@ -124,13 +137,12 @@ st.dataframe(segs, hide_index=True, key="energy:segments")
 
 # --- projection and reference points
 st.subheader("Projection to the full run")
-power_co2 = {"energy": e, "co2": {"intensity_g_per_kwh": intensity, "pue": pue}}
-proj = summary.projection(ctx.src.store, ctx.run, power_co2, data.effective_steps(ctx.src, ctx.k, ctx.run))
+proj = data.projection(ctx.src, ctx.k, ctx.run, e, co2)
 if proj:
     p = st.columns(3)
     p[0].metric("planned steps", f"{proj['planned_steps']:,}")
-    p[1].metric("projected energy", charts.fmt_energy(proj["projected_j"]))
-    p[2].metric("projected CO2eq", charts.fmt_mass(proj["co2eq_kg"]))
+    p[1].metric("projected energy", text.energy(proj["projected_j"]))
+    p[2].metric("projected CO2eq", text.mass(proj["co2eq_kg"]))
     st.caption("Assumptions: " + proj["assumptions"])
 else:
     st.caption("No projection: the run's config does not name its planned length, or it has no tokens yet.")

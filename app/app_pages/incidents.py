@@ -1,19 +1,22 @@
 """Incidents: what the divergence detector found, each with its context; one click to annotate it or intervene."""
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
-from logbook.present import figures
-from app import data, ui
+from app import axis, context, data, forms
+from logbook.analysis import incidents as triage
+from logbook.present import figures, markers
 
 CONTEXT_STEPS = 60  # steps shown either side of an incident
 
-ctx = ui.context()
-ui.require_run(ctx)
-st.title(f"Incidents · {ui.plain(ctx.run)}")
+ctx = context.context()
+context.require_run(ctx)
+st.title(f"Incidents · {context.plain(ctx.run)}")
 incs, busy = data.incidents(ctx.src, ctx.run, wait=1.0)
 if incs is None:
-    ui.until_ready(
+    context.until_ready(
         lambda: data.incidents(ctx.src, ctx.run, wait=0)[0] is not None,
         "Scanning the run for incidents… (this page fills in when the scan finishes)",
     )
@@ -25,7 +28,7 @@ if not incs:
     st.success("No incidents detected.")
     st.stop()
 anns = data.annotations(ctx.src, ctx.k, ctx.run)
-open_ids = {id(i) for i in ui.open_incidents(incs, anns)}
+open_ids = {id(i) for i in triage.open_incidents(incs, anns)}
 st.dataframe(
     pd.DataFrame(
         {
@@ -41,13 +44,6 @@ st.dataframe(
     hide_index=True,
     key="incidents:table",
 )
-KIND_TO_ANNOTATION = {
-    "straggler": "hardware",
-    "throttling": "hardware",
-    "ecc_errors": "hardware",
-    "device_silent": "hardware",
-    "loss_scale_collapse": "optimizer",
-}
 for n, inc in enumerate(incs):
     title = f"{inc.kind} · steps {inc.start_step}–{inc.end_step} · {inc.classification} · {inc.severity}"
     with st.expander(title, expanded=n == 0):
@@ -58,16 +54,12 @@ for n, inc in enumerate(incs):
         for seg, g in df.groupby("segment_id", sort=False):
             faded = seg != inc.segment_id
             lines.append(
-                charts.Line(
+                figures.Line(
                     f"{metric} {seg}", g["x"].to_numpy(), g["value"].to_numpy(), g["step"].to_numpy(), faded=faded
                 )
             )
-        marks = [
-            m
-            for m in ui.markers(ui.Ctx(ctx.src, ctx.k, ctx.run, "step", ctx.status, ctx.run_dir))
-            if lo <= m.step <= hi
-        ]
-        fig = charts.metric_figure(
+        marks = markers.within(axis.markers(replace(ctx, axis="step")), lo, hi)
+        fig = figures.metric_figure(
             f"{metric} around the incident", lines, marks, height=260, log_y=metric in ("grad_norm", "loss_scale")
         )
         fig.add_vrect(x0=inc.start_step - 0.5, x1=inc.end_step + 0.5, fillcolor="#d62728", opacity=0.12, line_width=0)
@@ -100,13 +92,13 @@ for n, inc in enumerate(incs):
             st.session_state["incidents:open"] = ("intervene", n)
         action = st.session_state.get("incidents:open")
         if action == ("annotate", n):
-            ui.annotation_form(
+            forms.annotation_form(
                 ctx,
                 f"incidents:{n}",
                 step=inc.start_step,
                 step_end=inc.end_step if inc.end_step > inc.start_step else None,
-                kind=KIND_TO_ANNOTATION.get(inc.kind, "note"),
+                kind=triage.annotation_kind(inc.kind),
                 text=f"{inc.kind} ({inc.classification}): ",
             )
         elif action == ("intervene", n):
-            ui.intervention_form(ctx, f"incidents:iv:{n}")
+            forms.intervention_form(ctx, f"incidents:iv:{n}")

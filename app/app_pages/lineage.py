@@ -6,10 +6,11 @@ import json
 import pandas as pd
 import streamlit as st
 
-from logbook.present import figures
-from app import data, ui
-from logbook.analysis import energy
+from app import axis, context, data, forms, selection, zoom
 from logbook import exporters
+from logbook.analysis import energy
+from logbook.present import figures, tree
+from logbook.report import timeline
 
 EXPORTS = (  # format, button label
     ("markdown", "Markdown (zip)"),
@@ -25,15 +26,15 @@ def export_file(_src, k: tuple, run: str, fmt: str) -> bytes:
     return exporters.export_bytes(_src.store, run, fmt)[2]
 
 
-ctx = ui.context()
-ui.require_run(ctx)
-st.title(f"Lineage & logbook · {ui.plain(ctx.run)}")
+ctx = context.context()
+context.require_run(ctx)
+st.title(f"Lineage & logbook · {context.plain(ctx.run)}")
 segs = data.segments(ctx.src, ctx.k, ctx.run, data.tick())
 if segs.empty:
     st.info("This run has no segments yet.")
     st.stop()
 
-st.plotly_chart(charts.lineage_tree_figure(segs), key="lineage:tree", config={"displaylogo": False})
+st.plotly_chart(figures.lineage_tree_figure(tree.lanes(segs)), key="lineage:tree", config={"displaylogo": False})
 table = pd.DataFrame(
     {
         "segment": segs["segment_id"],
@@ -54,31 +55,38 @@ names = data.metric_names(ctx.src, ctx.k, ctx.run)
 if names:
     default = names.index("loss") if "loss" in names else 0
     metric = st.selectbox("metric", names, index=default, key="lineage:metric")
-    marks = ui.markers(ctx)
-    lines = [ui.line(ctx, metric, label=f"{metric} (effective)", colour="#1f77b4", buckets=data.WIDE_BUCKETS)]
+    marks = axis.markers(ctx)
+    lines = [axis.line(ctx, metric, label=f"{metric} (effective)", colour="#1f77b4", buckets=data.WIDE_BUCKETS)]
     sup = data.series(
-        ctx.src, ctx.k, ctx.run, metric, x=ctx.axis, which="superseded", x_range=ui.zoom(ctx), buckets=data.WIDE_BUCKETS
+        ctx.src,
+        ctx.k,
+        ctx.run,
+        metric,
+        x=ctx.axis,
+        which="superseded",
+        x_range=zoom.zoom(ctx),
+        buckets=data.WIDE_BUCKETS,
     )
     for seg, g in sup.groupby("segment_id", sort=False):
         g = g.sort_values("x")
         lines.append(
-            charts.Line(
+            figures.Line(
                 f"{seg} (superseded)", g["x"].to_numpy(), g["value"].to_numpy(), g["step"].to_numpy(), faded=True
             )
         )
-    ui.box_mode_toggle()
-    ui.zoom_bar(ctx, "lineage")
-    ui.selection_panel(ctx, "lineage")
-    fig = charts.metric_figure(
+    selection.box_mode_toggle()
+    zoom.zoom_bar(ctx, "lineage")
+    forms.selection_panel(ctx, "lineage")
+    fig = figures.metric_figure(
         f"{metric}: effective history solid, abandoned branches faded",
         [ln for ln in lines if ln is not None],
         marks,
         axis=ctx.axis,
         height=380,
         log_y=metric in ("grad_norm", "loss_scale", "ppl"),
-        x_range=ui.zoom(ctx),
+        x_range=zoom.zoom(ctx),
     )
-    ui.chart(ctx, fig, key="lineage:curves")
+    selection.chart(ctx, fig, key="lineage:curves")
 
 # --- wasted compute of abandoned branches
 st.subheader("Abandoned branches: what they cost")
@@ -104,49 +112,18 @@ else:
 
 # --- one timeline: events, interventions, annotations
 st.subheader("Timeline")
-ev = data.events(ctx.src, ctx.k, ctx.run)
-iv = data.interventions(ctx.src, ctx.k, ctx.run)
-an = data.annotations(ctx.src, ctx.k, ctx.run)
-rows = [
-    {"time": r.wall_time, "step": r.step, "type": "event", "what": r.kind, "detail": r.fields, "who": f"rank {r.rank}"}
-    for r in ev.itertuples()
-]
-rows += [
-    {
-        "time": r.requested_time,
-        "step": r.applied_step,
-        "type": "intervention",
-        "what": f"{r.action} ({r.status})",
-        "detail": f"{r.params} {r.note or ''} {r.detail or ''}".strip(),
-        "who": r.author,
-    }
-    for r in iv.itertuples()
-]
-rows += [
-    {"time": r.created_time, "step": r.step, "type": "annotation", "what": r.kind, "detail": r.text, "who": r.author}
-    for r in an.itertuples()
-]
-rows += [
-    {"time": r.start_time, "step": r.resume_step, "type": "segment", "what": "start", "detail": r.reason, "who": r.host}
-    for r in segs.itertuples()
-]
-tl = pd.DataFrame(rows, columns=["time", "step", "type", "what", "detail", "who"])
+tl = data.timeline(ctx.src, ctx.k, ctx.run)
 c1, c2, c3 = st.columns([2, 2, 3])
 types = c1.multiselect("types", sorted(tl["type"].unique()), default=sorted(tl["type"].unique()), key="lineage:types")
 kinds = c2.multiselect("kinds", sorted(tl["what"].astype(str).unique()), key="lineage:kinds")
 needle = c3.text_input("search", key="lineage:search")
-view = tl[tl["type"].isin(types)]
-if kinds:
-    view = view[view["what"].astype(str).isin(kinds)]
-if needle:
-    hay = view["what"].astype(str) + " " + view["detail"].astype(str) + " " + view["who"].astype(str)
-    view = view[hay.str.contains(needle, case=False, regex=False)]
-view = view.sort_values("time").assign(time=lambda d: pd.to_datetime(d["time"], unit="s"))
+view = timeline.search(tl, types=types, kinds=kinds, needle=needle)
+view = view.assign(time=lambda d: pd.to_datetime(d["time"], unit="s"))
 st.dataframe(view, hide_index=True, key="lineage:timeline")
 
 # --- annotations: edit, delete, audit
 st.subheader("Annotations")
-ui.annotation_editor(ctx, "lineage")
+forms.annotation_editor(ctx, "lineage")
 with st.expander("Audit trail (every create, edit and delete)"):
     st.dataframe(data.annotation_history(ctx.src, ctx.k, ctx.run), hide_index=True, key="lineage:audit")
 

@@ -5,15 +5,16 @@ full resolution, so it survives the refreshes that reset a Plotly zoom. Clicking
 point opens the annotation form and pauses the refresh until it is saved or cancelled.
 """
 
-import json
 import os
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from logbook.present import figures
-from app import data, ui
+from app import axis, context, data, forms, selection, zoom
+from logbook.analysis import incidents as triage
+from logbook.analysis.progress import ETA_WINDOW
+from logbook.present import figures, text
 
 REFRESH_S = float(os.environ.get("MIDFLIGHT_REFRESH_S", "1.0"))
 TELEMETRY = [  # (title, names tried in order, unit)
@@ -23,14 +24,14 @@ TELEMETRY = [  # (title, names tried in order, unit)
     ("memory", ("mem_used_gib",), "GiB"),
 ]
 
-ctx = ui.context()
-ui.require_run(ctx)
-st.title(f"Live · {ui.plain(ctx.run)}")
+ctx = context.context()
+context.require_run(ctx)
+st.title(f"Live · {context.plain(ctx.run)}")
 c1, c2, c3 = st.columns([1, 1, 4])
 paused = c1.toggle("Pause live", key="live:pause", help="Stop refreshing (a zoom is kept either way)")
 with c2:
-    selecting = ui.box_mode_toggle()
-annotating = ui.selection(ctx) is not None
+    selecting = selection.box_mode_toggle()
+annotating = selection.selection(ctx) is not None
 # the header's energy and incident count come from background analyses: never wait for them, refresh until in
 pending = not data.analyses_ready(ctx.src, ctx.run)
 every = REFRESH_S if (ctx.live and not paused and not annotating and not selecting) or pending else None
@@ -38,71 +39,64 @@ why = " · paused while you annotate" if annotating else " · paused while selec
 c3.caption(f"status: {ctx.status}" + (f" · refreshing every {REFRESH_S:g} s" if every else why))
 
 
-def header(ctx: ui.Ctx, segs: pd.DataFrame) -> None:
-    step = None if segs.empty or pd.isna(segs["end_step"].max()) else int(segs["end_step"].max())
-    cfg = json.loads(segs.iloc[-1]["config"]) if not segs.empty and isinstance(segs.iloc[-1]["config"], str) else {}
-    planned = cfg.get("steps") if isinstance(cfg.get("steps"), int) else None
-    recent = None
-    if step is not None:  # the median step time of the last 100 steps, at full resolution
-        tail = data.series(ctx.src, ctx.k, ctx.run, "step_time_s", x="step", x_range=(step - 100, step))
-        recent = float(np.nanmedian(tail["value"])) if not tail.empty else None
-    eta = (planned - step) * recent if ctx.live and planned and step is not None and recent else None
+def header(ctx: context.Ctx) -> None:
+    prog = data.progress(ctx.src, ctx.k, ctx.run)
+    step, planned = prog["step"], prog["planned"]
+    eta = prog["eta_s"] if ctx.live else None
     power, _ = data.energy_summary(ctx.src, ctx.run, wait=0)
     e_j = (power or {}).get("energy", {}).get("energy_j")
     incs, _ = data.incidents(ctx.src, ctx.run, wait=0)
-    open_ = ui.open_incidents(incs, data.annotations(ctx.src, ctx.k, ctx.run))
+    open_ = triage.open_incidents(incs, data.annotations(ctx.src, ctx.k, ctx.run))
     tps = data.last_value(ctx.src, ctx.k, ctx.run, "tokens_per_s")
     ppl = data.last_value(ctx.src, ctx.k, ctx.run, "ppl")
     m = st.columns(6)
     m[0].metric("step" + (f" (of {planned:,})" if planned else ""), "—" if step is None else f"{step:,}")
-    m[1].metric(
-        "ETA", "—" if eta is None or eta < 0 else f"{eta / 60:,.1f} min" if eta < 7200 else f"{eta / 3600:,.1f} h"
-    )
+    m[1].metric("ETA", text.duration(eta), help=f"at the median step time of the last {ETA_WINDOW} steps")
     m[2].metric("tokens/s", "—" if tps is None else f"{tps:,.0f}")
     m[3].metric("perplexity", "—" if ppl is None or not np.isfinite(ppl) else f"{ppl:,.2f}")
     est = (power or {}).get("energy", {}).get("estimated")
-    m[4].metric("energy" + (" (est.)" if est else ""), "…" if e_j is None else charts.fmt_energy(e_j))
+    m[4].metric("energy" + (" (est.)" if est else ""), "…" if e_j is None else text.energy(e_j))
     m[5].metric("open incidents", "…" if incs is None else len(open_), help="not yet covered by an annotation")
 
 
-def training_charts(ctx: ui.Ctx, marks: list, segs: pd.DataFrame) -> None:
-    zr = ui.zoom(ctx)
+def training_charts(ctx: context.Ctx, marks: list, segs: pd.DataFrame) -> None:
+    zr = zoom.zoom(ctx)
     names = set(data.metric_names(ctx.src, ctx.k, ctx.run))
     specs = []
     which = "ppl" if st.session_state.get("live:ppl") and "ppl" in names else "loss"
-    specs.append((which, [ui.line(ctx, which)], {"log_y": which == "ppl"}))
-    clip = ui.line(ctx, "clip", colour="#888", mode="lines", label="clip threshold")
-    specs.append(("grad norm (grey: the clip threshold)", [ui.line(ctx, "grad_norm"), clip], {"log_y": True}))
-    specs.append(("learning rate", [ui.line(ctx, "lr")], {}))
+    specs.append((which, [axis.line(ctx, which)], {"log_y": which == "ppl"}))
+    clip = axis.line(ctx, "clip", colour="#888", mode="lines", label="clip threshold")
+    specs.append(("grad norm (grey: the clip threshold)", [axis.line(ctx, "grad_norm"), clip], {"log_y": True}))
+    specs.append(("learning rate", [axis.line(ctx, "lr")], {}))
     ov = data.events(ctx.src, ctx.k, ctx.run, ("overflow",))
     pts = []
     if not ov.empty:
-        to_x = ui.step_mapper(ctx)
+        to_x = axis.step_mapper(ctx)
         scale = data.series(ctx.src, ctx.k, ctx.run, "loss_scale", x="step").sort_values("step")
         ys = np.interp(ov["step"].to_numpy(float), scale["step"], scale["value"]) if not scale.empty else ov["step"] * 0
         xs = to_x(ov["step"].to_numpy())
         keep = np.ones(len(xs), bool) if zr is None else (xs >= zr[0]) & (xs <= zr[1])
-        pts = [charts.Points("overflow", xs[keep], ys[keep], ov["step"].to_numpy()[keep])]
-    specs.append(("loss scale (overflows ○)", [ui.line(ctx, "loss_scale")], {"log_y": True, "points": pts}))
-    specs.append(("tokens/s", [ui.line(ctx, "tokens_per_s")], {}))
+        pts = [figures.Points("overflow", xs[keep], ys[keep], ov["step"].to_numpy()[keep])]
+    specs.append(("loss scale (overflows ○)", [axis.line(ctx, "loss_scale")], {"log_y": True, "points": pts}))
+    specs.append(("tokens/s", [axis.line(ctx, "tokens_per_s")], {}))
     ranks = int(segs["ranks"].max()) if not segs.empty else 1
-    per_rank = [ui.line(ctx, "step_time_s", rank=r, label=f"rank {r}", mode="lines") for r in range(ranks)]
+    per_rank = [axis.line(ctx, "step_time_s", rank=r, label=f"rank {r}", mode="lines") for r in range(ranks)]
     specs.append(("step time per rank (s)", per_rank, {}))
     cols = st.columns(2)
     for i, (title, lines, kw) in enumerate(specs):
         lines = [ln for ln in lines if ln is not None]
         if not lines and title.split()[0] not in names:
             continue
-        fig = charts.metric_figure(title, lines, marks, axis=ctx.axis, x_range=zr, **kw)
+        fig = figures.metric_figure(title, lines, marks, axis=ctx.axis, x_range=zr, **kw)
         with cols[i % 2]:
-            ui.chart(ctx, fig, key=f"live:chart:{i}")
+            selection.chart(ctx, fig, key=f"live:chart:{i}")
 
 
-def system_charts(ctx: ui.Ctx, marks: list) -> None:
+def system_charts(ctx: context.Ctx, marks: list) -> None:
     names = set(data.telemetry_names(ctx.src, ctx.k, ctx.run))
     cols = st.columns(2)
     shown = 0
-    zr = ui.zoom(ctx)
+    zr = zoom.zoom(ctx)
     for title, candidates, unit in TELEMETRY:
         name = next((n for n in candidates if n in names), None)
         if name is None:
@@ -110,14 +104,14 @@ def system_charts(ctx: ui.Ctx, marks: list) -> None:
         df = data.telemetry(ctx.src, ctx.k, ctx.run, name)
         lines = []
         for (host, dev), g in df.groupby(["host", "device"], dropna=False):
-            g = charts.thin(g, "wall_time", "value")
+            g = figures.thin(g, "wall_time", "value")
             steps = g["step"].ffill().bfill().fillna(0).to_numpy()
-            x = g["wall_time"].to_numpy() if ctx.axis == "time" else ui.step_mapper(ctx)(steps)
-            lines.append(charts.Line(f"{host}/{dev}", x, g["value"].to_numpy(), steps, mode="lines"))
+            x = g["wall_time"].to_numpy() if ctx.axis == "time" else axis.step_mapper(ctx)(steps)
+            lines.append(figures.Line(f"{host}/{dev}", x, g["value"].to_numpy(), steps, mode="lines"))
         est = " (estimated)" if name.endswith("_est_w") else ""
-        fig = charts.metric_figure(f"{title} ({unit}){est}", lines, marks, axis=ctx.axis, x_range=zr, height=220)
+        fig = figures.metric_figure(f"{title} ({unit}){est}", lines, marks, axis=ctx.axis, x_range=zr, height=220)
         with cols[shown % 2]:
-            ui.chart(ctx, fig, key=f"live:sys:{name}")
+            selection.chart(ctx, fig, key=f"live:sys:{name}")
         shown += 1
     if not shown:
         st.caption("No device telemetry in this run.")
@@ -125,21 +119,21 @@ def system_charts(ctx: ui.Ctx, marks: list) -> None:
 
 @st.fragment(run_every=every)
 def live_region():
-    ctx = ui.context()  # fresh: the data version moves on between refreshes
+    ctx = context.context()  # fresh: the data version moves on between refreshes
     segs = data.segments(ctx.src, ctx.k, ctx.run, data.tick())
-    header(ctx, segs)
+    header(ctx)
     if pending and not ctx.live and data.analyses_ready(ctx.src, ctx.run):
         st.rerun(scope="app")  # the analyses are in: redraw once with their markers, and stop the timer
-    ui.zoom_bar(ctx, "live")
-    ui.selection_panel(ctx, "live")
-    marks = ui.markers(ctx)
+    zoom.zoom_bar(ctx, "live")
+    forms.selection_panel(ctx, "live")
+    marks = axis.markers(ctx)
     training_charts(ctx, marks, segs)
     st.subheader("System")
     system_charts(ctx, marks)
-    ui.intervention_status(ctx)
+    forms.intervention_status(ctx)
 
 
 st.toggle("Show perplexity instead of loss", key="live:ppl")
 live_region()
 with st.expander("Intervene in this run", expanded=ctx.live and st.session_state.get("live:iv:review") is not None):
-    ui.intervention_form(ctx, "live:iv")
+    forms.intervention_form(ctx, "live:iv")

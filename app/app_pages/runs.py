@@ -3,11 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from app import data, ui
+from app import context, data
 from logbook.analysis import energy
-from logbook.report.summary import DEFAULT_REGION
 
-ctx = ui.context()
+ctx = context.context()
 st.title("Runs")
 runs = data.runs(ctx.src, ctx.k)
 if runs.empty:
@@ -17,10 +16,12 @@ if runs.empty:
     )
     st.stop()
 
-world = energy.grid_intensity(DEFAULT_REGION)["g_per_kwh"]
+region = energy.DEFAULT_REGION
+co2 = energy.co2_basis(region)  # the world-average grid, PUE 1: the summary's default
+world = co2["intensity_g_per_kwh"]
 
 
-def moving(ctx: ui.Ctx, run_ids) -> bool:
+def moving(ctx: context.Ctx, run_ids) -> bool:
     """Is anything on this page still changing: a live run, or a run whose totals are being computed?"""
     for run in run_ids:
         if data.run_status(ctx.src, ctx.k, run, data.tick()) == "running":
@@ -35,7 +36,7 @@ every = 2.0 if moving(ctx, runs["run_id"]) else None
 
 @st.fragment(run_every=every)
 def table_region():
-    ctx = ui.context()
+    ctx = context.context()
     run_ids = list(data.runs(ctx.src, ctx.k)["run_id"])
     rows = []
     for run in run_ids:
@@ -52,7 +53,7 @@ def table_region():
                 "loss": data.last_value(ctx.src, ctx.k, run, "loss"),
                 "tokens": data.last_value(ctx.src, ctx.k, run, "tokens"),
                 "energy kWh": None if e_j is None else e_j / energy.J_PER_KWH,
-                "CO2eq kg": None if e_j is None else energy.co2eq_kg(e_j, world),
+                "CO2eq kg": energy.co2eq_of(e_j, co2),
                 "incidents": None if incs is None else sum(not i.superseded for i in incs),
                 "estimated energy": bool((power or {}).get("energy", {}).get("estimated")),
             }
@@ -68,12 +69,12 @@ def table_region():
             "loss": st.column_config.NumberColumn(format="%.4f"),
             "tokens": st.column_config.NumberColumn(format="%.3e"),
             "energy kWh": st.column_config.NumberColumn(format="%.4g"),
-            "CO2eq kg": st.column_config.NumberColumn(format="%.3g", help=f"{DEFAULT_REGION} grid, {world:g} g/kWh"),
+            "CO2eq kg": st.column_config.NumberColumn(format="%.3g", help=f"{region} grid, {world:g} g/kWh"),
         },
     )
     busy = table["incidents"].isna().any() or table["energy kWh"].isna().any()
     st.caption(
-        f"CO2eq here uses the {DEFAULT_REGION.lower()} average grid ({world:g} gCO2eq/kWh, PUE 1); choose a region "
+        f"CO2eq here uses the {region.lower()} average grid ({world:g} gCO2eq/kWh, PUE 1); choose a region "
         "on Energy & CO2. 'estimated energy' marks runs without a power meter (CPU estimates, or TDP x time)."
         + (" Incident scans and energy totals of big runs are still being computed." if busy else "")
     )

@@ -6,6 +6,7 @@ import json
 
 from logbook.analysis import energy
 from logbook.analysis.energy import DEFAULT_TDP_W, J_PER_KWH
+from logbook.analysis.progress import planned_steps
 from logbook.report import energy as energy_report
 from logbook.report import incidents
 from logbook.report.wasted import wasted
@@ -37,9 +38,8 @@ def projection(store: Store, run: str, power: dict, effective_steps: int) -> dic
     e, tokens = power["energy"], queries.last_value(store, run, queries.TOKENS_METRIC)
     if segs.empty or not e or not e["energy_j"] or not tokens or not effective_steps:
         return None
-    try:
-        planned_steps = int(json.loads(segs.iloc[-1].config).get("steps"))
-    except (TypeError, ValueError, AttributeError):
+    planned = planned_steps(segs.iloc[-1].config)
+    if planned is None:
         return None  # not a midflight trainer config: no plan to project to
     params = None
     models = queries.events(store, run, ["model"])
@@ -49,13 +49,13 @@ def projection(store: Store, run: str, power: dict, effective_steps: int) -> dic
     out = energy.project(
         e["energy_j"],
         float(tokens),
-        tokens_per_step * planned_steps,
+        tokens_per_step * planned,
         n_params=params,
         intensity_g_per_kwh=power["co2"]["intensity_g_per_kwh"],
         pue=power["co2"]["pue"],
         estimated=e["estimated"],
     )
-    out["planned_steps"] = planned_steps
+    out["planned_steps"] = planned
     return out
 
 
