@@ -15,7 +15,7 @@ from app import data
 from app.context import Ctx, author, plain
 from app.selection import clear_selection, selection
 from app.zoom import set_zoom
-from logbook.present import text
+from logbook.present.text import one_line
 from logbook.record import annotations as ann_log
 from logbook.record import interventions as iv_log
 
@@ -78,7 +78,7 @@ def annotation_editor(ctx: Ctx, prefix: str) -> None:
         st.caption("No annotations yet: click a point on any chart to add one.")
         return
     labels = {
-        r.annotation_id: f"step {r.step} [{r.kind}] {text.one_line(r.text, 60)}" for r in anns.itertuples()
+        r.annotation_id: f"step {r.step} [{r.kind}] {one_line(r.text, 60)}" for r in anns.itertuples()
     }  # a selectbox shows its labels as text
     aid = st.selectbox("annotation", list(labels), format_func=lambda i: labels[i], key=f"{prefix}:edit_pick")
     row = anns.loc[anns.annotation_id == aid].iloc[0]

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.detector import Detector
-from logbook.analysis import divergence
 from logbook.record import layout
+from logbook.report import incidents as incident_report
 from logbook.store import StoreWarning, open_store, queries
 from logbook.store.follow import Follower
 
@@ -133,7 +133,7 @@ class Source:
 
     def incidents(self, run: str) -> list:
         """The run's incidents: read here (DuckDB releases the GIL), detected in the worker process."""
-        return self.detector.incidents(divergence.inputs(self.store, run))
+        return self.detector.incidents(incident_report.inputs(self.store, run))
 
     def _bump(self, _report) -> None:
         with self._lock:

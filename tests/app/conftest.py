@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import streamlit as st
 
-import app.ui
+import app.context
 from app.source import ENV_RUNS, Source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ def sources(monkeypatch):
             super().__init__(*a, **kw)
             opened.append(self)
 
-    monkeypatch.setattr(app.ui, "Source", Closing)
+    monkeypatch.setattr(app.context, "Source", Closing)
     monkeypatch.setattr(sys, "argv", ["streamlit"])
     st.cache_data.clear()
     st.cache_resource.clear()

@@ -219,7 +219,7 @@ def test_lineage_segments_and_timeline_filters(runs):
 
 def test_lineage_page_draws_the_opt175b_restart_tree(runs):
     at = start("lineage", run=OPT)
-    tree = next(s for s in plotly_specs(at) if "restart tree" in s["layout"]["title"]["text"])
+    tree = next(s for s in plotly_specs(at) if "restart tree" in s["layout"]["title"]["text"].lower())
     lanes = tree["layout"]["yaxis"]["ticktext"]
     assert len(lanes) == 49 and lanes[0] == "11.0" and lanes[-1] == "12.47"
     ends = [max(t["x"]) for t in tree["data"] if t.get("name") and t.get("x") and None not in t["x"]]
