@@ -58,10 +58,6 @@ def __getattr__(name):
 
 def open_run(path, store_path=None, *, progress: bool = False):
     """Open the store for a run (or a folder of runs) and bring it up to date. Returns (store, report)."""
-    from logbook.record import layout
-    from logbook.store.database import open_store
-    from logbook.store.ingest import ingest
+    from logbook.store.ingest import open_run as open_and_ingest
 
-    runs = layout.discover_runs(path)
-    store = open_store(store_path or layout.default_store_path(path))
-    return store, ingest(store, runs, progress=progress)
+    return open_and_ingest(path, store_path, progress=progress)

@@ -38,9 +38,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from logbook import open_run
     from logbook.exporters.bundle import check_format, export
     from logbook.store import queries
+    from logbook.store.ingest import open_run
 
     fmt = check_format(args.format)
     started = time.monotonic()

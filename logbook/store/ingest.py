@@ -507,3 +507,12 @@ def _int(v):
 
 def _float(v):
     return None if v is None else float(v)
+
+
+def open_run(path, store_path=None, *, progress: bool = False):
+    """Open the store for a run (or a folder of runs) and bring it up to date. Returns (store, report)."""
+    from logbook.store.database import open_store
+
+    runs = layout.discover_runs(path)
+    store = open_store(store_path or layout.default_store_path(path))
+    return store, ingest(store, runs, progress=progress)

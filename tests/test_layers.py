@@ -1,0 +1,195 @@
+"""The architecture as a contract: which layer may import which, no import cycles, and a light `import logbook`.
+
+Data flows one way: trainer -> event logs (logbook.record) -> store (logbook.store, the only SQL)
+-> analysis (pure) -> report (store + analysis) -> present (what people see) -> pages and exports.
+Each layer may import only the layers before it; docs/architecture.md draws the same table. Every
+import is read from the source with `ast`, including imports inside functions, so a lazy import
+cannot hide a forbidden edge.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("logbook", "app", "trainer")
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+
+# layer -> (the project layers it may import, the third-party packages it may import; None = any but BANNED)
+ALL_LOGBOOK = {"values", "record", "store", "analysis", "report", "present", "importers", "exporters", "logbook"}
+RULES: dict[str, tuple[set[str], set[str] | None]] = {
+    "values": (set(), set()),  # the standard library only
+    "record": ({"values"}, {"orjson"}),  # what a training process loads: stdlib + orjson
+    "store": ({"values", "record"}, None),
+    "analysis": ({"values"}, {"numpy", "pandas"}),  # pure: no database, no figures
+    "report": ({"values", "record", "store", "analysis"}, {"numpy", "pandas"}),
+    "present": ({"values", "analysis"}, {"numpy", "pandas", "plotly"}),
+    "importers": ({"values", "record"}, None),  # other trainers' logs in, midflight's logs out
+    "exporters": ({"values", "record", "store", "analysis", "report", "present"}, None),
+    "logbook": (ALL_LOGBOOK, None),  # logbook/__init__.py, __main__.py, cli.py: the front door
+    "trainer": ({"trainer", "record", "logbook"}, None),  # the Recorder API only
+    "app": (ALL_LOGBOOK | {"app", "pages"}, None),
+    "pages": ({"app", "values", "analysis", "report", "present", "exporters"}, None),  # no store, no SQL
+}
+# never, anywhere in the layer (besides what the allow-lists above already exclude)
+BANNED = {
+    "store": {"plotly", "streamlit", "torch", "matplotlib"},
+    "importers": {"duckdb", "plotly", "streamlit", "torch"},
+    "exporters": {"streamlit", "torch"},
+    "logbook": {"streamlit", "torch"},
+    "trainer": {"duckdb", "streamlit", "plotly", "pandas", "pyarrow"},
+    "app": {"torch"},
+    "pages": {"duckdb", "pyarrow"},
+}
+
+
+def layer_of(module: str) -> str | None:
+    """The layer of a project module (dotted name), or None for a third-party or stdlib module."""
+    parts = module.split(".")
+    if parts[0] == "trainer":
+        return "trainer"
+    if parts[0] == "app":
+        return "pages" if len(parts) > 1 and parts[1] == "app_pages" else "app"
+    if parts[0] != "logbook":
+        return None
+    if len(parts) == 1 or parts[1] in ("cli", "__main__"):
+        return "logbook"
+    return parts[1] if parts[1] in RULES else "logbook"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(source: str, module: str, is_package: bool, known: set[str]) -> list[tuple[int, str]]:
+    """(line, imported module) for every import in the source, relative ones resolved. `from a import b`
+    yields a.b when b is one of the `known` modules, else a (b is a name defined in a)."""
+    out = []
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            out += [(node.lineno, f"{base}.{a.name}" if f"{base}.{a.name}" in known else base) for a in node.names]
+    return out
+
+
+def project_modules() -> dict[str, Path]:
+    found = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            found[module_name(path)] = path
+    return found
+
+
+def violations(module: str, source: str, is_package: bool, known: set[str]) -> list[str]:
+    """Every import of `module` that its layer's rule forbids, as 'module:line imports x (why)'."""
+    layer = layer_of(module)
+    if layer is None:
+        return []
+    may, third_ok = RULES[layer]
+    banned = BANNED.get(layer, set())
+    out = []
+    for line, target in imports(source, module, is_package, known):
+        root = target.split(".")[0]
+        if root in PACKAGES:
+            other = layer_of(target)
+            if other != layer and other not in may:
+                out.append(f"{module}:{line} imports {target} (layer {layer} may not import layer {other})")
+        elif root in banned or (root not in STDLIB and third_ok is not None and root not in third_ok):
+            out.append(f"{module}:{line} imports {target} (third-party {root!r} is not allowed in layer {layer})")
+    return out
+
+
+def test_every_import_follows_the_layer_rules():
+    mods = project_modules()
+    known = set(mods)
+    found = []
+    for mod, path in mods.items():
+        found += violations(mod, path.read_text(), path.name == "__init__.py", known)
+    assert not found, "layer rules broken:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    "module, source",
+    [
+        ("logbook.analysis.energy", "import duckdb"),
+        ("logbook.analysis.energy", "from logbook.store import queries"),
+        ("logbook.record.recorder", "import numpy as np"),
+        ("logbook.record.recorder", "def f():\n    from logbook.store.ingest import ingest"),  # a lazy import too
+        ("logbook.store.queries", "from ..report import summary"),  # a relative import too
+        ("logbook.present.figures", "import streamlit as st"),
+        ("logbook.report.summary", "from logbook.present.text import num"),
+        ("trainer.trainer", "from logbook.store import open_store"),
+        ("app.app_pages.live", "from logbook.store import queries"),
+        ("logbook.cli", "import streamlit"),
+    ],
+)
+def test_the_rules_catch_a_forbidden_import(module, source):
+    assert violations(module, source, False, set(project_modules())), f"{module}: {source!r} was allowed"
+
+
+def test_no_import_cycles():
+    """Tarjan's strongly connected components over every import between project modules, lazy ones included."""
+    mods = project_modules()
+    graph = {m: set() for m in mods}
+    for mod, path in mods.items():
+        for _, target in imports(path.read_text(), mod, path.name == "__init__.py", set(mods)):
+            if target in mods and target != mod:
+                graph[mod].add(target)
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_import_logbook_loads_the_write_side_only():
+    """A training process pays for the Recorder, not for the store, analyses or UI."""
+    code = (
+        "import sys, logbook\n"
+        "heavy = ('duckdb', 'pandas', 'numpy', 'torch', 'streamlit', 'plotly', 'pyarrow')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+        "assert logbook.queries.series and logbook.report and logbook.present  # the other layers load on first use\n"
+        "print('duckdb' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    heavy, then = out.splitlines()
+    assert heavy == "" and then == "True"
