@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from app.source import Source
+from logbook import exporters
 from logbook.report import energy as energy_report
 from logbook.report import progress as progress_report
 from logbook.report import summary
@@ -165,3 +166,9 @@ def effective_steps(_src: Source, k: tuple, run: str) -> int:
 def analyses_ready(src: Source, run: str) -> bool:
     """Have the run's incident scan and energy totals finished at least once? (Starts them if not.)"""
     return incidents(src, run, wait=0)[0] is not None and energy_summary(src, run, wait=0)[0] is not None
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def export_file(_src: Source, k: tuple, run: str, fmt: str) -> bytes:
+    """One download, generated when its button is clicked and kept until the run's data changes."""
+    return exporters.export_bytes(_src.store, run, fmt)[2]

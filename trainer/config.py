@@ -244,8 +244,3 @@ def resolve(overrides: list[tuple[str, object]]) -> TrainConfig:
         set_value(cfg, key, value)
     cfg.validate()
     return cfg
-
-
-def from_dict(d: dict) -> TrainConfig:
-    """A config stored in a checkpoint, back as a TrainConfig (keys this version lacks are errors)."""
-    return resolve(list(_flatten(d).items()))

@@ -20,12 +20,6 @@ EXPORTS = (  # format, button label
 )
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def export_file(_src, k: tuple, run: str, fmt: str) -> bytes:
-    """One download, generated when its button is clicked and kept until the run's data changes."""
-    return exporters.export_bytes(_src.store, run, fmt)[2]
-
-
 ctx = context.context()
 context.require_run(ctx)
 st.title(f"Lineage & logbook · {context.plain(ctx.run)}")
@@ -138,7 +132,7 @@ for col, (fmt, label) in zip(st.columns(len(EXPORTS)), EXPORTS):
     file_name, mime = exporters.download_name(ctx.run, fmt)
     col.download_button(
         label,
-        data=functools.partial(export_file, ctx.src, ctx.k, ctx.run, fmt),
+        data=functools.partial(data.export_file, ctx.src, ctx.k, ctx.run, fmt),
         file_name=file_name,
         mime=mime,
         on_click="ignore",
