@@ -38,7 +38,7 @@ driven by Python playwright), so every clock below is Python's `time.time()`.
    page every second until the header shows a number.
 
    A third table times the Live page's data calls in-process (the same
-   `logbook.queries` calls, 600 M4 buckets as the grid charts ask) on the same store, to split
+   `logbook.store.queries` calls, 600 M4 buckets as the grid charts ask) on the same store, to split
    server-side query time from Streamlit / browser time.
 
 2. Live lag. A writer thread logs one step every 0.2 s through the real Recorder

@@ -12,7 +12,7 @@ Data (seeded):
                    (the excerpt has no history of its own). The excerpt's gap 31223-31249 stays a gap.
 
 Methods, each on loss and on grad norm (alarms of both merged into intervals; gaps <= 3 steps merge):
-  midflight   logbook.divergence.detect with its defaults (robust z over 128 + ratio to EWMA)
+  midflight   logbook.analysis.divergence.detect with its defaults (robust z over 128 + ratio to EWMA)
   olmo-core   x > mean + 6 sigma of the previous 128 values
   wandb       x > mean + 3 sigma of the previous 30 values
   megatron    x >= 10 x the largest of the first 100 values

@@ -3,7 +3,7 @@
 A loss chart of a long run asks `queries.series(store, run, "loss", buckets=2000)`:
 M4 downsampling (first, last, min, max per bucket, NaNs kept) of every point in
 the range. This script builds an on-disk store through the real ingest path (the
-Recorder's JSON-lines format, ingested by `logbook.ingest`) holding one run with
+Recorder's JSON-lines format, ingested by `logbook.store.ingest`) holding one run with
 `loss`, `grad_norm` and `lr` at every step (so the filter on name matters), with a
 single spike (1e6) and a single NaN injected into `loss` at random steps, then
 times, warm, median of several repeats:
