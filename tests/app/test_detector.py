@@ -4,6 +4,7 @@ import pytest
 
 from app.detector import Detector
 from logbook.analysis import divergence
+from logbook.report import incidents as incident_report
 from logbook.record import layout
 from logbook.store import memory
 from logbook.store.ingest import ingest
@@ -15,7 +16,7 @@ from .test_pages import FAULTS, ROOT
 def frames():
     store = memory()
     ingest(store, layout.discover_runs(ROOT / "sample_runs"))
-    return divergence.inputs(store, FAULTS)
+    return incident_report.inputs(store, FAULTS)
 
 
 def test_worker_matches_in_process_detection_and_restarts_after_a_kill(frames):
