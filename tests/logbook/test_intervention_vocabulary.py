@@ -202,3 +202,26 @@ def test_a_new_knob_is_offered_by_the_dashboard(dropout, monkeypatch):
         "checkpoint_step": 40,
         "changes": {"skip_batches": 7, "dropout": 0.3},
     }
+
+
+@pytest.mark.parametrize(
+    "action, params",
+    [  # the dashboard's defaults, as tests/app/test_pages.py and the browser e2e test expect them
+        ("lr_multiplier", {"factor": 0.5}),
+        ("lr_peak", {"lr": 3e-4}),
+        ("clip", {"max_norm": 0.3}),
+        ("skip_batches", {"n": 10}),
+        ("loss_scale_floor", {"floor": 0.25}),
+        ("checkpoint_now", {}),
+        ("stop", {}),
+    ],
+)
+def test_the_dashboard_form_keeps_its_defaults(action, params):
+    at = AppTest.from_function(_form, default_timeout=30).run()
+    at.selectbox(key="t:action").set_value(action).run()
+    assert [w.key for w in at.number_input] == ([f"t:{action}"] if params else [])
+    at.button(key="t:review_btn").click().run()
+    assert not at.exception
+    review = at.session_state["t:review"]
+    assert review["params"] == params and type(review["params"].get("n", 0)) is int
+    assert iv.VOCABULARY[action].label in at.warning[0].value
