@@ -5,6 +5,9 @@ trainer polls the file at step boundaries, applies or rejects each request and
 appends the outcome. The file is the audit record: who asked for what, when, why
 (the note), and what the run did about it. The store shows it through the
 `interventions` view.
+
+What a request may ask for is one table, `VOCABULARY` (see its comment): validation here, the
+trainer, the `python -m logbook intervene` flags and the dashboard's form all derive from it.
 """
 
 from __future__ import annotations
