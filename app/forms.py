@@ -110,52 +110,66 @@ def annotation_editor(ctx: Ctx, prefix: str) -> None:
 
 
 # ----------------------------------------------------------------- interventions
-ACTION_LABELS = {
-    "lr_multiplier": "Scale the LR",
-    "lr_peak": "Set a new peak LR",
-    "clip": "Set the gradient-clip threshold",
-    "skip_batches": "Skip the next N batches",
-    "loss_scale_floor": "Set the fp16 loss-scale floor",
-    "checkpoint_now": "Checkpoint now",
-    "rewind": "Rewind to a checkpoint (with changes)",
-    "stop": "Stop the run (checkpoints first)",
-}
+def action_labels() -> dict[str, str]:
+    """The actions a request may name -> the dashboard's words for them, from the intervention vocabulary."""
+    return {name: knob.label for name, knob in iv_log.actions().items()}
+
+
+def __getattr__(name: str):
+    if name == "ACTION_LABELS":  # read from the vocabulary each time, never a copy made at import
+        return action_labels()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _number(where, param: iv_log.Param, label: str, key: str, *, blank: bool = False):
+    """A number_input for one parameter of the vocabulary; typed like it (int or float), None if left blank."""
+    whole = param.type is int
+    cast = int if whole else float
+    lowest = None if param.min is None else cast(param.min)
+    start = None if blank or param.default is None else cast(param.default)
+    value = where.number_input(
+        label, min_value=lowest, value=start, step=1 if whole else None, format=param.format, key=key
+    )
+    return None if value is None else cast(value)
 
 
 def _params_widgets(ctx: Ctx, action: str, prefix: str) -> dict:
-    if action == "lr_multiplier":
-        return {"factor": st.number_input("LR x", min_value=0.0, value=0.5, format="%.4g", key=f"{prefix}:f")}
-    if action == "lr_peak":
-        return {"lr": st.number_input("peak LR", min_value=0.0, value=3e-4, format="%.3e", key=f"{prefix}:lr")}
-    if action == "clip":
-        return {"max_norm": st.number_input("max grad norm", min_value=0.0, value=0.3, key=f"{prefix}:clip")}
-    if action == "loss_scale_floor":
-        return {"floor": st.number_input("loss-scale floor", min_value=0.0, value=0.25, key=f"{prefix}:floor")}
-    if action == "skip_batches":
-        return {"n": int(st.number_input("batches", min_value=1, value=10, step=1, key=f"{prefix}:n"))}
-    if action == "rewind":
-        ck = data.events(ctx.src, ctx.k, ctx.run, ("checkpoint_saved",))
-        steps = sorted({int(s) for s in ck["step"].dropna()}, reverse=True)
-        if not steps:
-            st.warning("No checkpoint has been saved in this run yet.")
-            return {}
-        params: dict = {"checkpoint_step": st.selectbox("checkpoint step", steps, key=f"{prefix}:ck")}
-        c1, c2, c3 = st.columns(3)
-        changes = {
-            "lr_multiplier": c1.number_input("then LR x", min_value=0.0, value=None, key=f"{prefix}:rlr"),
-            "clip": c2.number_input("then clip", min_value=0.0, value=None, key=f"{prefix}:rclip"),
-            "skip_batches": c3.number_input("then skip", min_value=1, value=None, step=1, key=f"{prefix}:rskip"),
-        }
-        changes = {k: (int(v) if k == "skip_batches" else v) for k, v in changes.items() if v is not None}
-        if changes:
-            params["changes"] = changes
-        return params
-    return {}
+    knob = iv_log.VOCABULARY[action]
+    if action == iv_log.REWIND:
+        return _rewind_widgets(ctx, prefix)
+    params = {}
+    for param in knob.params:
+        key = f"{prefix}:{action}" if len(knob.params) == 1 else f"{prefix}:{action}:{param.name}"
+        value = _number(st, param, param.label or param.name, key)
+        if value is not None:
+            params[param.name] = value
+    return params
+
+
+def _rewind_widgets(ctx: Ctx, prefix: str) -> dict:
+    """A checkpoint to go back to, and any of the rewind changes (blank = unchanged)."""
+    ck = data.events(ctx.src, ctx.k, ctx.run, ("checkpoint_saved",))
+    steps = sorted({int(s) for s in ck["step"].dropna()}, reverse=True)
+    if not steps:
+        st.warning("No checkpoint has been saved in this run yet.")
+        return {}
+    step_param = iv_log.VOCABULARY[iv_log.REWIND].params[0]
+    params: dict = {step_param.name: st.selectbox(step_param.label, steps, key=f"{prefix}:ck")}
+    cols = st.columns(3)
+    changes = {}
+    for i, (name, knob) in enumerate(iv_log.rewind_changes().items()):
+        param = knob.params[0]
+        value = _number(cols[i % 3], param, f"then {param.label or name}", f"{prefix}:then:{name}", blank=True)
+        if value is not None:
+            changes[name] = value
+    if changes:
+        params["changes"] = changes
+    return params
 
 
 def describe(action: str, params: dict) -> str:
     shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items())
-    return f"{ACTION_LABELS[action]}" + (f" ({shown})" if shown else "")
+    return iv_log.VOCABULARY[action].label + (f" ({shown})" if shown else "")
 
 
 def intervention_form(ctx: Ctx, prefix: str) -> None:
@@ -165,7 +179,8 @@ def intervention_form(ctx: Ctx, prefix: str) -> None:
         return
     pending = st.session_state.get(f"{prefix}:review")
     if pending is None:
-        action = st.selectbox("action", list(ACTION_LABELS), format_func=ACTION_LABELS.get, key=f"{prefix}:action")
+        labels = action_labels()
+        action = st.selectbox("action", list(labels), format_func=labels.get, key=f"{prefix}:action")
         params = _params_widgets(ctx, action, prefix)
         note = st.text_input("why (kept in the audit record)", key=f"{prefix}:note")
         if st.button("Review…", key=f"{prefix}:review_btn"):

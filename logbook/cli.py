@@ -78,41 +78,48 @@ def cmd_annotate(args) -> int:
     return 0
 
 
+def _dest(name: str) -> str:
+    return f"iv_{name}"  # apart from the subcommand's own path, note and author
+
+
+def add_intervention_flags(sp: argparse.ArgumentParser) -> None:
+    """One flag per entry of the intervention vocabulary: a value for its first parameter, or a switch."""
+    from logbook.record import interventions
+
+    for name, knob in interventions.VOCABULARY.items():
+        if knob.params:
+            kind = knob.params[0].type
+            sp.add_argument(knob.flag, dest=_dest(name), type=kind, default=None, metavar=knob.metavar, help=knob.help)
+        else:
+            sp.add_argument(knob.flag, dest=_dest(name), action="store_true", help=knob.help)
+
+
 def _intervention_from_args(args) -> tuple[str, dict]:
-    """The one action the flags ask for; a rewind may carry the other changes with it."""
-    changes = {
-        name: value
-        for name, value in (
-            ("lr_multiplier", args.lr_scale),
-            ("lr_peak", args.lr),
-            ("clip", args.clip),
-            ("skip_batches", args.skip_batches),
-            ("loss_scale_floor", args.loss_scale_floor),
-        )
-        if value is not None
-    }
-    flags = [f for f in ("checkpoint", "stop") if getattr(args, f)]
-    if args.rewind is not None:
-        if flags:
-            raise ValueError(f"--rewind cannot be combined with --{flags[0]}")
-        return "rewind", {"checkpoint_step": args.rewind, "changes": changes}
-    asked = list(changes) + flags
-    if len(asked) != 1:
+    """The one action the flags ask for; a rewind may carry any rewind changes with it."""
+    from logbook.record import interventions
+
+    table = interventions.VOCABULARY
+    given = {name: getattr(args, _dest(name), None) for name in table}
+    given = {name: value for name, value in given.items() if value is not None and value is not False}
+    rewind = interventions.REWIND
+    if rewind in given:
+        step = given.pop(rewind)
+        other = [name for name in given if not table[name].rewind_change]
+        if other:
+            raise ValueError(f"{table[rewind].flag} cannot be combined with {table[other[0]].flag}")
+        return rewind, {table[rewind].params[0].name: step, "changes": given}
+    rewind_only = [name for name in given if not table[name].action]
+    if rewind_only:
+        flag = table[rewind_only[0]].flag
+        raise ValueError(f"{flag} only applies with {table[rewind].flag} {table[rewind].metavar}")
+    if len(given) != 1:
         raise ValueError(
-            "give exactly one change (or --rewind STEP with any of them); got "
-            + (", ".join(asked) if asked else "none")
+            f"give exactly one change (or {table[rewind].flag} {table[rewind].metavar} with any of them); got "
+            + (", ".join(table[name].flag for name in given) if given else "none")
         )
-    if flags:
-        return {"checkpoint": "checkpoint_now", "stop": "stop"}[flags[0]], {}
-    name, value = next(iter(changes.items()))
-    param = {
-        "lr_multiplier": "factor",
-        "lr_peak": "lr",
-        "clip": "max_norm",
-        "skip_batches": "n",
-        "loss_scale_floor": "floor",
-    }[name]
-    return name, {param: value}
+    ((name, value),) = given.items()
+    knob = table[name]
+    return name, ({knob.params[0].name: value} if knob.params else {})
 
 
 def cmd_intervene(args) -> int:
@@ -165,16 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("intervene", help="ask a live run to change course (audited)")
     sp.add_argument("path", help="the run directory")
-    sp.add_argument("--lr-scale", type=float, default=None, metavar="X", help="multiply the LR schedule by X")
-    sp.add_argument("--lr", type=float, default=None, metavar="X", help="new peak LR")
-    sp.add_argument("--clip", type=float, default=None, metavar="X", help="new gradient-clipping threshold")
-    sp.add_argument("--skip-batches", type=int, default=None, metavar="N", help="skip the next N batches")
-    sp.add_argument("--loss-scale-floor", type=float, default=None, metavar="X", help="fp16 loss-scale floor")
-    sp.add_argument("--checkpoint", action="store_true", help="save a checkpoint now")
-    sp.add_argument("--stop", action="store_true", help="checkpoint and stop the run")
-    sp.add_argument(
-        "--rewind", type=int, default=None, metavar="STEP", help="restart from checkpoint STEP (with the other changes)"
-    )
+    add_intervention_flags(sp)
     sp.add_argument("--note", required=True, help="why: kept in the audit record")
     sp.add_argument("--author", default=None)
     sp.set_defaults(func=cmd_intervene)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 import logbook
 from logbook.record import segments
-from logbook.record.dist import DistInfo
+from logbook.record.dist import DistInfo, detect
 
 from .checkpoint import Checkpointer
 from .config import TrainConfig, set_value
@@ -27,7 +27,7 @@ from .faults import Faults
 from .model import OPT, PRESETS, flops_per_token, num_params, on_meta, param_groups, preset
 from .parallelize import parallelize
 from .precision import Precision
-from .trainer import KNOBS, Outcome, Parts, Trainer, apply_optimizer_knobs
+from .trainer import Outcome, Parts, Trainer, apply_optimizer_knobs, set_knob
 
 # Dense bf16/fp16 tensor-core peaks per device, for the MFU estimate (override with --log.peak_tflops).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A10G": 125.0, "L4": 121.0, "V100": 125.0}
@@ -131,7 +131,7 @@ def init_distributed(device: str) -> DistInfo:
             )
         else:
             dist.init_process_group(backend)
-    return logbook.dist.detect()
+    return detect()
 
 
 def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: bool = True) -> Start | None:
@@ -179,8 +179,7 @@ def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: b
         if name == "skip_batches":
             skip += int(value)
         else:
-            set_value(cfg, KNOBS[name], value)
-            changed[KNOBS[name]] = value
+            changed[set_knob(cfg, name, value)] = value
     apply_optimizer_knobs(cfg, optimizer)
     precision.floor = cfg.precision.scale_floor
     precision.load_state_dict(state.get("scaler", {}))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+from logbook.record import interventions
+
 from . import config
-from .trainer import KNOBS
 
 SHORTCUTS = {  # flag dest -> config key
     "model": "model.preset",
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KNOB=VALUE",
-        help=f"with --resume: change a knob on the way back ({', '.join(KNOBS)}, skip_batches)",
+        help=f"with --resume: change a knob on the way back ({', '.join(interventions.rewind_changes())})",
     )
     return p
 
@@ -92,15 +93,14 @@ def parse(argv=None) -> Launch | None:
 
 
 def _changes(items: list[str]) -> dict:
+    knobs = interventions.rewind_changes()  # what a rewind may change is what a resume may change
     out = {}
     for item in items:
         name, sep, raw = item.partition("=")
-        if not sep or name not in (*KNOBS, "skip_batches"):
-            raise ValueError(
-                f"--change {item!r}: expected KNOB=VALUE with KNOB one of {', '.join(KNOBS)}, skip_batches"
-            )
+        if not sep or name not in knobs:
+            raise ValueError(f"--change {item!r}: expected KNOB=VALUE with KNOB one of {', '.join(knobs)}")
         try:
-            out[name] = int(raw) if name == "skip_batches" else float(raw)
+            out[name] = knobs[name].params[0].type(raw)
         except ValueError:
             raise ValueError(f"--change {item!r}: {raw!r} is not a number") from None
     return out

@@ -30,16 +30,20 @@ from .faults import Faults, InjectedCrash
 from .precision import Precision, scale_events
 from .schedule import lr_at
 
-# What an intervention or a rewind may change, and the config key it changes.
-KNOBS = {
-    "lr_multiplier": "optim.lr_multiplier",
-    "lr_peak": "optim.lr",
-    "clip": "optim.clip",
-    "loss_scale_floor": "precision.scale_floor",
-    "beta2": "optim.beta2",
-    "weight_decay": "optim.weight_decay",
-}
-_PARAM = {"lr_multiplier": "factor", "lr_peak": "lr", "clip": "max_norm", "loss_scale_floor": "floor"}
+
+def set_knob(cfg: TrainConfig, name: str, value) -> str:
+    """Set the config key that knob `name` of the intervention vocabulary names; returns the key.
+
+    The knob is looked up in `logbook.record.interventions.VOCABULARY` now, not at import, so the table
+    is the one place that says what a knob changes.
+    """
+    if name not in interventions.VOCABULARY:
+        raise ValueError(f"unknown knob {name!r}; one of: {', '.join(interventions.VOCABULARY)}")
+    key = interventions.config_key(name)
+    if key is None:
+        raise ValueError(f"{name} sets no config key (the trainer carries it out itself)")
+    set_value(cfg, key, value)
+    return key
 
 
 class NonFiniteLoss(RuntimeError):
@@ -302,10 +306,11 @@ class Trainer:
                 self._answer(req, applied=False, step=None, detail=reason)
                 continue
             action, params = req["action"], req.get("params") or {}
-            if action in _PARAM:
-                value = params[_PARAM[action]]
-                self._set_knob(action, value)
-                self._answer(req, applied=True, step=s, detail=f"{KNOBS[action]} = {value}")
+            knob = interventions.VOCABULARY.get(action)
+            if knob is not None and knob.config_key is not None:
+                value = params[knob.params[0].name]
+                key = self._set_knob(action, value)
+                self._answer(req, applied=True, step=s, detail=f"{key} = {value}")
             elif action == "skip_batches":
                 self.batch_index += params["n"]
                 self._answer(req, applied=True, step=s, detail=f"skipped {params['n']} batches")
@@ -356,13 +361,13 @@ class Trainer:
                 return f"the run trains in {self.p.precision.name}: there is no loss scale floor to change"
         return None
 
-    def _set_knob(self, name: str, value) -> None:
-        key = KNOBS[name]
-        set_value(self.cfg, key, value)
+    def _set_knob(self, name: str, value) -> str:
+        key = set_knob(self.cfg, name, value)
         self.changed[key] = value
         if name == "loss_scale_floor":
             self.p.precision.floor = float(value)
         apply_optimizer_knobs(self.cfg, self.p.optimizer)
+        return key
 
     def _answer(self, req: dict, *, applied: bool, step: int | None, detail: str) -> None:
         kind = "intervention_applied" if applied else "intervention_rejected"

@@ -5,6 +5,9 @@ trainer polls the file at step boundaries, applies or rejects each request and
 appends the outcome. The file is the audit record: who asked for what, when, why
 (the note), and what the run did about it. The store shows it through the
 `interventions` view.
+
+What a request may ask for is one table, `VOCABULARY` (see its comment): validation here, the
+trainer, the `python -m logbook intervene` flags and the dashboard's form all derive from it.
 """
 
 from __future__ import annotations
@@ -13,68 +16,192 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from logbook.record import layout, records
 from logbook.record.annotations import author_name
-
-# action -> {param: check}; validated here so a typo or a nonsense value never reaches a live run
-_POSITIVE = ("a number > 0", lambda v: _is_number(v) and v > 0)
-_COUNT = ("a whole number >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-_STEP = ("a step number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-_FRACTION = ("a number in (0, 1)", lambda v: _is_number(v) and 0 < v < 1)
-_NON_NEGATIVE = ("a number >= 0", lambda v: _is_number(v) and v >= 0)
-
-# What a rewind may change on the way back (the knobs OPT-175B's team turned at its restarts).
-REWIND_CHANGES = {
-    "lr_multiplier": _POSITIVE,
-    "lr_peak": _POSITIVE,
-    "clip": _POSITIVE,
-    "loss_scale_floor": _POSITIVE,
-    "skip_batches": _COUNT,
-    "beta2": _FRACTION,
-    "weight_decay": _NON_NEGATIVE,
-}
-
-ACTIONS = {
-    "lr_multiplier": {"factor": _POSITIVE},
-    "lr_peak": {"lr": _POSITIVE},
-    "clip": {"max_norm": _POSITIVE},
-    "skip_batches": {"n": _COUNT},
-    "loss_scale_floor": {"floor": _POSITIVE},
-    "checkpoint_now": {},
-    "rewind": {"checkpoint_step": _STEP, "changes": ("a dict of changes", lambda v: isinstance(v, dict))},
-    "stop": {},
-}
-_OPTIONAL = {("rewind", "changes")}
 
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# the checks, each with the words an error message uses for it
+_POSITIVE = ("a number > 0", lambda v: _is_number(v) and v > 0)
+_COUNT = ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1)
+_STEP = ("a step number >= 0", lambda v: _is_whole(v) and v >= 0)
+_FRACTION = ("a number in (0, 1)", lambda v: _is_number(v) and 0 < v < 1)
+_NON_NEGATIVE = ("a number >= 0", lambda v: _is_number(v) and v >= 0)
+_CHANGES = ("a dict of changes", lambda v: isinstance(v, dict))
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a request: its wire name, type, check, and how the dashboard asks for it."""
+
+    name: str  # the key in the request's `params`
+    type: type  # int or float (dict for a rewind's `changes`)
+    check: tuple[str, Callable[[object], bool]]  # (what it must be, in words; the test)
+    label: str = ""  # the dashboard's number_input label
+    default: int | float | None = None  # the dashboard's starting value
+    min: int | float | None = None  # the dashboard's lowest value (validation still decides)
+    format: str | None = None  # the dashboard's number format, e.g. "%.3e"
+    optional: bool = False
+
+    @property
+    def what(self) -> str:
+        return self.check[0]
+
+    def ok(self, value) -> bool:
+        return self.check[1](value)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One entry of the vocabulary: an action a request can name, a change a rewind can carry, or both."""
+
+    label: str  # the dashboard's name for it
+    params: tuple[Param, ...] = ()  # a change carries the value of params[0]
+    config_key: str | None = None  # the TrainConfig key it sets (None: the trainer acts on it itself)
+    flag: str = ""  # `python -m logbook intervene` flag; its value fills params[0] (no params: a switch)
+    metavar: str | None = None
+    help: str = ""
+    action: bool = True  # a request of its own (False: it only rides along with a rewind)
+    rewind_change: bool = False  # a rewind may carry it in `changes`
+
+
+REWIND = "rewind"  # the action that restarts from a checkpoint, carrying any rewind changes
+
+# The intervention vocabulary, in ONE place. Everything that speaks it derives from this table when it
+# runs: `validate` here, the trainer (which config key a knob sets: trainer.trainer.set_knob, the
+# rewind changes applied in trainer/build.py, `python -m trainer --change`), the `python -m logbook
+# intervene` flags, and the dashboard's form (labels, number inputs, the rewind form's changes).
+# Adding a knob is adding an entry here; the trainer keeps only engine preconditions (no loss
+# scale in bf16) and the actions it carries out itself (skip, checkpoint, rewind, stop).
+VOCABULARY: dict[str, Knob] = {
+    "lr_multiplier": Knob(
+        "Scale the LR",
+        (Param("factor", float, _POSITIVE, "LR x", 0.5, 0.0, "%.4g"),),
+        "optim.lr_multiplier",
+        "--lr-scale",
+        "X",
+        "multiply the LR schedule by X",
+        rewind_change=True,
+    ),
+    "lr_peak": Knob(
+        "Set a new peak LR",
+        (Param("lr", float, _POSITIVE, "peak LR", 3e-4, 0.0, "%.3e"),),
+        "optim.lr",
+        "--lr",
+        "X",
+        "new peak LR",
+        rewind_change=True,
+    ),
+    "clip": Knob(
+        "Set the gradient-clip threshold",
+        (Param("max_norm", float, _POSITIVE, "max grad norm", 0.3, 0.0),),
+        "optim.clip",
+        "--clip",
+        "X",
+        "new gradient-clipping threshold",
+        rewind_change=True,
+    ),
+    "skip_batches": Knob(
+        "Skip the next N batches",
+        (Param("n", int, _COUNT, "batches to skip", 10, 1),),
+        None,
+        "--skip-batches",
+        "N",
+        "skip the next N batches",
+        rewind_change=True,
+    ),
+    "loss_scale_floor": Knob(
+        "Set the fp16 loss-scale floor",
+        (Param("floor", float, _POSITIVE, "loss-scale floor", 0.25, 0.0),),
+        "precision.scale_floor",
+        "--loss-scale-floor",
+        "X",
+        "fp16 loss-scale floor",
+        rewind_change=True,
+    ),
+    "beta2": Knob(
+        "Set Adam's beta2",
+        (Param("beta2", float, _FRACTION, "Adam beta2", 0.95, 0.0, "%.4f"),),
+        "optim.beta2",
+        "--beta2",
+        "X",
+        "with --rewind: Adam's beta2 on the way back",
+        action=False,
+        rewind_change=True,
+    ),
+    "weight_decay": Knob(
+        "Set the weight decay",
+        (Param("weight_decay", float, _NON_NEGATIVE, "weight decay", 0.1, 0.0, "%.4g"),),
+        "optim.weight_decay",
+        "--weight-decay",
+        "X",
+        "with --rewind: the weight decay on the way back",
+        action=False,
+        rewind_change=True,
+    ),
+    "checkpoint_now": Knob("Checkpoint now", flag="--checkpoint", help="save a checkpoint now"),
+    REWIND: Knob(
+        "Rewind to a checkpoint (with changes)",
+        (Param("checkpoint_step", int, _STEP, "checkpoint step"), Param("changes", dict, _CHANGES, optional=True)),
+        flag="--rewind",
+        metavar="STEP",
+        help="restart from checkpoint STEP (with the other changes)",
+    ),
+    "stop": Knob("Stop the run (checkpoints first)", flag="--stop", help="checkpoint and stop the run"),
+}
+
+
+def actions() -> dict[str, Knob]:
+    """The knobs a request may name as its action, in table order."""
+    return {name: k for name, k in VOCABULARY.items() if k.action}
+
+
+def rewind_changes() -> dict[str, Knob]:
+    """What a rewind may change on the way back (the knobs OPT-175B's team turned at its restarts)."""
+    return {name: k for name, k in VOCABULARY.items() if k.rewind_change}
+
+
+def config_key(name: str) -> str | None:
+    """The TrainConfig key knob `name` sets (None if the trainer acts on it itself); KeyError if unknown."""
+    return VOCABULARY[name].config_key
+
+
 def validate(action: str, params: dict | None) -> dict:
     """The request's params, checked; raises ValueError with a message a person can act on."""
     params = dict(params or {})
-    if action not in ACTIONS:
-        raise ValueError(f"unknown intervention {action!r}; one of: {', '.join(ACTIONS)}")
-    spec = ACTIONS[action]
+    known = actions()
+    if action not in known:
+        raise ValueError(f"unknown intervention {action!r}; one of: {', '.join(known)}")
+    spec = {p.name: p for p in known[action].params}
     extra = set(params) - set(spec)
     if extra:
         raise ValueError(f"{action} does not take {', '.join(sorted(extra))}; it takes {sorted(spec) or 'nothing'}")
-    for name, (what, ok) in spec.items():
+    for name, p in spec.items():
         if name not in params:
-            if (action, name) in _OPTIONAL:
+            if p.optional:
                 continue
-            raise ValueError(f"{action} needs {name} ({what})")
-        if not ok(params[name]):
-            raise ValueError(f"{action}: {name} must be {what}, not {params[name]!r}")
-    for name, value in (params.get("changes") or {}).items():
-        if name not in REWIND_CHANGES:
-            raise ValueError(f"rewind cannot change {name!r}; it can change {', '.join(REWIND_CHANGES)}")
-        what, ok = REWIND_CHANGES[name]
-        if not ok(value):
-            raise ValueError(f"rewind: {name} must be {what}, not {value!r}")
+            raise ValueError(f"{action} needs {name} ({p.what})")
+        if not p.ok(params[name]):
+            raise ValueError(f"{action}: {name} must be {p.what}, not {params[name]!r}")
+    if action == REWIND:
+        changes = rewind_changes()
+        for name, value in (params.get("changes") or {}).items():
+            if name not in changes:
+                raise ValueError(f"rewind cannot change {name!r}; it can change {', '.join(changes)}")
+            p = changes[name].params[0]
+            if not p.ok(value):
+                raise ValueError(f"rewind: {name} must be {p.what}, not {value!r}")
     return params
 
 
