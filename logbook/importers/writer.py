@@ -9,7 +9,7 @@ Segments. Each source file starts a new launch, and inside a file a launch ends
 where its steps go back (a restart from an earlier checkpoint, or job logs
 concatenated) or where the log says it loaded a checkpoint. A new segment's parent
 is the latest segment that began at or before the step it resumed from, the rule
-the trainer uses (logbook.segments.infer_parent).
+the trainer uses (logbook.record.segments.infer_parent).
 
 Idempotent, crash-safe, and incremental. Output is a pure function of the source:
 segment ids come from the source's path, and every step is its own record. A
