@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 import logbook
 from logbook.record import segments
-from logbook.record.dist import DistInfo
+from logbook.record.dist import DistInfo, detect
 
 from .checkpoint import Checkpointer
 from .config import TrainConfig, set_value
@@ -131,7 +131,7 @@ def init_distributed(device: str) -> DistInfo:
             )
         else:
             dist.init_process_group(backend)
-    return logbook.dist.detect()
+    return detect()
 
 
 def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: bool = True) -> Start | None:
