@@ -4,10 +4,14 @@ Contract with the training loop:
 - `log()`, `event()` and `telemetry()` only append a tuple to an in-memory queue
   (a few microseconds); a daemon thread turns the queue into records and appends
   them to this rank's log at least every `flush_every` seconds.
-- Nothing here raises into the training loop. A full disk, a read-only directory
-  or a bad value becomes a warning (once per cause) and a counter; records that
-  could not be written are kept and retried, and recording resumes when the
-  error clears.
+- I/O degrades, misuse raises, loss is counted. A full disk or a read-only
+  directory never raises into the training loop: it becomes a warning (once per
+  cause) and a counter; records that could not be written are kept and retried,
+  and recording resumes when the error clears. A caller's mistake raises at the
+  call site, before anything is queued: a metric value that is not a real number
+  (TypeError), a reserved or non-text metric name, a step that is not an integer
+  (TypeError), or a step lower than the last one logged without a `restart`
+  event in between (ValueError). See `Run.log` for what counts as a number.
 - 0-d tensors are kept as references and resolved on the flush thread, one
   stacked device->host copy per device and dtype per flush, so `log()` never
   syncs the GPU.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import numbers
 import os
 import sys
 import threading
@@ -28,6 +33,7 @@ import time
 import traceback
 import warnings
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 
 from logbook.record import dist, layout, records, segments
@@ -37,6 +43,18 @@ END_REASONS = ("completed", "crashed", "stopped", "rewound")
 _METRICS, _EVENT, _TELEMETRY, _RAW = 0, 1, 2, 3
 _FAST = (float, int)
 _INF = float("inf")
+
+# Metric and telemetry names that would read as something else: the empty name, and the columns every
+# point already has in the store and in every export (`step`, `wall_time`), which a metric of that name
+# would be confused with in any table that spreads names into columns.
+RESERVED_NAMES = frozenset({"", "step", "wall_time"})
+# Value types known to be real scalars (a value of one is accepted with one set lookup). Grows as numpy
+# scalar types and other numbers.Real types are first seen; tensors and arrays never enter (their shape
+# is checked on every call).
+_SCALARS = {float, int, bool}
+_MAX_NAMES = 100_000  # metric names remembered as checked, per Run (beyond that: new ones checked every call)
+_TENSOR_TYPES: set = set()  # torch tensor types seen so far: shape and dtype checked per value
+_TENSOR_DTYPES: set = set()  # torch dtypes seen so far that hold real numbers (not complex)
 
 
 class RecorderWarning(UserWarning):
@@ -78,6 +96,8 @@ class Run:
 
         self._q: deque = deque()
         self._next_step = 0
+        self._last_step: float = -_INF  # the lowest step log() accepts next (a restart event lowers it)
+        self._names_ok: set = set()  # metric names log() has checked (text, not reserved)
         self._header = header
         self._pending = bytearray()
         self._fd: int | None = None
@@ -116,50 +136,99 @@ class Run:
 
     @property
     def dropped_records(self) -> int:
-        """Records lost: refused at the call site, unreadable at flush, or evicted while the disk was unwritable."""
+        """Records lost: sent while the queue was full or after finish(), or evicted while the disk was unwritable."""
         return self._dropped + self._rejected
 
     # ------------------------------------------------------------------ hot path
     def log(self, metrics: dict, step: int | None = None) -> None:
-        """Record scalar metrics for a step. Values: Python numbers, numpy scalars or 0-d tensors.
+        """Record scalar metrics for a step.
+
+        Values: real numbers (int, float, bool as 0/1, `numbers.Real` such as numpy integer and float
+        scalars, numpy bool), and 0-d (or one-element) numpy arrays and torch tensors of a real or bool
+        dtype. NaN and +-Inf are valid and recorded as such. Names: non-empty text other than the
+        reserved `step` and `wall_time`. `step`: an integer (int or numpy integer; not a bool or a
+        tensor), never lower than the last step logged by this `Run` unless `event("restart", step=K)`
+        came in between (then never lower than K); the same step again is fine (eval metrics at a
+        train step). Omitted, it is the last step + 1.
+
+        Misuse raises here, before anything is queued: TypeError for a value that is not a real number,
+        a name that is not text or a step that is not an integer; ValueError for a reserved name, a
+        tensor or array with more than one element, or a step that goes back. I/O never raises.
 
         A tensor is read on the flush thread (up to `flush_every` s later), not now, so that this call
         never waits for the GPU. For a tensor you modify in place afterwards (an accumulator), pass
         `t.detach().clone()`; `loss.detach()` of a fresh loss is fine as it is.
         """
+        values = dict(metrics) if type(metrics) is dict else _as_dict("run.log()", metrics)
+        # Cheap on the hot path: one C-level pass over the names (a loop logs the same few names, each
+        # checked once) and one over the value types; item by item only when one of them misses.
+        if not self._names_ok.issuperset(values):
+            _check_names("run.log()", values)
+            if len(self._names_ok) < _MAX_NAMES:
+                self._names_ok.update(values)
+        if not _SCALARS.issuperset(map(type, values.values())):
+            _check_values("run.log()", values)
+        if step is None:
+            step = self._next_step
+        else:
+            if type(step) is not int:
+                step = _as_step("run.log()", step)
+            if step < self._last_step:
+                raise ValueError(
+                    f"run.log(step={step}): the step went back (this segment last logged step "
+                    f"{self._last_step}). Logging the same step again is fine; to replay steps after loading "
+                    f'a checkpoint, record run.event("restart", step=CHECKPOINT_STEP) first, or start a new '
+                    f"segment with logbook.init(..., resume_step=CHECKPOINT_STEP)"
+                )
+        self._last_step = step  # also when the call is refused below: the caller's steps went on
+        self._next_step = step + 1
         if self._finished or len(self._q) >= self.max_queue:
             self._refuse()
             return
-        try:
-            if step is None:
-                step = self._next_step
-            self._next_step = step + 1
-            self._q.append((_METRICS, step, time.time(), dict(metrics)))
-        except Exception as exc:  # a caller's bad argument must not stop training
-            self._rejected += 1
-            self._warn_once(("log-arg", type(exc)), f"run.log() ignored a call it could not read: {exc!r}")
+        self._q.append((_METRICS, step, time.time(), values))
 
     def event(self, kind: str, step: int | None = None, **fields) -> None:
-        """Record a discrete event: overflow, checkpoint, restart, intervention_applied, alert, ..."""
+        """Record a discrete event: overflow, checkpoint, restart, intervention_applied, alert, ...
+
+        `kind` must be non-empty text and `step` an integer or None (TypeError/ValueError otherwise);
+        an event's step may be lower than the metrics' steps. Fields may hold anything: what JSON
+        cannot hold is stored as text. A `restart` event with step K lets `log()` go back to step K
+        (the run resumed from the checkpoint of step K); without a step it lets `log()` go back to any step.
+        """
+        if type(kind) is not str:
+            raise TypeError(f"run.event(): kind must be text, not {type(kind).__name__} ({kind!r:.80})")
+        if not kind:
+            raise ValueError("run.event(): kind must not be empty")
+        if step is not None and type(step) is not int:
+            step = _as_step(f"run.event({kind!r})", step)
+        if kind == "restart":  # also when refused below: the caller goes on to log the replayed steps
+            self._last_step = -_INF if step is None else step
+            if step is not None:
+                self._next_step = step + 1
         if self._finished or len(self._q) >= self.max_queue:
             self._refuse()
             return
-        try:
-            self._q.append((_EVENT, str(kind), step, time.time(), fields))
-        except Exception as exc:
-            self._rejected += 1
-            self._warn_once(("event-arg", type(exc)), f"run.event() ignored a call it could not read: {exc!r}")
+        self._q.append((_EVENT, kind, step, time.time(), fields))
 
     def telemetry(self, values: dict, device: str, step: int | None = None) -> None:
-        """Record one sample of device telemetry (GPU power, temperature, ...) for `device`."""
+        """Record one sample of device telemetry (GPU power, temperature, ...) for `device`.
+
+        Values and names follow `log()`'s rules; `device` must be non-empty text and `step` an integer
+        or None. Telemetry steps may go back (a sampler thread reads the step asynchronously).
+        """
+        if type(device) is not str:
+            raise TypeError(f"run.telemetry(): device must be text, not {type(device).__name__} ({device!r:.80})")
+        if not device:
+            raise ValueError("run.telemetry(): device must not be empty")
+        values = dict(values) if type(values) is dict else _as_dict("run.telemetry()", values)
+        _check_names("run.telemetry()", values)
+        _check_values("run.telemetry()", values)
+        if step is not None and type(step) is not int:
+            step = _as_step("run.telemetry()", step)
         if self._finished or len(self._q) >= self.max_queue:
             self._refuse()
             return
-        try:
-            self._q.append((_TELEMETRY, str(device), step, time.time(), dict(values)))
-        except Exception as exc:
-            self._rejected += 1
-            self._warn_once(("telemetry-arg", type(exc)), f"run.telemetry() ignored a call it could not read: {exc!r}")
+        self._q.append((_TELEMETRY, device, step, time.time(), values))
 
     def _refuse(self) -> None:
         self._rejected += 1
@@ -267,9 +336,6 @@ class Run:
             tag = item[0]
             if tag == _METRICS:
                 _, step, t, values = item
-                step = self._as_step(step)
-                if step is None:
-                    continue
                 names, vals, bad = self._clean(values)
                 if names:
                     rows, nonfinite = blocks.setdefault((_METRICS, None, names), ([], []))
@@ -279,13 +345,11 @@ class Run:
                 _, device, step, t, values = item
                 names, vals, bad = self._clean(values)
                 if names:
-                    s = None if step is None else self._as_step(step, optional=True)
                     rows, nonfinite = blocks.setdefault((_TELEMETRY, device, names), ([], []))
                     nonfinite.extend([len(rows), j, token] for j, token in bad)
-                    rows.append([t, s, *vals])
+                    rows.append([t, step, *vals])
             elif tag == _EVENT:
                 _, kind, step, t, fields = item
-                step = None if step is None else self._as_step(step, optional=True)
                 out.append(records.encode({"k": records.EVENT, "kind": kind, "step": step, "t": t, "fields": fields}))
             else:
                 out.append(records.encode(item[1]))
@@ -298,19 +362,12 @@ class Run:
             out.append(records.encode_block(rec))
         return b"".join(out)
 
-    def _as_step(self, step, optional: bool = False) -> int | None:
-        try:
-            return int(step)
-        except Exception:
-            if optional:  # events and telemetry are kept, without their step
-                self._warn_once("bad-step-kept", f"midflight kept a record without its step ({step!r}: not an integer)")
-            else:
-                self._dropped += 1
-                self._warn_once("bad-step", f"midflight dropped a record whose step {step!r} is not an integer")
-            return None
-
     def _clean(self, values: dict) -> tuple[tuple, list, list]:
-        """(names, numeric values, [(index, token)] of the NaN/Inf values among them)."""
+        """(names, numeric values, [(index, token)] of the NaN/Inf values among them).
+
+        The values passed the call-site check; one that still cannot be read here (a tensor whose
+        device copy failed, a numbers.Real whose float() raises) is dropped and counted in `dropped_values`.
+        """
         names, vals, bad = [], [], []
         for key, v in values.items():
             if type(v) not in _FAST:
@@ -321,7 +378,7 @@ class Run:
                 except Exception:
                     self.dropped_values += 1
                     self._warn_once(
-                        ("bad-value", key), f"midflight dropped metric {key!r}: value {v!r:.80} is not a number"
+                        ("bad-value", key), f"midflight dropped metric {key!r}: could not read value {v!r:.80}"
                     )
                     continue
             if not -_INF < v < _INF:  # NaN or +-Inf: kept faithfully, listed beside the block
@@ -470,6 +527,84 @@ class Run:
             return
         self._warned.add(cause)
         warnings.warn(message, RecorderWarning, stacklevel=3)
+
+
+def _as_dict(where: str, metrics) -> dict:
+    """A copy of a Mapping other than a dict; TypeError for anything else (None, a list, a number)."""
+    if isinstance(metrics, Mapping):
+        return dict(metrics)
+    raise TypeError(f"{where} takes a dict of {{name: number}}, not {type(metrics).__name__} ({metrics!r:.80})")
+
+
+def _as_step(where: str, step) -> int:
+    """An integer step other than an int (a numpy integer) as an int; TypeError for anything else.
+
+    A bool is refused (a flag passed by mistake), and so is a tensor: reading it would sync the GPU.
+    """
+    if isinstance(step, numbers.Integral) and not isinstance(step, bool) and _module(step) != "torch":
+        return int(step)
+    raise TypeError(f"{where}: step must be an integer, not {type(step).__name__} ({step!r:.80})")
+
+
+def _module(v) -> str:
+    return type(v).__module__.partition(".")[0]
+
+
+def _check_names(where: str, names) -> None:
+    """Raise for the first metric name that is not text or is reserved."""
+    for key in names:
+        if not isinstance(key, str):
+            raise TypeError(f"{where}: metric names must be text, not {type(key).__name__} ({key!r:.80})")
+        if key in RESERVED_NAMES:
+            what = "empty" if not key else f"{key!r}, which is reserved (every point already has a {key})"
+            raise ValueError(f"{where}: a metric name must not be {what}; reserved: step, wall_time and ''")
+
+
+def _check_values(where: str, values: dict) -> None:
+    """Raise for the first value `log()`/`telemetry()` cannot record; return if all are fine."""
+    for key, v in values.items():
+        t = type(v)
+        if t in _SCALARS:
+            continue
+        if t in _TENSOR_TYPES and v.dtype in _TENSOR_DTYPES and not v.ndim:  # two metadata reads
+            continue
+        if _module(v) == "torch":
+            _check_tensor(where, key, v)
+            continue
+        if isinstance(v, (str, bytes)):  # numpy's str_ and bytes_ too
+            pass
+        elif isinstance(v, numbers.Real):  # numpy integer and float scalars, Fraction, ...
+            _SCALARS.add(t)
+            continue
+        elif _module(v) == "numpy":  # numpy bool_, 0-d arrays; complex and datetime values are refused
+            kind = getattr(getattr(v, "dtype", None), "kind", None)
+            if kind in ("b", "i", "u", "f"):
+                if getattr(v, "size", 1) != 1:
+                    raise ValueError(f"{where}: metric {key!r} is an array of {v.size} values; log one number per name")
+                if isinstance(v, sys.modules["numpy"].generic):
+                    _SCALARS.add(t)  # a scalar type (numpy.bool_): its values are always one number
+                continue
+        raise TypeError(
+            f"{where}: metric {key!r} is {t.__name__} ({v!r:.80}), not a real number; "
+            "log an int, float, numpy scalar or 0-d tensor"
+        )
+
+
+def _check_tensor(where: str, key, v) -> None:
+    """A torch tensor: one element of a real or bool dtype. Reads only metadata (no .item(), no GPU sync)."""
+    dtype = getattr(v, "dtype", None)
+    if dtype is None or getattr(dtype, "is_complex", False) or not hasattr(v, "numel"):
+        raise TypeError(
+            f"{where}: metric {key!r} is a {type(v).__name__} of {dtype}, not a real number; "
+            "log an int, float, numpy scalar or 0-d tensor"
+        )
+    if v.ndim != 0 and v.numel() != 1:
+        raise ValueError(
+            f"{where}: metric {key!r} is a tensor of shape {tuple(v.shape)}; log one number per name "
+            "(a 0-d tensor such as loss.detach(), or t.mean())"
+        )
+    _TENSOR_TYPES.add(type(v))
+    _TENSOR_DTYPES.add(dtype)
 
 
 def _describe(exc: BaseException) -> str:

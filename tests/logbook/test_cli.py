@@ -2,10 +2,14 @@
 
 import json
 import os
+import re
 
 import pytest
 
 import logbook
+from logbook.record import layout
+from logbook.store import queries
+from logbook.store.database import open_store
 
 from .proc_helpers import cli
 
@@ -61,10 +65,22 @@ def test_summary_json_contract(run_dir):
 
 def test_ingest_is_idempotent_from_the_cli(run_dir):
     first = cli("ingest", run_dir, "-q")
+    assert first.returncode == 0, first.stderr
+    # 100 steps x 2 metrics + 70 steps x 1 metric, from the two segments' rank logs (the number of
+    # records depends on how the flush thread grouped the steps into blocks; the points do not)
+    assert re.search(r"ingested [1-9]\d* records \(270 metric points, .*\) from 2 files", first.stdout), first.stdout
+    store = open_store(layout.default_store_path(run_dir), fallback=False)  # what the CLI left on disk
+    try:
+        assert queries.series(store, "run", "loss")["step"].tolist() == list(range(1, 121))  # 1..50, then 51..120
+        assert len(queries.series(store, "run", "loss", which="all")) == 170  # the abandoned 51..100 too
+        assert queries.series(store, "run", "grad_norm")["step"].tolist() == list(range(1, 51))  # 51.. abandoned
+        assert queries.event_counts(store, "run") == {"checkpoint": 1, "overflow": 1}
+        assert len(queries.segments(store, "run")) == 2
+    finally:
+        store.close()
     again = cli("ingest", run_dir, "-q")
-    assert first.returncode == again.returncode == 0
-    assert "ingested 4 records" in first.stdout or "records" in first.stdout
-    assert "ingested 0 records" in again.stdout
+    assert again.returncode == 0, again.stderr
+    assert "ingested 0 records (0 metric points" in again.stdout, again.stdout
 
 
 @pytest.mark.parametrize(

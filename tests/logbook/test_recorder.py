@@ -6,6 +6,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,21 +53,160 @@ def test_tensor_values_are_resolved_at_flush_time(tmp_path):
     assert got == {"loss": [2.5], "acc": [1.0], "half": [0.5]}
 
 
-def test_log_never_raises_and_counts_bad_values(tmp_path):
+class _NotAMapping:
+    pass
+
+
+# (call on a fresh run, exception, words the message must hold). Each is a caller's mistake.
+MISUSE = [
+    (lambda run: run.log(None, step=1), TypeError, ["dict", "NoneType"]),
+    (lambda run: run.log([("loss", 1.0)], step=1), TypeError, ["dict", "list"]),
+    (lambda run: run.log({"loss": "high"}, step=1), TypeError, ["'loss'", "str", "not a real number"]),
+    (lambda run: run.log({"ok": 1.0, "loss": None}, step=1), TypeError, ["'loss'", "NoneType"]),
+    (lambda run: run.log({"loss": np.str_("1.5")}, step=1), TypeError, ["'loss'", "str_"]),
+    (lambda run: run.log({"loss": [1.0]}, step=1), TypeError, ["'loss'", "list"]),
+    (lambda run: run.log({"loss": 1 + 2j}, step=1), TypeError, ["'loss'", "complex"]),
+    (lambda run: run.log({"loss": torch.tensor(1 + 2j)}, step=1), TypeError, ["'loss'", "complex64"]),
+    (lambda run: run.log({"loss": np.datetime64("2024-01-01")}, step=1), TypeError, ["'loss'", "datetime64"]),
+    (lambda run: run.log({"vec": torch.ones(3)}, step=1), ValueError, ["'vec'", "shape (3,)"]),
+    (lambda run: run.log({"vec": np.ones(3)}, step=1), ValueError, ["'vec'", "3 values"]),
+    (lambda run: run.log({1: 1.0}, step=1), TypeError, ["names must be text", "int"]),
+    (lambda run: run.log({"": 1.0}, step=1), ValueError, ["empty"]),
+    (lambda run: run.log({"step": 1.0}, step=1), ValueError, ["'step'", "reserved"]),
+    (lambda run: run.log({"wall_time": 1.0}, step=1), ValueError, ["'wall_time'", "reserved"]),
+    (lambda run: run.log({"loss": 1.0}, step="four"), TypeError, ["step must be an integer", "str"]),
+    (lambda run: run.log({"loss": 1.0}, step=2.0), TypeError, ["step must be an integer", "float"]),
+    (lambda run: run.log({"loss": 1.0}, step=True), TypeError, ["step must be an integer", "bool"]),
+    (lambda run: run.log({"loss": 1.0}, step=torch.tensor(2)), TypeError, ["step must be an integer", "Tensor"]),
+    (lambda run: run.event(3, step=1), TypeError, ["kind must be text", "int"]),
+    (lambda run: run.event("", step=1), ValueError, ["kind must not be empty"]),
+    (lambda run: run.event("checkpoint", step="ten"), TypeError, ["step must be an integer"]),
+    (lambda run: run.telemetry({"power_w": "hot"}, device="gpu0"), TypeError, ["'power_w'", "str"]),
+    (lambda run: run.telemetry({"power_w": 1.0}, device=0), TypeError, ["device must be text"]),
+    (lambda run: run.telemetry({"step": 1.0}, device="gpu0"), ValueError, ["'step'", "reserved"]),
+    (lambda run: run.telemetry({"power_w": 1.0}, device="gpu0", step=1.5), TypeError, ["step must be an integer"]),
+    (lambda run: run.telemetry(_NotAMapping(), device="gpu0"), TypeError, ["dict", "_NotAMapping"]),
+]
+
+
+@pytest.mark.parametrize("call, exc, words", MISUSE, ids=[f"misuse{i}" for i in range(len(MISUSE))])
+def test_misuse_raises_at_the_call_site_and_records_nothing(tmp_path, call, exc, words):
     run = logbook.init(tmp_path / "run", flush_every=60)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run.log(None, step=1)  # not a dict
-        run.log({"loss": "high", "ok": 1.0}, step=2)  # a string is not a number
-        run.log({"vec": torch.ones(3), "ok": 2.0}, step=3)  # not a scalar
-        run.log({"ok": 3.0}, step="four")  # bad step
-        run.flush()
+    run.log({"loss": 0.5}, step=0)
+    queued = len(run._q)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecorderWarning)  # raised, not warned about
+        with pytest.raises(exc) as info:
+            call(run)
+    assert all(w in str(info.value) for w in words), str(info.value)
+    assert len(run._q) == queued  # nothing was enqueued for the bad call
+    run.log({"loss": 0.25}, step=1)  # and the run goes on
     run.finish()
-    assert run.dropped_values == 2 and run.dropped_records == 2  # log(None) and the bad step
-    assert any(issubclass(w.category, RecorderWarning) for w in caught)
+    assert run.dropped_records == 0 and run.dropped_values == 0
     store, report = _ingest(tmp_path / "run")
     assert report.malformed == 0
-    assert queries.series(store, "run", "ok")["value"].tolist() == [1.0, 2.0]
+    assert queries.series(store, "run", "loss")["value"].tolist() == [0.5, 0.25]
+    assert queries.event_counts(store, "run") == {}
+    assert store.cursor().execute("SELECT count(*) FROM telemetry").fetchone() == (0,)
+    assert queries.metric_names(store, "run") == ["loss"]
+
+
+def test_numpy_bool_tensor_and_nonfinite_values_round_trip(tmp_path):
+    run = logbook.init(tmp_path / "run", flush_every=60)
+    values = {
+        "np_f32": np.float32(0.5),
+        "np_i64": np.int64(7),
+        "np_bool": np.bool_(True),
+        "np_0d": np.array(2.5),
+        "bool": True,  # a flag is recorded as 0/1
+        "t_0d": torch.tensor(1.5),
+        "t_1elem": torch.tensor([4.0]),
+        "t_bool": torch.tensor(False),
+        "t_grad": torch.tensor(3.0, requires_grad=True) * 2,
+        "nan": float("nan"),
+        "t_inf": torch.tensor(float("inf")),
+        "np_ninf": np.float64("-inf"),
+    }
+    run.log(values, step=np.int64(5))  # a numpy integer step is an integer
+    run.telemetry({"power_w": np.float32(250.0), "busy": True}, device="gpu0", step=np.int32(5))
+    run.finish()
+    assert run.dropped_values == 0 and run.dropped_records == 0
+    store, report = _ingest(tmp_path / "run")
+    assert report.malformed == 0
+    got = {n: queries.series(store, "run", n)[["step", "value"]].values.tolist()[0] for n in values}
+    assert all(step == 5 for step, _ in got.values())
+    want = {
+        "np_f32": 0.5,
+        "np_i64": 7.0,
+        "np_bool": 1.0,
+        "np_0d": 2.5,
+        "bool": 1.0,
+        "t_0d": 1.5,
+        "t_1elem": 4.0,
+        "t_bool": 0.0,
+        "t_grad": 6.0,
+        "t_inf": math.inf,
+        "np_ninf": -math.inf,
+    }
+    assert {n: v for n, (_, v) in got.items() if n != "nan"} == want
+    assert math.isnan(got["nan"][1])
+    rows = store.cursor().execute("SELECT step, name, value FROM telemetry ORDER BY name").fetchall()
+    assert rows == [(5, "busy", 1.0), (5, "power_w", 250.0)]
+
+
+def test_log_reads_only_tensor_metadata_and_counts_what_the_flush_cannot_read(tmp_path):
+    """A meta tensor has a shape and a dtype but no data: any .item() at the call site would raise."""
+    run = logbook.init(tmp_path / "run", flush_every=60)
+    run.log({"loss": torch.tensor(1.0), "ghost": torch.empty((), device="meta")}, step=1)
+    with pytest.raises(ValueError, match="shape"):
+        run.log({"ghosts": torch.empty(2, device="meta")}, step=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.flush()
+    run.finish()
+    assert run.dropped_values == 1  # unreadable at flush: dropped and counted, not raised
+    assert any("ghost" in str(w.message) for w in caught if issubclass(w.category, RecorderWarning))
+    store, _ = _ingest(tmp_path / "run")
+    assert queries.series(store, "run", "loss")["value"].tolist() == [1.0]
+
+
+def test_steps_repeat_freely_but_go_back_only_after_a_restart(tmp_path):
+    run = logbook.init(tmp_path / "run", flush_every=60)
+    run.log({"loss": 3.0}, step=10)
+    run.log({"eval_loss": 3.5}, step=10)  # eval metrics at the same step: fine
+    run.log({"loss": 2.0}, step=20)
+    with pytest.raises(ValueError, match=r"step=15.*last logged step 20.*restart"):
+        run.log({"loss": 9.0}, step=15)
+    run.log({"loss": 1.5})  # the refused call did not move the step: this is step 21
+    run.event("checkpoint", step=5)  # an event's step may be lower: it does not move log()'s steps
+    with pytest.raises(ValueError, match="went back"):
+        run.log({"loss": 9.0}, step=12)
+    run.event("restart", step=12, checkpoint="ckpt/step-12.pt")  # resumed from the checkpoint of step 12
+    run.log({"eval_loss": 2.2}, step=12)  # the checkpoint's own step again: fine
+    run.log({"loss": 2.1})  # step 13
+    with pytest.raises(ValueError, match="last logged step 13"):
+        run.log({"loss": 9.0}, step=11)
+    run.event("restart")  # a restart without a step allows any step
+    run.log({"loss": 5.0}, step=0)
+    run.finish()
+    store, _ = _ingest(tmp_path / "run")
+    loss = queries.series(store, "run", "loss")
+    assert loss[["step", "value"]].values.tolist() == [[0, 5.0], [10, 3.0], [13, 2.1], [20, 2.0], [21, 1.5]]
+    assert queries.series(store, "run", "eval_loss")["step"].tolist() == [10, 12]
+    assert 9.0 not in loss["value"].tolist()
+
+
+def test_a_new_segment_starts_its_own_steps(tmp_path):
+    """Resuming from a checkpoint in a new launch (logbook.init(resume_step=...)) replays steps freely."""
+    run_dir = tmp_path / "run"
+    with logbook.init(run_dir, segment_id="seg-a") as run:
+        for s in range(1, 31):
+            run.log({"loss": 1.0}, step=s)
+    with logbook.init(run_dir, segment_id="seg-b", resume_step=20) as run:
+        for s in range(21, 26):
+            run.log({"loss": 0.5}, step=s)
+    store, _ = _ingest(run_dir)
+    assert queries.series(store, "run", "loss", which="all")["step"].tolist().count(21) == 2
 
 
 def test_auto_step_and_events(tmp_path):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from logbook.store import queries
+
 from .helpers import ROOT, Proc, Recorded, child_env, train, trainer_cmd
 
 
@@ -25,7 +27,9 @@ def test_tiny_model_learns_and_records_every_step(tmp_path):
     tokens = rec.metric("tokens")
     assert tokens[60] == 60 * 8 * 64
     assert set(rec.metric("clipped").values()) <= {0.0, 1.0} and rec.metric("clip")[1] == 1.0
-    assert "param_norm" in rec.metric("param_norm") or rec.metric("param_norm")  # every 50 steps
+    pnorm = rec.metric("param_norm")  # a full pass over the weights every log.param_norm_every (50) steps
+    assert pnorm.keys() == {50} and math.isfinite(pnorm[50]) and pnorm[50] > 0, pnorm
+    assert rec.metric("mem_rss_gib").keys() == {50}  # recorded with it (on CPU: the process RSS)
     (seg,) = rec.segments().itertuples()
     assert seg.end_reason == "completed"
     assert "step 60/60 | loss" in out.stdout  # progress for a person watching
@@ -92,7 +96,11 @@ def test_crash_restarts_automatically_under_torchrun(tmp_path):
     assert second.parent_id == first.segment_id and second.resume_step == 20
     assert "automatic restart 1" in second.reason and "injected crash at step 25" in second.reason
     assert "injected crash at step 25" in first.error  # the rank that crashed first is the cause
-    assert list(segs.effective) == [False, True] or second.effective
+    # both launches are on the effective path: the crashed one holds steps 1..20, its restart 21..40
+    assert list(segs.effective) == [True, True]
+    loss = queries.series(rec.store, rec.run, "loss")
+    by_segment = loss.groupby("segment_id")["step"].apply(list).to_dict()
+    assert by_segment == {first.segment_id: list(range(1, 21)), second.segment_id: list(range(21, 41))}
     assert max(rec.metric("loss")) == 40
     assert rec.metric("loss", which="superseded").keys() == set(range(21, 25))  # replayed after the restart
     restart = rec.events("restart")

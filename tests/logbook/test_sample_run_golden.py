@@ -1,4 +1,8 @@
-"""The shipped trainer sample (examples/record_sample_run.py) holds the story its README tells."""
+"""Golden test of ingest over the shipped trainer sample, sample_runs/opt-tiny-faults.
+
+The trainer does not run here: the sample was recorded once by examples/record_sample_run.py, and
+these tests check that ingest, queries and the summary read from it the story its README tells.
+"""
 
 import json
 from pathlib import Path
