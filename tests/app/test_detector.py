@@ -4,8 +4,8 @@ import pytest
 
 from app.detector import Detector
 from logbook.analysis import divergence
-from logbook.report import incidents as incident_report
 from logbook.record import layout
+from logbook.report import incidents as incident_report
 from logbook.store import memory
 from logbook.store.ingest import ingest
 
