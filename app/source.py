@@ -75,6 +75,7 @@ class Background:
         self._lock = threading.Lock()
         self._done: dict = {}  # key -> (version, value, finished_at, seconds)
         self._running: dict = {}  # key -> threading.Event
+        self._closed = False
 
     def get(self, key, version: int, fn: Callable, *, wait: float = 2.0, delay: float = 0.0):
         """(value or None, busy): busy is True while a newer result is being computed. `delay` holds a first
@@ -84,7 +85,7 @@ class Background:
             running = self._running.get(key)
             stale = done is None or done[0] != version
             due = done is None or time.time() - done[2] >= max(4 * done[3], self.min_interval)
-            if stale and running is None and due:
+            if stale and running is None and due and not self._closed:
                 running = threading.Event()
                 self._running[key] = running
                 first = 0.0 if done is not None else delay
@@ -100,6 +101,16 @@ class Background:
         if isinstance(done[1], BaseException):
             raise done[1]
         return done[1], busy or done[0] != version
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Start nothing new, and wait for the computations in flight: they query the store, and closing a
+        DuckDB connection under a running query fails ("connection is busy with another call")."""
+        deadline = time.time() + timeout
+        with self._lock:
+            self._closed = True
+            running = list(self._running.values())
+        for finished in running:
+            finished.wait(max(0.0, deadline - time.time()))
 
     def _compute(self, key, version, fn, finished: threading.Event, delay: float = 0.0) -> None:
         time.sleep(delay)
@@ -157,5 +168,6 @@ class Source:
     def close(self) -> None:
         for f in self.followers:
             f.stop()
+        self.background.close()  # before the store: a scan in flight is still reading it
         self.detector.close()
         self.store.close()

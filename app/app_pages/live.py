@@ -122,8 +122,6 @@ def live_region():
     ctx = context.context()  # fresh: the data version moves on between refreshes
     segs = data.segments(ctx.src, ctx.k, ctx.run, data.tick())
     header(ctx)
-    if pending and not ctx.live and data.analyses_ready(ctx.src, ctx.run):
-        st.rerun(scope="app")  # the analyses are in: redraw once with their markers, and stop the timer
     zoom.zoom_bar(ctx, "live")
     forms.selection_panel(ctx, "live")
     marks = axis.markers(ctx)
@@ -131,6 +129,9 @@ def live_region():
     st.subheader("System")
     system_charts(ctx, marks)
     forms.intervention_status(ctx)
+    # last, after every widget of this run: a rerun here restarts the run, and a click it carried would be lost
+    if pending and not ctx.live and data.analyses_ready(ctx.src, ctx.run):
+        st.rerun(scope="app")  # the analyses are in: redraw once with their markers, and stop the timer
 
 
 st.toggle("Show perplexity instead of loss", key="live:ppl")

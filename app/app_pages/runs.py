@@ -5,6 +5,7 @@ import streamlit as st
 
 from app import context, data
 from logbook.analysis import energy
+from logbook.values import whole
 
 ctx = context.context()
 st.title("Runs")
@@ -49,7 +50,7 @@ def table_region():
                 "run": run,
                 "status": data.run_status(ctx.src, ctx.k, run, data.tick()),
                 "segments": len(segs),
-                "last step": None if segs.empty or pd.isna(segs["end_step"].max()) else int(segs["end_step"].max()),
+                "last step": whole(segs["end_step"].max()) if len(segs) else None,
                 "loss": data.last_value(ctx.src, ctx.k, run, "loss"),
                 "tokens": data.last_value(ctx.src, ctx.k, run, "tokens"),
                 "energy kWh": None if e_j is None else e_j / energy.J_PER_KWH,
@@ -86,8 +87,12 @@ def table_region():
         st.rerun(scope="app")  # everything settled: redraw once more without the timer
 
 
-table_region()
+# The Open buttons sit below the table but run before it: once the analyses settle, the table region's
+# st.rerun(scope="app") restarts the page run it is part of, and a click that came with that run would be lost.
+table_slot = st.container()
 for run in runs["run_id"]:
     if st.button(f"Open {run}", key=f"runs:open:{run}"):
         st.session_state["open_run"] = run
         st.switch_page("app_pages/live.py")
+with table_slot:
+    table_region()
