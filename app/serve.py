@@ -13,7 +13,7 @@ import pandas  # noqa: F401  (the heavy imports happen now, not in the first pag
 import plotly.graph_objects  # noqa: F401
 from streamlit.web import cli
 
-from app.source import Source, preload, roots_from  # not app.data/ui: their st.cache_* need the runtime first
+from app.source import Source, preload, roots_from  # not app.data/context: their st.cache_* need the runtime first
 
 
 def main() -> int:

@@ -36,9 +36,17 @@ CHUNK = 64 * 1024
 
 INGESTER = """
     import sys
+    from logbook.record import records
     from logbook.store.ingest import ingest
     from logbook.store import open_store
 
+    read = records.read_complete
+
+    def reading(path, offset, limit):  # observation only: every read after the first follows a commit
+        print("read", offset, flush=True)
+        return read(path, offset, limit)
+
+    records.read_complete = reading
     store = open_store(sys.argv[2], fallback=False)
     print("ready", flush=True)
     report = ingest(store, [sys.argv[1]], chunk_bytes=int(sys.argv[3]))
@@ -145,7 +153,13 @@ def test_sigkilled_ingest_resumes_to_exactly_the_clean_result(big_run, clean_sto
         proc = python(INGESTER, big_run, path, CHUNK)
         try:
             proc.expect("ready", timeout=60)
-            time.sleep(rng.uniform(0.1, 0.4))  # a full 64 KiB-chunk ingest takes ~1 s here
+            # Kill at a random point of the work, not of the clock: after 1 to 3 commits of this process
+            # (each read after the first follows one), somewhere inside the next chunk's parse, insert and
+            # commit. A fixed delay measured nothing on a slow or busy machine: 0.1-0.4 s after "ready"
+            # often came before the first commit, and the test failed for want of progress.
+            for _ in range(rng.randint(2, 4)):
+                proc.expect("read", timeout=120)
+            time.sleep(rng.uniform(0.0, 0.3))
             kills += proc.sigkill()
         finally:
             proc.close()
