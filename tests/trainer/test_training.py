@@ -107,8 +107,10 @@ def test_crash_restarts_automatically_under_torchrun(tmp_path):
     assert restart and restart[0][0] == 20
     # the straggler: rank 1's step time jumps by the injected 250 ms at steps 30-34
     slow = rec.metric("step_time_s", rank=1)
-    normal = sorted(slow[s] for s in range(35, 41))
-    assert min(slow[s] for s in range(30, 35)) >= 0.25 > 0.15 > normal[len(normal) // 2]
+    stalled = min(slow[s] for s in range(30, 35))
+    normal = sorted(slow[s] for s in range(35, 41))[3]
+    # against the rank's own normal steps, not a wall-clock bound that a busy machine's normal steps exceed
+    assert stalled >= 0.25 and stalled - normal >= 0.1
 
 
 def _rank_pid(run_dir, rank: int) -> int | None:
