@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -34,14 +36,17 @@ def cmd_ingest(args) -> int:
         print(f"{time.strftime('%H:%M:%S')} +{rep.records:,} records ({rep.metric_points:,} points)", flush=True)
 
     follower = Follower(store, args.path, poll=args.poll, rescan_every=args.rescan, on_ingest=show)
+    # Our own handlers, not Python's default: a process started in the background by a non-interactive
+    # shell inherits SIGINT ignored, and a service manager stops a follower with SIGTERM.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     follower.start()
     how = "polling" if follower.poll else "inotify"
-    print(f"following {args.path} ({how}, rescan every {args.rescan:g}s; Ctrl-C to stop)", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        follower.stop()
+    print(f"following {args.path} ({how}, rescan every {args.rescan:g}s; Ctrl-C or SIGTERM to stop)", flush=True)
+    while not stop.wait(1.0):
+        pass
+    follower.stop()
     return 0
 
 

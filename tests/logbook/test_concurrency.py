@@ -10,6 +10,7 @@
 import json
 import re
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -125,6 +126,31 @@ def test_idle_follower_stays_idle(tmp_path):
     _, ingests, cpu = line.split()
     # Over 2 s with a 2 s safety rescan, one or two ingests are expected; more is a busy loop.
     assert int(ingests) <= 2, f"{ingests} ingests and {cpu}s of CPU in 2 s of an idle run"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_follower_stops_cleanly_on_sigterm_and_sigint_even_if_started_ignoring_sigint(tmp_path, sig):
+    """A follower started in the background by a non-interactive shell inherits SIGINT ignored, and a
+    service manager stops it with SIGTERM: either way it stops, and says nothing is wrong."""
+    run_dir = tmp_path / "run"
+    with logbook.init(run_dir, name="bg", config={}) as run:
+        run.log({"loss": 1.0}, step=1)
+    args = [sys.executable, "-m", "logbook", "ingest", run_dir, "--follow", "-q"]
+    ignoring = subprocess.Popen(  # started the way `cmd &` starts it in a script: SIGINT ignored
+        args,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert ignoring.stdout.readline().startswith("ingested 3 records")
+        assert ignoring.stdout.readline().startswith("following")
+        ignoring.send_signal(sig)
+        assert ignoring.wait(30) == 0
+    finally:
+        ignoring.kill()
+        ignoring.wait()
 
 
 def test_second_process_reads_a_locked_store_through_a_private_copy(tmp_path):
