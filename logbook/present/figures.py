@@ -88,8 +88,8 @@ def metric_figure(
                 mode=ln.mode,
                 name=safe(ln.name, 60),
                 legendgroup="faded" if ln.faded else None,
-                showlegend=not (ln.faded and faded_shown),
-                opacity=0.35 if ln.faded else 1.0,
+                showlegend=False if ln.faded and faded_shown else None,
+                opacity=0.3 if ln.faded else 1.0,
                 line={"width": 1 if ln.faded else 1.6, "color": ln.colour},
                 # markers make points clickable (a lines-only trace gives no selection), but drawing thousands
                 # of SVG markers tripled the browser's render time; maxdisplayed keeps them clickable, undrawn
@@ -143,7 +143,7 @@ def _draw_markers(fig: go.Figure, markers: list[Marker], axis: str) -> None:
     shapes = []
     for kind, ms in by_kind.items():
         colour, symbol = MARKER_STYLE.get(kind, ("#444", "circle"))
-        xs = to_axis([m.step if m.x is None else m.x for m in ms], axis)
+        xs = to_axis(np.asarray([m.step if m.x is None else m.x for m in ms], dtype="float64"), axis)
         line = {"color": colour, "width": 1, "dash": "dash"}
         shapes += [
             {"type": "line", "x0": x, "x1": x, "y0": 0, "y1": 0.92, "yref": "paper", "line": line, "layer": "below"}
