@@ -44,8 +44,8 @@ def cmd_ingest(args) -> int:
     follower.start()
     how = "polling" if follower.poll else "inotify"
     print(f"following {args.path} ({how}, rescan every {args.rescan:g}s; Ctrl-C or SIGTERM to stop)", flush=True)
-    while not stop.wait(1.0):
-        pass
+    while not stop.is_set():  # a timed wait: the signal handler runs between waits
+        stop.wait(1.0)
     follower.stop()
     return 0
 

@@ -571,12 +571,11 @@ def _check_values(where: str, values: dict) -> None:
         if _module(v) == "torch":
             _check_tensor(where, key, v)
             continue
-        if isinstance(v, (str, bytes)):  # numpy's str_ and bytes_ too
-            pass
-        elif isinstance(v, numbers.Real):  # numpy integer and float scalars, Fraction, ...
+        text = isinstance(v, (str, bytes))  # numpy's str_ and bytes_ too: refused below, never a number
+        if not text and isinstance(v, numbers.Real):  # numpy integer and float scalars, Fraction, ...
             _SCALARS.add(t)
             continue
-        elif _module(v) == "numpy":  # numpy bool_, 0-d arrays; complex and datetime values are refused
+        if not text and _module(v) == "numpy":  # numpy bool_, 0-d arrays; complex and datetime values are refused
             kind = getattr(getattr(v, "dtype", None), "kind", None)
             if kind in ("b", "i", "u", "f"):
                 if getattr(v, "size", 1) != 1:

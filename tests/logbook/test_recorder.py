@@ -54,7 +54,7 @@ def test_tensor_values_are_resolved_at_flush_time(tmp_path):
 
 
 class _NotAMapping:
-    pass
+    """An object that is not a dict of metrics."""
 
 
 # (call on a fresh run, exception, words the message must hold). Each is a caller's mistake.
