@@ -58,3 +58,47 @@ def text(v) -> str | None:
 def first(*values):
     """The first value that is not missing, else None."""
     return next((v for v in values if not missing(v)), None)
+
+
+# Steps everywhere (records, the store's BIGINT columns, control lines, imports) are integers in
+# [0, 2**63): one rule, checked where a value enters. A step outside it is refused there with a
+# reason, never stored as a wrapped or clamped number and never allowed to break a whole chunk.
+STEP_LIMIT = 2**63
+
+
+def step(v) -> int:
+    """`v` as a training step, an int in [0, 2**63); ValueError (with the reason) for anything else.
+
+    Accepted: an int (not a bool), a float or numpy number with an integral value, and text that
+    spells such a number ("150", "1.5e3"). Refused: negative, 2**63 or more, a fraction, NaN, an
+    infinity, a bool, None and other types."""
+    if type(v) is int:
+        n = v
+    else:
+        if v is None or isinstance(v, bool):
+            raise ValueError(f"step {v!r} is not an integer")
+        try:
+            n = int(v) if isinstance(v, int) or hasattr(v, "__index__") else None
+        except (TypeError, ValueError):
+            n = None
+        if n is None:
+            try:
+                f = float(v.strip() if isinstance(v, str) else v)
+            except (TypeError, ValueError, OverflowError):
+                raise ValueError(f"step {str(v)[:40]!r} is not a number") from None
+            if not math.isfinite(f) or not f.is_integer():
+                raise ValueError(f"step {str(v)[:40]!r} is not a whole number")
+            if not 0 <= f < STEP_LIMIT:
+                raise ValueError(f"step {str(v)[:40]} is outside [0, 2**63)")
+            if isinstance(v, str) and v.strip().lstrip("+").isdigit():
+                n = int(v.strip())  # exact: a float would round 20-digit text
+            else:
+                n = int(f)
+    if not 0 <= n < STEP_LIMIT:
+        raise ValueError(f"step {str(n)[:40]} is outside [0, 2**63)")
+    return n
+
+
+def optional_step(v) -> int | None:
+    """None stays None (a record with no step); anything else follows `step`."""
+    return None if v is None else step(v)
