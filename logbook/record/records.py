@@ -69,7 +69,10 @@ def decode(line: bytes) -> dict:
     try:
         rec = orjson.loads(line)
     except orjson.JSONDecodeError:
-        rec = json.loads(line)  # NaN/Infinity tokens (events, format 1); raises ValueError if garbage
+        try:
+            rec = json.loads(line)  # NaN/Infinity tokens (events, format 1); raises ValueError if garbage
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
     if not isinstance(rec, dict) or not isinstance(rec.get("k"), str):
         raise ValueError("not a midflight record (expected a JSON object with a 'k' field)")
     return rec
@@ -77,15 +80,37 @@ def decode(line: bytes) -> dict:
 
 def iter_records(path: Path):
     """Every readable record of a small file, skipping torn or foreign lines (ingest counts those)."""
+    for _, rec in numbered_records(path):
+        yield rec
+
+
+def numbered_records(path: Path):
+    """(line number from 1, record) for every readable record of a small file: the numbering ingest uses."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return
-    for line in data.split(b"\n"):
+    for line_no, line in enumerate(data.split(b"\n"), 1):
         try:
-            yield decode(line)
+            yield line_no, decode(line)
         except ValueError:
             continue
+
+
+MAX_ID = 64  # characters of an annotation or intervention id (ours are 12 hex digits)
+
+
+def record_id(rec: dict, line_no: int) -> str:
+    """The id an annotation or intervention record goes by: its own if that is short non-empty text.
+
+    A hand-written line may carry any JSON as its id (a list, a number, a megabyte of text). Such a
+    record goes by `line-N` (its line number in the file) instead, so the trainer can answer it, the
+    store can show it and every reader agrees on the name, without the odd id ever being used as one.
+    """
+    rid = rec.get("id")
+    if isinstance(rid, str) and 0 < len(rid) <= MAX_ID and rid.isprintable():
+        return rid
+    return f"line-{line_no}"
 
 
 def read_complete(path: Path, offset: int, max_bytes: int) -> tuple[bytes, int]:

@@ -12,7 +12,7 @@ from logbook.report import incidents
 from logbook.report.wasted import wasted
 from logbook.store import queries
 from logbook.store.database import Store
-from logbook.values import finite, number, text
+from logbook.values import finite, json_ready, number, text
 
 
 def _interventions(store: Store, run: str) -> list[dict]:
@@ -94,7 +94,7 @@ def summarize(
     last_loss = number(queries.last_value(store, run, "loss"))
     ends = [s["end_step"] for s in segments if s["end_step"] is not None]
     effective_steps = queries.effective_steps(store, run)
-    return {
+    summary = {
         "run": run,
         "status": queries.run_status(store, run),
         "last_step": max(ends) if ends else None,
@@ -114,6 +114,9 @@ def summarize(
         "references": {k: {"co2eq_t": v["co2eq_t"], "method": v["method"]} for k, v in energy.REFERENCES.items()},
         "ingest_problems": queries.ingest_problems(store, run),
     }
+    summary, nonfinite = json_ready(summary)  # strict JSON, always: see logbook.values.json_ready
+    summary["nonfinite"] = nonfinite
+    return summary
 
 
 def energy_summary(
