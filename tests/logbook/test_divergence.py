@@ -141,14 +141,15 @@ def test_loss_scale_collapse_overflow_streak_and_floor():
     df.loc[df.step.between(302, 310), "loss_scale"] = 64.0
     (inc,) = detect(df)  # no "nonfinite grad norm" on overflow steps: the scaler skipped them
     assert (inc.kind, inc.start_step, inc.end_step, inc.detected_step) == ("loss_scale_collapse", 300, 303, 302)
-    assert inc.detail["reasons"] == ["overflow_streak"] and inc.classification == "transient"
-    assert inc.peak_value == 64.0
-    df["overflow"], df["grad_norm"] = False, df["grad_norm"].fillna(0.8)
+    assert inc.detail["reasons"] == ["overflow_streak", "scale_drop"] and inc.classification == "transient"
+    assert inc.peak_value == 64.0 and inc.detail["fall"] == 16.0  # 1024 -> 64 within the window
+    df["overflow"], df["grad_norm"], df["loss_scale"] = False, df["grad_norm"].fillna(0.8), 1024.0
     df.loc[df.step.between(400, 499), "loss_scale"] = 0.25
     (inc,) = detect(df, DivergenceConfig(loss_scale_floor=0.25))
     assert (inc.start_step, inc.end_step, inc.classification) == (400, 499, "divergent")
-    assert inc.detail["reasons"] == ["at_floor"]
-    (inc,) = detect(df.assign(at_floor=df.step.between(450, 455)))  # the trainer's loss_scale_at_floor event
+    assert inc.detail["reasons"] == ["at_floor", "scale_drop"]  # 1024 -> 0.25 in one step is a collapse too
+    # the trainer's loss_scale_at_floor event alone
+    (inc,) = detect(df.assign(at_floor=df.step.between(450, 455), loss_scale=1024.0))
     assert (inc.start_step, inc.end_step) == (450, 455)
 
 
