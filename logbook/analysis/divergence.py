@@ -430,10 +430,16 @@ class OnlineDetector:
         if self.last_step is not None and step < self.last_step:
             raise ValueError(f"step {step} after {self.last_step}: feed each branch in step order")
         if self.last_step is not None and step > self.last_step:
-            self.gaps.append(step - self.last_step)
-            self.interval = sorted(self.gaps)[len(self.gaps) // 2]
-            for det in self._dets():
-                det.interval = self.interval
+            gap = step - self.last_step
+            if gap != self.interval or len(set(self.gaps)) > 1:  # a steady log skips the median
+                self.gaps.append(gap)
+                interval = sorted(self.gaps)[len(self.gaps) // 2]
+                if interval != self.interval:
+                    self.interval = interval
+                    for det in self._dets():
+                        det.interval = interval
+            else:
+                self.gaps.append(gap)
         self.last_step = step
         cfg, values = self.config, values or {}
         ctx = self.ctx
