@@ -306,7 +306,9 @@ class _Streak:
 
     def _incident(self, o: dict, classification: str) -> Incident:
         dur = o["last"] - o["start"]
-        if classification != "recovering" and dur >= max(self.cfg.recovery_steps, 5 * self.interval):
+        if classification != "recovering" and dur >= max(
+            self.cfg.recovery_steps, self.cfg.interval_recovery * self.interval
+        ):
             classification = "divergent"
         sev = "high" if classification == "divergent" or self.kind == "nonfinite" else "medium"
         if self.kind == "straggler" and classification != "divergent":
