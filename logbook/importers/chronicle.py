@@ -95,7 +95,7 @@ DATES = [
     re.compile(r"\b(?P<d>\d{1,2})" + _ORD + r"\s+(?:of\s+)?" + _MON + r"(?:,?\s+(?P<y>\d{4}))?\b" + _TIME, re.I),
     re.compile(r"(?<![\d/.])(?P<m>\d{1,2})/(?P<d>\d{1,2})(?![\d/])" + _TIME, re.I),
 ]
-_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*)$")  # the title is stripped in Python: no backtracking
 _BOLD = re.compile(r"^\s*\*\*(.+?)\*\*:?\s*(.*)$")
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(.*)$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
@@ -212,7 +212,7 @@ def _start(raw: str):
     """(level, title, date match) if `raw` starts a dated entry."""
     h = _HEADING.match(raw)
     if h:
-        title = h.group(2)
+        title = h.group(2).rstrip().rstrip("#").rstrip()
         m = _find_date(title, anywhere=True)
         return (len(h.group(1)), title, m) if m else None
     b = _BOLD.match(raw)

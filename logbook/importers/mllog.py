@@ -20,9 +20,9 @@ these. Every record carries its wall time (`time_ms`), so no clock or zone is ne
 - **Events**: `run_start`, `run_stop` (with its `status`), `epoch_*`, `block_*`, `eval_*`;
   `run_stop` also ends the launch: status `success` closes it as completed, anything
   else (`aborted`) as stopped. The per-rank `init_start`/`cache_clear` flood is skipped.
-- Every rank may print every record (`0: :::MLLOG`, `1: :::MLLOG`, ...): only lines
-  without a rank prefix or from rank 0 are read. A line that has `:::MLLOG` but no readable
-  record is counted as malformed, never fatal.
+- Every rank may print every record (`0: :::MLLOG`, `1: :::MLLOG`, `[default3]:`, ...): only
+  lines without a rank prefix or from rank 0 are read (other prefixes, a timestamp, are allowed).
+  A line that has `:::MLLOG` but no readable record is counted as malformed, never fatal.
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ CONFIG_KEYS = {
 }
 KEEP_NAME = {"throughput"}  # samples/s or tokens/s depending on the benchmark: not midflight's tokens_per_s
 MAX_CONFIG_TEXT = 200
+MAX_NAME = 200  # a key or tracked_stats name longer than this is not a metric name
 
-_RANK = re.compile(r"^\s*(?:\[?(\d+)\]?\s*:\s*)?(?:.*?)" + re.escape(MARK))
+_RANK = re.compile(r"^\s*\[?(?:default)?(\d{1,6})\]?\s*:\s*" + re.escape(MARK))  # "0: :::MLLOG", "[default3]:..."
 _RECORD = re.compile(re.escape(MARK) + r"\s*(\{.*\})\s*$")
 
 
@@ -98,6 +99,8 @@ def _record(raw: str, line_no: int, state: dict, ctx: Context):
     key = rec.get("key")
     if not isinstance(key, str) or not key:
         raise ValueError("MLLOG record without a key")
+    if len(key) > MAX_NAME:
+        raise ValueError(f"MLLOG key of {len(key):,} characters")
     meta = rec.get("metadata")
     meta = meta if isinstance(meta, dict) else {}
     t = _time(rec.get("time_ms"))
@@ -135,7 +138,7 @@ def _record(raw: str, line_no: int, state: dict, ctx: Context):
         pairs = [(key, value)]
     values: dict[str, float] = {}
     for name, v in pairs:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or len(str(name)) > MAX_NAME:
             continue  # text or structure: not a metric
         values[_name(str(name))] = float(v)
     if not values:
@@ -168,7 +171,10 @@ def _name(key: str) -> str:
 def _time(v) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    t = float(v) / 1000.0
+    try:
+        t = float(v) / 1000.0
+    except OverflowError:
+        return None
     return t if math.isfinite(t) and 0 < t < 1e11 else None
 
 

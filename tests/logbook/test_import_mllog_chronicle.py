@@ -383,3 +383,44 @@ def test_the_text_summary_says_how_an_imported_rollback_resumed(tmp_path):
     text = format_text(summarize(store, run))
     assert "resumed from None" not in text
     assert "resumed at step 150 (rollback from 200) after r.log-" in text
+
+
+# ----------------------------------------------------------------- hostile input
+def test_hostile_input_never_raises_from_either_importer(tmp_path):
+    """Garbage bytes, huge lines, absurd numbers: counted or skipped, and the good entries still arrive."""
+    rng = __import__("random").Random(14)
+    garbage = bytes(rng.randrange(256) for _ in range(20_000))
+    md = tmp_path / "hostile.md"
+    md.write_bytes(
+        garbage
+        + b"\n# a"
+        + b" " * 200_000
+        + b"b\n"
+        + b"## 0000-01-01 year zero\n## 2022-13-45 no such day\n## 2022-02-30 Feb 30th\n"
+        + b"## 2022-05-07 25:99 a bad time\n**"
+        + b"x" * 100_000
+        + b"\n"
+        + b"## 2022-05-08 Node failure, restart from step 7 \xff\xfe\n"
+    )
+    report = import_logs("chronicle", [md], tmp_path / "md")
+    anns = [a for a in annotations.current(tmp_path / "md").values() if a["step"] == 7]
+    assert len(anns) == 1 and anns[0]["t"] == utc("2022-05-08 00:00")
+    assert report.malformed >= 3
+    ml = tmp_path / "hostile.txt"
+    good = HABANA.read_text().splitlines()
+    ml.write_bytes(
+        "\n".join(good[:25]).encode()
+        + b"\n" + garbage + b"\n"
+        + b':::MLLOG {"key": "train_loss", "value": 1.5, "time_ms": 1' + b"0" * 400
+        + b', "metadata": {"samples_count": 400}}\n'
+        + b':::MLLOG {"key": "' + b"k" * 10_000 + b'", "value": 1.0}\n'
+        + b":::MLLOG " * 5_000 + b"\n"
+        + "\n".join(good[25:]).encode()
+        + b"\n"
+    )  # fmt: skip
+    report = import_logs("mllog", [ml], tmp_path / "ml")
+    store, run = load(tmp_path / "ml")
+    loss = values(store, run, "loss")
+    assert loss[400] == 1.5 and len(loss) == 10  # a time_ms too big for a float loses the time, not the value
+    assert report.malformed >= 2
+    json.dumps(summarize(store, run), allow_nan=False)
