@@ -38,6 +38,12 @@ EVENT = "event"  # {"kind": str, "step": int|None, "t": float, "fields": {...}}
 TELEMETRY = "telemetry"  # {"device": str, "names": [...], "rows": [[wall_time, step|null, v1, ...]]}
 CLOSE = "close"  # last record of a rank file: why it ended
 
+# A segment config key an importer sets when the log had no clock and its wall times were made
+# up from per-iteration times: the summary, dashboard and exports label every wall time, wasted
+# hour and energy figure of such a run as estimated (importers/wallclock.py).
+WALL_TIME_SOURCE = "wall_time_source"
+WALL_TIME_ESTIMATED = "estimated from iteration times"
+
 
 def encode(record: dict) -> bytes:
     """One record as one newline-terminated line. Never raises on odd field values."""

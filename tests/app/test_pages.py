@@ -317,6 +317,21 @@ def test_energy_co2_follows_region_and_pue(runs):
     assert metrics(at)["CO2eq"] != "—"
 
 
+def test_energy_page_says_when_wall_times_are_estimated_from_iteration_times(tmp_path, monkeypatch):
+    """A Megatron log without timestamps: its energy rests on wall times made up from iteration times."""
+    from logbook.importers import import_logs
+
+    root = tmp_path / "imported"
+    import_logs("megatron", [ROOT / "tests" / "fixtures" / "bloom_tr11_176B_megatron_deepspeed.log"], root / "bloom")
+    monkeypatch.setenv(ENV_RUNS, str(root))
+    at = start("energy", run="bloom")
+    deadline = time.time() + 60
+    while not at.warning and time.time() < deadline:  # the energy summary may still be computing
+        time.sleep(0.5)
+        at.run()
+    assert any("estimated from iteration times" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
 # ----------------------------------------------------------------- compare
 def test_compare_overlays_both_runs(runs):
     at = start("compare", run=FAULTS)
