@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import warnings
@@ -25,11 +26,17 @@ from logbook.store import queries
 from trainer.checkpoint import COMPLETE, Checkpointer, CheckpointFailed
 from trainer.model import OPTConfig, build, param_groups
 
-from .helpers import Recorded, train
+from .helpers import Recorded, logbook_cli, start, train
 
 CKPT_BYTES = 1_950_000  # one checkpoint of the tiny model on 2 ranks (measured: 1.91 MB with its RNG files)
 STEPS, EVERY = 60, 10
 COMMON = [f"--steps={STEPS}", f"--checkpoint.every={EVERY}", "--checkpoint.keep_latest=2", "--telemetry.hz=2"]
+
+
+def _ask(run_dir: Path, *args) -> str:
+    out = logbook_cli("intervene", run_dir, *args)
+    assert out.returncode == 0, out.stderr
+    return re.search(r"intervention (\w+) requested", out.stdout)[1]
 
 
 def _free(path: Path) -> int:
@@ -139,6 +146,13 @@ def test_a_failed_save_keeps_every_complete_checkpoint_and_a_cut_marker_counts_f
     ckpt = Checkpointer(tmp_path, keep_latest=2, rank=0)
     for step in (10, 20):
         ckpt.save(step, model, opt, {"step": step})
+    for step, marker in ((40, ""), (50, '{"step": 4'), (60, '{"step": 70}')):  # cut short by a full disk, or stray
+        (tmp_path / f"step-{step:08d}").mkdir()
+        (tmp_path / f"step-{step:08d}" / COMPLETE).write_text(marker)
+    assert ckpt.steps() == [10, 20] and ckpt.latest() == 20
+    for step in (40, 50, 60):
+        shutil.rmtree(tmp_path / f"step-{step:08d}")
+
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
@@ -157,7 +171,34 @@ def test_a_failed_save_keeps_every_complete_checkpoint_and_a_cut_marker_counts_f
     assert ckpt.load(20, model, opt) == {"step": 20}
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
-    for step, marker in ((40, ""), (50, '{"step": 4'), (60, '{"step": 70}')):  # cut short by a full disk, or stray
-        (tmp_path / f"step-{step:08d}").mkdir()
-        (tmp_path / f"step-{step:08d}" / COMPLETE).write_text(marker)
-    assert ckpt.steps() == [10, 20] and ckpt.latest() == 20
+
+def test_checkpoint_and_stop_requests_on_a_full_disk_say_so_and_the_stop_still_stops(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(
+        run_dir,
+        "--steps=2000",
+        "--checkpoint.every=0",
+        "--checkpoint.at_end=false",
+        "--inject=disk-full@1-2000",
+        "--inject=slow-rank@1-2000",  # ~20 ms a step: room to act between steps
+        "--faults.slow_rank_s=0.02",
+        "--telemetry.enabled=false",
+    )
+    try:
+        proc.expect("step 20/", timeout=60)
+        ckpt = _ask(run_dir, "--checkpoint", "--note", "before I try something")
+        line = proc.expect(f"intervention {ckpt}", timeout=30)
+        assert "rejected" in line and "failed" in line, line
+        stop = _ask(run_dir, "--stop", "--note", "the disk is full")
+        line = proc.expect(f"intervention {stop}", timeout=30)
+        assert "applied" in line and "stopping without a checkpoint" in line and "last good: None" in line, line
+        assert proc.wait(60) == 0, proc.stderr
+        err = proc.stderr
+    finally:
+        proc.close()
+    assert err.count("warning: checkpoint step") == 2, err
+    rec = Recorded(run_dir)
+    assert rec.segments().iloc[-1].end_reason == "stopped"
+    assert len(rec.events("checkpoint_failed")) == 2
+    status = rec.interventions().loc[[ckpt, stop], "status"].tolist()
+    assert status == ["rejected", "applied"]
