@@ -95,6 +95,8 @@ class Run:
         self.max_pending_bytes = int(max_pending_bytes)
         self.max_queue = int(max_queue)
         self.finish_wait_s = float(finish_wait_s)
+        if not 0.0 <= self.finish_wait_s < _INF:  # NaN too: a wait that could never end
+            raise ValueError(f"finish_wait_s must be a finite number of seconds >= 0, not {finish_wait_s!r}")
         # Counters a user (and the close record) can read.
         self.write_errors = 0
         self._dropped = 0  # touched by the flush thread only

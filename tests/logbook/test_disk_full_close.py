@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+import logbook
 from logbook.record import layout, records
 from logbook.store import memory, queries
 from logbook.store.ingest import ingest
@@ -112,3 +113,9 @@ def test_finish_gives_up_when_space_never_returns(tmpfs):
     assert "could not write the last" in err  # said plainly: the end of the segment is not on disk
     recs, _, _ = parse_log(layout.rank_file(tmpfs / "run", "seg-a", 0))
     assert recs[-1]["k"] != records.CLOSE
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_finish_wait_must_be_a_finite_number_of_seconds(tmp_path, bad):
+    with pytest.raises(ValueError, match="finish_wait_s"):
+        logbook.init(tmp_path / "run", finish_wait_s=bad)
