@@ -2,9 +2,9 @@
 
 A segment is *sealed* when every one of its rank logs has a close record and has been ingested to its
 last byte. Its rows can no longer change (the logs are append-only and every writer has said its last
-word), so ingest writes them out once, per kind, as Parquet inside the run directory:
+word), so ingest writes them out once, per store table, as Parquet inside the run directory:
 
-    RUN/.midflight/parquet/v1/kind=<kind>/segment=<segment_id>/part-0.parquet
+    RUN/.midflight/parquet/v1/table=<table>/segment=<segment_id>/part-0.parquet
     RUN/.midflight/parquet/v1/_sealed/<segment_id>.json      the manifest, written last
 
 Then every other reader (a second dashboard, a CLI call, a folder's store, a Dask or Spark job over a
@@ -17,7 +17,7 @@ why this way (docs/architecture.md, "Sealed segments as Parquet", is the stable 
 - **Published atomically.** Each file is written to a dot-named temporary file, fsynced, then
   `os.replace`d into place; the manifest comes last. Readers that glob `*.parquet` never see half a
   file (in-place writes failed ~20 % of concurrent reads; docs/engineering notes).
-- **Readers load the Parquet into their store** (one bulk read per kind and segment, no JSON parsing,
+- **Readers load the Parquet into their store** (one bulk read per table and segment, no JSON parsing,
   no tile computation) rather than querying views over many small files, which costs 50-90 ms per query
   over a thousand files. The logs stay the source of truth: a segment's Parquet is used only while its
   manifest lists exactly the rank files on disk, at the sizes they have now; otherwise its logs are
@@ -41,16 +41,16 @@ import pyarrow.parquet as pq
 from logbook.record import layout
 
 FORMAT = 1  # bump (and the directory, v<FORMAT>) on any change that is not a pure addition
-MANIFEST_DIR = "_sealed"  # '_' prefix: Spark, Dask and pyarrow skip it when they read a kind's directory
+MANIFEST_DIR = "_sealed"  # '_' prefix: Spark, Dask and pyarrow skip it when they read a table's directory
 ROW_GROUP_ROWS = 1 << 20
 
 _POINT = pa.struct([("step", pa.int64()), ("value", pa.float64())])
 _KEY = [("run_id", pa.string()), ("segment_id", pa.string())]
 
-# kind -> (store table, Parquet schema (the stable interface), sort order inside the file)
-KINDS: dict[str, tuple[str, pa.Schema, str]] = {
+# store table -> (its Parquet schema: the stable interface, sort order inside the file). The partition key is
+# `table`, not `kind`: `events` has a column `kind`, and an engine's Hive partition column would shadow it.
+TABLES: dict[str, tuple[pa.Schema, str]] = {
     "metrics": (
-        "metrics",
         pa.schema(
             _KEY
             + [
@@ -64,7 +64,6 @@ KINDS: dict[str, tuple[str, pa.Schema, str]] = {
         "name, rank, step, wall_time",
     ),
     "metric_tiles": (
-        "metric_tiles",
         pa.schema(
             _KEY
             + [("rank", pa.int32()), ("name", pa.string()), ("tile", pa.int64()), ("n", pa.int64())]
@@ -73,7 +72,6 @@ KINDS: dict[str, tuple[str, pa.Schema, str]] = {
         "name, rank, tile",
     ),
     "telemetry": (
-        "telemetry",
         pa.schema(
             _KEY
             + [
@@ -88,7 +86,6 @@ KINDS: dict[str, tuple[str, pa.Schema, str]] = {
         "name, rank, device, wall_time, step",
     ),
     "events": (
-        "events",
         pa.schema(
             _KEY
             + [
@@ -102,7 +99,6 @@ KINDS: dict[str, tuple[str, pa.Schema, str]] = {
         "kind, rank, step, wall_time, fields",
     ),
     "segments": (
-        "segments",
         pa.schema(
             _KEY
             + [
@@ -120,7 +116,6 @@ KINDS: dict[str, tuple[str, pa.Schema, str]] = {
         "segment_id",
     ),
     "rank_logs": (
-        "rank_logs",
         pa.schema(
             _KEY
             + [
@@ -152,10 +147,10 @@ def root(run_dir) -> Path:
     return Path(run_dir) / layout.STORE_DIR / "parquet" / f"v{FORMAT}"
 
 
-def part_path(run_dir, kind: str, segment_id: str) -> Path:
-    if kind not in KINDS or not layout.is_valid_segment_id(segment_id):
-        raise ValueError(f"no sealed part for kind {kind!r} of segment {segment_id!r}")
-    return root(run_dir) / f"kind={kind}" / f"segment={segment_id}" / "part-0.parquet"
+def part_path(run_dir, table: str, segment_id: str) -> Path:
+    if table not in TABLES or not layout.is_valid_segment_id(segment_id):
+        raise ValueError(f"no sealed part for table {table!r} of segment {segment_id!r}")
+    return root(run_dir) / f"table={table}" / f"segment={segment_id}" / "part-0.parquet"
 
 
 def manifest_path(run_dir, segment_id: str) -> Path:
@@ -228,13 +223,14 @@ def seal(cur, run_id: str, run_dir, known: dict) -> tuple[list[str], list[str]]:
 
 def _write_segment(cur, run_id: str, run_dir: Path, segment_id: str, files: list[tuple]) -> None:
     parts = {}
-    for kind, (table, schema, order) in KINDS.items():
+    for table, (schema, order) in TABLES.items():
         cols = ", ".join(f"{c}::VARCHAR AS {c}" if c in _JSON_COLUMNS else c for c in schema.names)
         sql = f"SELECT {cols} FROM {table} WHERE run_id = ? AND segment_id = ? ORDER BY {order}"
         reader = cur.sql(sql, params=[run_id, segment_id]).to_arrow_reader(ROW_GROUP_ROWS)
-        meta = {"midflight.format": str(FORMAT), "midflight.kind": kind, "midflight.segment_id": segment_id}
-        rows = _publish(part_path(run_dir, kind, segment_id), schema.with_metadata(meta), reader)
-        parts[kind] = {"path": part_path(run_dir, kind, segment_id).relative_to(root(run_dir)).as_posix(), "rows": rows}
+        meta = {"midflight.format": str(FORMAT), "midflight.table": table, "midflight.segment_id": segment_id}
+        path = part_path(run_dir, table, segment_id)
+        rows = _publish(path, schema.with_metadata(meta), reader)
+        parts[table] = {"path": path.relative_to(root(run_dir)).as_posix(), "rows": rows}
     manifest = {
         "format": FORMAT,
         "run_id": run_id,
@@ -312,7 +308,7 @@ def read_manifest(run_dir, segment_id: str) -> dict | None:
                 return None
             out.append({"path": path, "size": size, "lines": lines, "malformed": malformed, "examples": examples})
         parts = data["parts"]
-        rows = {k: parts[k]["rows"] for k in KINDS}
+        rows = {t: parts[t]["rows"] for t in TABLES}
         if not all(type(v) is int and 0 <= v < 2**63 for v in rows.values()):
             return None
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
@@ -367,18 +363,19 @@ def load(cur, run_id: str, run_dir, logs: list[Path], problems: list[str]) -> li
 
 
 def _load_segment(cur, run_id, run_dir, segment_id, manifest, stats) -> None:
-    for kind, (table, schema, _) in KINDS.items():
-        path = part_path(run_dir, kind, segment_id)
+    for table, (schema, _) in TABLES.items():
+        path = part_path(run_dir, table, segment_id)
         cols = [c for c in schema.names if c not in ("run_id", "segment_id")]
-        verb = "INSERT OR REPLACE" if kind in ("segments", "rank_logs") else "INSERT"
+        verb = "INSERT OR REPLACE" if table in ("segments", "rank_logs") else "INSERT"
         # run_id is the directory's name now (a run may have been moved or copied under another name)
         (got,) = cur.execute(
             f"{verb} INTO {table} (run_id, segment_id, {', '.join(cols)}) "
-            f"SELECT ?, ?, {', '.join(cols)} FROM read_parquet(?) WHERE segment_id = ?",
+            f"SELECT ?, ?, {', '.join(cols)} FROM read_parquet(?, hive_partitioning = false) "
+            "WHERE segment_id = ?",
             [run_id, segment_id, str(path), segment_id],
         ).fetchone()
-        if got != manifest["rows"][kind]:  # a part replaced or cut since the manifest was written
-            raise ValueError(f"{kind} holds {got} rows of this segment, its manifest says {manifest['rows'][kind]}")
+        if got != manifest["rows"][table]:  # a part replaced or cut since the manifest was written
+            raise ValueError(f"{table} holds {got} rows of this segment, its manifest says {manifest['rows'][table]}")
     for f in manifest["files"]:
         st = stats[f["path"]]
         rank = layout.rank_of(Path(f["path"]))
@@ -405,15 +402,15 @@ def _load_segment(cur, run_id, run_dir, segment_id, manifest, stats) -> None:
 # ---------------------------------------------------------------------------------------------- fleet
 
 
-def part_files(run_dirs, kind: str = "metrics") -> list[Path]:
-    """The `kind` Parquet files of every sealed segment (one with a usable manifest) of `run_dirs`."""
+def part_files(run_dirs, table: str = "metrics") -> list[Path]:
+    """The `table` Parquet files of every sealed segment (one with a usable manifest) of `run_dirs`."""
     out = []
     for run_dir in run_dirs:
         base = root(run_dir) / MANIFEST_DIR
         for manifest in sorted(base.glob("*.json")) if base.is_dir() else ():
             segment_id = manifest.stem
-            if read_manifest(run_dir, segment_id) is not None and part_path(run_dir, kind, segment_id).is_file():
-                out.append(part_path(run_dir, kind, segment_id))
+            if read_manifest(run_dir, segment_id) is not None and part_path(run_dir, table, segment_id).is_file():
+                out.append(part_path(run_dir, table, segment_id))
     return out
 
 
@@ -447,6 +444,8 @@ def fleet_stats(*, store=None, files: list | None = None):
             cur.close()
     con = duckdb.connect(":memory:")
     try:
-        return con.execute(_FLEET_STATS.format(source="read_parquet(?)"), [[str(f) for f in files]]).df()
+        return con.execute(
+            _FLEET_STATS.format(source="read_parquet(?, hive_partitioning = false)"), [[str(f) for f in files]]
+        ).df()
     finally:
         con.close()
