@@ -192,8 +192,9 @@ def _file_rows(cur, run_id: str, segment_id: str) -> list[tuple]:
 def seal(cur, run_id: str, run_dir, known: dict) -> tuple[list[str], list[str]]:
     """Write the Parquet of every newly sealed segment of one run. Returns (sealed now, problems).
 
-    `known` maps (run dir, segment) to the file sizes its manifest was last confirmed for, so a
-    follower that ingests every few seconds reads each manifest once, not on every pass."""
+    `known` maps (run dir, segment) to the file sizes its manifest was last confirmed (or its writing
+    last failed) for, so a follower that ingests every few seconds reads each manifest, and reports a
+    read-only run directory, once, not on every pass."""
     run_dir = Path(run_dir)
     done, problems = [], []
     for segment_id in sealed_segments(cur, run_id):
@@ -215,6 +216,7 @@ def seal(cur, run_id: str, run_dir, known: dict) -> tuple[list[str], list[str]]:
             _write_segment(cur, run_id, run_dir, segment_id, files)
         except (OSError, duckdb.Error, pa.ArrowException) as exc:
             problems.append(f"{run_id}: could not write the sealed Parquet of segment {segment_id}: {exc}")
+            known[key] = sizes  # said once per process; readers read the logs meanwhile
             continue
         known[key] = sizes
         done.append(segment_id)
