@@ -378,27 +378,33 @@ def _load_segment(cur, run_id, run_dir, segment_id, manifest, stats) -> None:
         ).fetchone()
         if got != manifest["rows"][table]:  # a part replaced or cut since the manifest was written
             raise ValueError(f"{table} holds {got} rows of this segment, its manifest says {manifest['rows'][table]}")
-    for f in manifest["files"]:
-        st = stats[f["path"]]
-        rank = layout.rank_of(Path(f["path"]))
+    files = manifest["files"]
+    table = pa.table(
+        {
+            "rel_path": [f["path"] for f in files],
+            "rank": pa.array([layout.rank_of(Path(f["path"])) for f in files], pa.int32()),
+            "size": pa.array([f["size"] for f in files], pa.int64()),
+            "lines": pa.array([f["lines"] for f in files], pa.int64()),
+            "malformed": pa.array([f["malformed"] for f in files], pa.int64()),
+            "mtime": pa.array([stats[f["path"]].st_mtime for f in files], pa.float64()),
+            "examples": [json.dumps(f["examples"]) for f in files],
+        }
+    )
+    cur.register("_mf_sealed_files", table)  # one statement for a thousand ranks, not two each
+    try:
         cur.execute(
-            "INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                run_id,
-                f["path"],
-                f["size"],
-                f["lines"],
-                f["malformed"],
-                f["size"],
-                st.st_mtime,
-                json.dumps(f["examples"]),
-            ],
+            "INSERT OR REPLACE INTO ingest_files SELECT ?, rel_path, size, lines, malformed, size, mtime, examples "
+            "FROM _mf_sealed_files",
+            [run_id],
         )
         # what an ingest of the log would have recorded as its last write (the heartbeat)
         cur.execute(
-            "UPDATE rank_logs SET last_write = ? WHERE run_id = ? AND segment_id = ? AND rank = ?",
-            [st.st_mtime, run_id, segment_id, rank],
+            "UPDATE rank_logs SET last_write = f.mtime FROM _mf_sealed_files f "
+            "WHERE rank_logs.run_id = ? AND rank_logs.segment_id = ? AND rank_logs.rank = f.rank",
+            [run_id, segment_id],
         )
+    finally:
+        cur.unregister("_mf_sealed_files")
 
 
 # ---------------------------------------------------------------------------------------------- fleet
