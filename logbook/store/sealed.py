@@ -184,8 +184,8 @@ def sealed_segments(cur, run_id: str) -> list[str]:
 def _file_rows(cur, run_id: str, segment_id: str) -> list[tuple]:
     return cur.execute(
         "SELECT rel_path, byte_offset, lines, malformed, examples FROM ingest_files "
-        "WHERE run_id = ? AND rel_path LIKE ? ORDER BY rel_path",
-        [run_id, f"segments/{segment_id}/rank-%.jsonl"],
+        "WHERE run_id = ? AND starts_with(rel_path, ?) AND ends_with(rel_path, '.jsonl') ORDER BY rel_path",
+        [run_id, f"{layout.SEGMENTS}/{segment_id}/"],  # not LIKE: a segment id may hold '_', a LIKE wildcard
     ).fetchall()
 
 
@@ -341,8 +341,9 @@ def load(cur, run_id: str, run_dir, logs: list[Path], problems: list[str]) -> li
         if {f["path"]: f["size"] for f in manifest["files"]} != {rel: st.st_size for rel, st in stats.items()}:
             continue  # the segment's logs changed since it was sealed: read them
         seen = cur.execute(
-            "SELECT count(*) FROM ingest_files WHERE run_id = ? AND rel_path LIKE ?",
-            [run_id, f"segments/{segment_id}/rank-%.jsonl"],
+            "SELECT count(*) FROM ingest_files WHERE run_id = ? AND starts_with(rel_path, ?) "
+            "AND ends_with(rel_path, '.jsonl')",
+            [run_id, f"{layout.SEGMENTS}/{segment_id}/"],
         ).fetchone()[0]
         if seen:
             continue

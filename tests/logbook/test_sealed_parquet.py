@@ -253,3 +253,19 @@ def test_the_layout_is_the_documented_interface(fleet, tmp_path):
         "segments/seg-1/rank-00000.jsonl",
         "segments/seg-1/rank-00001.jsonl",
     ]
+
+
+def test_segment_ids_that_differ_only_where_sql_like_has_a_wildcard(tmp_path):
+    """'_' matches any character in LIKE: segment a_b must not take in the files of segment a-b."""
+    run_dir = tmp_path / "runs" / "run"
+    _record(run_dir, "a_b", 0, 1, range(0, 120))
+    _record(run_dir, "a-b", 0, 1, range(100, 180), resume_step=100)
+    _drop_close(layout.rank_file(run_dir, "a-b", 0))  # a-b still running: not sealed
+    report = _seal(run_dir, tmp_path)
+    assert report.sealed == [("run", "a_b")]
+    manifest = json.loads((run_dir / ".midflight/parquet/v1/_sealed/a_b.json").read_text())
+    assert [f["path"] for f in manifest["files"]] == ["segments/a_b/rank-00000.jsonl"]
+    with open_store(None) as store:
+        assert ingest(store, [run_dir]).from_parquet == [("run", "a_b")]
+        loss = queries.series(store, "run", "loss", which="all")
+        assert sorted(loss.groupby("segment_id").size().items()) == [("a-b", 80), ("a_b", 120)]
