@@ -308,6 +308,16 @@ def read_manifest(run_dir, segment_id: str) -> dict | None:
                 return None
             if not isinstance(examples, list):
                 return None
+            # shown to people as text (ingest problems): at most five, each [line, why, snippet], bounded
+            examples = [
+                [e[0], e[1][:200], e[2][:120]]
+                for e in examples[:5]
+                if isinstance(e, list)
+                and len(e) == 3
+                and type(e[0]) is int
+                and isinstance(e[1], str)
+                and isinstance(e[2], str)
+            ]
             out.append({"path": path, "size": size, "lines": lines, "malformed": malformed, "examples": examples})
         parts = data["parts"]
         rows = {t: parts[t]["rows"] for t in TABLES}
