@@ -180,10 +180,14 @@ def test_no_import_cycles():
             if len(comp) > 1:
                 cycles.append(sorted(comp))
 
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
-    for v in graph:
-        if v not in index:
-            visit(v)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10_000))
+    try:
+        for v in graph:
+            if v not in index:
+                visit(v)
+    finally:
+        sys.setrecursionlimit(limit)  # the rest of the session keeps the default (a JSON parser relies on it)
     assert not cycles, f"import cycles: {cycles}"
 
 
