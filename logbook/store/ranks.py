@@ -72,7 +72,17 @@ def _empty(name: str, source: str, group: str, cell: str) -> FleetView:
     e = np.empty(0)
     rows = pd.DataFrame({"label": [], "rank": [], "host": []})
     return FleetView(
-        name, source, group, cell, rows, e, e, e, np.empty((0, 0)), pd.DataFrame(columns=cols), pd.DataFrame(columns=out)
+        name,
+        source,
+        group,
+        cell,
+        rows,
+        e,
+        e,
+        e,
+        np.empty((0, 0)),
+        pd.DataFrame(columns=cols),
+        pd.DataFrame(columns=out),
     )
 
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("MIDFLIGHT_CHROMIUM", "/usr/bin/chromium"))
 LIVE = "live-cpu"
 FAULTS = "opt-tiny-faults"
-PAGES = ["", "live", "lineage", "incidents", "energy", "compare"]
+PAGES = ["", "live", "ranks", "lineage", "incidents", "energy", "compare"]
 XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"><b>bold</b> & done'
 
 try:
