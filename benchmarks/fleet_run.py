@@ -102,7 +102,11 @@ def write_fleet_run(
     # ---- step times: every rank its own noisy time; the planted slow ones on top
     base = step_s * (1 + 0.01 * rng.standard_normal((world, steps)))  # ranks x steps
     if "straggler" in plant:
-        r = straggler_rank if straggler_rank is not None else world // 2 + (1 if (world // 2) % gpus_per_node == 0 else 0)
+        r = (
+            straggler_rank
+            if straggler_rank is not None
+            else world // 2 + (1 if (world // 2) % gpus_per_node == 0 else 0)
+        )
         r = min(int(r), world - 1)
         s0 = steps // 2
         s1 = min(steps, s0 + STRAGGLER_STEPS)
@@ -265,7 +269,8 @@ def main(argv=None) -> int:
     size = sum(p.stat().st_size for p in a.run_dir.rglob("*") if p.is_file())
     truth.pop("hosts")
     print(json.dumps(truth))
-    print(f"wrote {truth['ranks']} ranks x {truth['steps']} steps, {size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
+    took = time.perf_counter() - t0
+    print(f"wrote {truth['ranks']} ranks x {truth['steps']} steps, {size / 1e6:.1f} MB in {took:.1f} s")
     return 0
 
 

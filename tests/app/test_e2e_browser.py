@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import logbook
 from logbook.record import annotations as ann_log
 from logbook.record import records
 
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("MIDFLIGHT_CHROMIUM", "/usr/bin/chromium"))
 LIVE = "live-cpu"
 FAULTS = "opt-tiny-faults"
+CONST, CONST_LR = "constant-lr", 6e-05
 PAGES = ["", "live", "ranks", "lineage", "incidents", "energy", "compare"]
 XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"><b>bold</b> & done'
 
@@ -86,6 +88,10 @@ def runs_root(tmp_path_factory) -> Path:
     for name in (FAULTS, "tiny-rollback"):
         shutil.copytree(ROOT / "sample_runs" / name, root / name, ignore=shutil.ignore_patterns(".midflight"))
     ann_log.annotate(root / FAULTS, step=600, kind="note", text=XSS, author="e2e")
+    run = logbook.init(root / CONST, name=CONST)  # a finished run whose LR never moves
+    for i in range(50):
+        run.log({"loss": 3.0 - 0.01 * i, "lr": CONST_LR, "grad_norm": 1.0 + 0.01 * i}, step=i)
+    run.finish()
     return root
 
 
@@ -367,3 +373,40 @@ def test_a_zoom_survives_live_refreshes(page, server, trainer):
     before = step_shown(page)
     wait_for(lambda: (step_shown(page) or 0) > before + 5, 20, "the live refresh to go on")
     assert_charts_show(page, 10, 50)  # refreshed with new data, and still zoomed
+
+
+# ----------------------------------------------------------------- no flicker; a constant series shows its value
+DRAWN = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].filter(c => {
+    const svg = c.querySelector('.main-svg'); if (!svg) return false;
+    const r = svg.getBoundingClientRect(); return r.width > 0 && r.height > 0; }).length"""
+
+
+def test_live_refreshes_keep_every_chart_on_screen(page, server, trainer):
+    """While the page refreshes every second, no chart may vanish: sampled at 40 moments over ~12 s."""
+    open_page(page, server, "live", LIVE)
+    wait_for(lambda: step_shown(page), 30, "the step in the Live header")
+    full = wait_for(lambda: page.evaluate(DRAWN) >= 10 and page.evaluate(DRAWN), 30, "the Live charts")
+    first = step_shown(page)
+    counts = []
+    for i in range(40):
+        time.sleep(0.1 + 0.37 * (i % 3))  # moments spread over the refresh cycle
+        counts.append(page.evaluate(DRAWN))
+    assert (step_shown(page) or 0) > (first or 0) + 3, "the page did not refresh while sampled"
+    assert counts == [full] * len(counts), f"charts on screen during refreshes: {counts} (all {full} expected)"
+
+
+def test_a_constant_series_is_drawn_around_its_value(page, server):
+    open_page(page, server, "live", CONST)
+    ticks = """() => { for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]')) {
+        const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e._fullLayout);
+        const gd = ps[ps.length - 1];
+        if (!gd || !(gd._fullLayout.title.text || '').startsWith('learning rate')) continue;
+        const ax = gd._fullLayout.yaxis;
+        return {range: ax.range, ticks: [...c.querySelectorAll('.ytick text')].map(t => t.textContent)}; }
+        return null; }"""
+    got = wait_for(lambda: page.evaluate(ticks), 30, "the learning-rate chart")
+    lo, hi = got["range"]
+    assert lo < CONST_LR < hi and hi - lo <= 0.5 * CONST_LR, got  # around the value, not -1..1
+    values = [float(t.replace("\u2212", "-")) for t in got["ticks"] if t.strip()]
+    assert len(values) >= 2 and all(lo <= v <= hi for v in values), got
+    assert min(abs(v - CONST_LR) for v in values) <= 0.1 * CONST_LR, got  # a tick reads (about) the value

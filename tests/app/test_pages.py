@@ -536,9 +536,9 @@ def test_ranks_page_heatmap_outliers_and_a_linked_rank(fleet_dir, monkeypatch):
 
 
 def test_a_constant_series_is_drawn_on_an_axis_that_shows_its_value(runs):
-    from logbook.present import figures
-
     import numpy as np
+
+    from logbook.present import figures
 
     fig = figures.metric_figure("lr", [figures.Line("lr", np.arange(5), np.full(5, 6e-5), np.arange(5))])
     lo, hi = fig.layout.yaxis.range
