@@ -42,6 +42,11 @@ def outlier_table(view, key: str) -> None:
             "until step": o["until_step"],
         }
     ).dropna(axis=1, how="all")
+    w = o.iloc[0]
+    who = f"rank {w['rank']} on {w['host']}" if view.group == "rank" else str(w["label"])
+    at = "" if w["peak_step"] is None or pd.isna(w["peak_step"]) else f" at step {int(w['peak_step']):,}"
+    since = "" if w["since_step"] is None or pd.isna(w["since_step"]) else f" (since step {int(w['since_step']):,})"
+    st.caption(context.plain(f"Worst: {who}, {w['vs_median']:+.1%} from the median{at}{since}"))
     st.dataframe(table, hide_index=True, key=key, width="stretch")
 
 
