@@ -52,6 +52,9 @@ STRAGGLER_EXTRA = 0.15
 STRAGGLER_STEPS = 50
 SLOW_NODE_EXTRA = 0.08
 TELEMETRY_NAMES = ["util_pct", "mem_used_gib", "power_w", "temp_c", "sm_clock_mhz", "energy_j"]
+# As trainer.telemetry.DECIMALS (the sampler's sensor resolutions); energy_j is kept exact.
+DECIMALS = {"util_pct": 0, "mem_used_gib": 3, "power_w": 1, "temp_c": 0, "sm_clock_mhz": 0}
+TELEMETRY_RECORD_TICKS = 5  # a sampler at 1 Hz holding telemetry_every=5 s writes 5 ticks per record
 
 
 def _block(kind: str, names: list[str], rows: list, device: str | None = None) -> bytes:
@@ -219,13 +222,14 @@ def _int_steps(rows: list) -> list:
 
 
 def _telemetry(rng, node: int, gpus: int, t: np.ndarray, t_steps: np.ndarray, base, truth: dict) -> list[bytes]:
-    """One node's NVML-like samples: per GPU one block of rows [wall_time, step, util, mem, power, temp, clock, energy].
+    """One node's NVML-like samples as compact node records (records.encode_telemetry, as the sampler writes
+    them): columns util, mem, power, temp, clock, energy per GPU, rounded as trainer.telemetry.DECIMALS.
 
     A slow rank's GPU draws less power and runs cooler while it lags (it waits less for nothing: it computes
     longer at a lower clock), so the straggler shows in power and SM clock too."""
-    out = []
     n = len(t)
     dt = np.diff(t, prepend=t[0] - (t[1] - t[0] if n > 1 else 1.0))
+    cols = []
     for g in range(gpus):
         rank = node * gpus + g
         slow = base[rank, t_steps] / np.median(base[:, t_steps], axis=0) - 1  # > 0 while this rank lags
@@ -234,12 +238,16 @@ def _telemetry(rng, node: int, gpus: int, t: np.ndarray, t_steps: np.ndarray, ba
         temp = 70 + 1.5 * rng.standard_normal(n) - 20 * np.clip(slow, 0, None)
         clock = 1980 - 5 * np.abs(rng.standard_normal(n)) - 1500 * np.clip(slow, 0, None)
         mem = np.full(n, 71.5) + 0.05 * rng.standard_normal(n)
-        energy = np.cumsum(power * dt)
-        rows = np.column_stack([t, t_steps, util, mem, power, temp, clock, energy])
-        rows_l = rows.tolist()
-        for row in rows_l:
-            row[1] = int(row[1])
-        out.append(_block(records.TELEMETRY, TELEMETRY_NAMES, rows_l, device=f"gpu{g}"))
+        energy = np.round(np.cumsum(power * dt), 3)  # NVML counts mJ
+        cols += [util, mem, power, temp, clock, energy]
+    values = np.column_stack(cols)
+    devices = [f"gpu{g}" for g in range(gpus)]
+    steps = t_steps.tolist()
+    out = []
+    for a in range(0, n, TELEMETRY_RECORD_TICKS):  # ticks per record: what the sampler holds (telemetry_every)
+        b = min(n, a + TELEMETRY_RECORD_TICKS)
+        rec = records.encode_telemetry(devices, TELEMETRY_NAMES, t[a:b], steps[a:b], values[a:b], decimals=DECIMALS)
+        out.append(rec)
     return out
 
 

@@ -33,6 +33,20 @@ RAPL_ROOT = "/sys/class/powercap"
 # cpu_tdp_w when you know the real figure.
 CPU_W_PER_LOGICAL_CORE = 4.0
 _GIB = float(1 << 30)
+# Decimals each NVML field is written with: its sensor's real resolution, so that the logs do not spend ~17
+# digits per value on noise (docs/architecture.md, "Compact telemetry"). NVML reports utilisation, temperature
+# and clocks as whole numbers; power comes in mW but GPU power sensors are good to ~1 % of a few hundred watts,
+# so 0.1 W keeps more than the sensor knows; memory to 1 MiB. energy_j is a counter that every energy figure
+# integrates: it is NOT listed, so it is written exactly (mJ resolution, as NVML counts it).
+DECIMALS = {
+    "util_pct": 0,
+    "temp_c": 0,
+    "sm_clock_mhz": 0,
+    "power_w": 1,
+    "mem_used_gib": 3,
+    "throttle_reasons": 0,
+    "ecc_errors": 0,
+}
 
 
 class TelemetryWarning(RecorderWarning):
@@ -282,14 +296,17 @@ class TelemetrySampler:
         return None if step is None else self._guard("step_fn", int, step)
 
     def _sample_gpus(self, step: int | None, record: bool) -> None:
+        block = {}
         for i, (handle, energy) in self._gpus.items():
             values = self._nvml.sample(handle)
             raw = values.pop("energy_mj_raw", None)
             if raw is not None:
                 values["energy_j"] = energy.update(raw) / 1000.0
-            if record and values:
-                self.run.telemetry(values, device=f"gpu{i}", step=step)
-                self.samples += 1
+            if values:
+                block[f"gpu{i}"] = values
+        if record and block:  # one call per tick for all of the node's GPUs: one compact record per flush
+            self.run.telemetry_block(block, step=step, decimals=DECIMALS)
+            self.samples += len(block)
 
     def _sample_cpu(self, step: int | None, record: bool) -> None:
         now, values = time.monotonic(), {}

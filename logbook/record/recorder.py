@@ -45,7 +45,8 @@ from logbook.values import STEP_LIMIT
 
 END_REASONS = ("completed", "crashed", "stopped", "rewound")
 
-_METRICS, _EVENT, _TELEMETRY, _RAW = 0, 1, 2, 3
+_METRICS, _EVENT, _TELEMETRY, _RAW, _TEL_BLOCK = 0, 1, 2, 3, 4
+_TEL_HOLD_MAX = 3600  # node samples held for one telemetry record at most (bounds memory and the line)
 _FAST = (float, int)
 _INF = float("inf")
 
@@ -84,6 +85,7 @@ class Run:
         max_pending_bytes: int,
         max_queue: int,
         finish_wait_s: float = 30.0,
+        telemetry_every: float = 5.0,
     ):
         self.run_dir = Path(run_dir)
         self.name = name
@@ -96,6 +98,9 @@ class Run:
         self.max_pending_bytes = int(max_pending_bytes)
         self.max_queue = int(max_queue)
         self.finish_wait_s = float(finish_wait_s)
+        self.telemetry_every = float(telemetry_every)
+        if not 0.0 <= self.telemetry_every < _INF:
+            raise ValueError(f"telemetry_every must be a finite number of seconds >= 0, not {telemetry_every!r}")
         if not 0.0 <= self.finish_wait_s < _INF:  # NaN too: a wait that could never end
             raise ValueError(f"finish_wait_s must be a finite number of seconds >= 0, not {finish_wait_s!r}")
         # Counters a user (and the close record) can read.
@@ -106,6 +111,8 @@ class Run:
         self.records_written = 0
 
         self._q: deque = deque()
+        self._tel_held: list = []  # node telemetry samples waiting to share one record (flush thread only)
+        self._tel_since = 0.0  # monotonic time the oldest held sample was taken off the queue
         self._next_step = 0
         self._last_step: float = -_INF  # the lowest step log() accepts next (a restart event lowers it)
         self._names_ok: set = set()  # metric names log() has checked (text, not reserved)
@@ -242,6 +249,47 @@ class Run:
             return
         self._q.append((_TELEMETRY, device, step, time.time(), values))
 
+    def telemetry_block(self, samples: Mapping, step: int | None = None, *, decimals: Mapping | None = None) -> None:
+        """Record one tick of telemetry for several devices at once: `{device: {name: value}}`.
+
+        The NVML sampler calls this once per tick for all GPUs of the node. Samples are held on the flush
+        thread for up to `telemetry_every` seconds (init's argument, 5 s by default) and written as ONE
+        columnar record per node (records.encode_telemetry): ~6 bytes per point instead of ~40 for one
+        record per device. `decimals` ({name: digits}) rounds a name to its sensor's real resolution;
+        names not in it are kept exact. Checks as `telemetry()`: misuse raises here, I/O never does.
+        """
+        if not isinstance(samples, Mapping):
+            raise TypeError(f"run.telemetry_block() takes {{device: {{name: number}}}}, not {type(samples).__name__}")
+        block = {}
+        for device, values in samples.items():
+            if type(device) is not str:
+                what = f"{type(device).__name__} ({device!r:.80})"
+                raise TypeError(f"run.telemetry_block(): device must be text, not {what}")
+            if not device:
+                raise ValueError("run.telemetry_block(): device must not be empty")
+            values = dict(values) if type(values) is dict else _as_dict("run.telemetry_block()", values)
+            _check_names("run.telemetry_block()", values)
+            _check_values("run.telemetry_block()", values)
+            block[device] = values
+        if decimals is not None:
+            if not isinstance(decimals, Mapping):
+                raise TypeError(f"run.telemetry_block(): decimals must be {{name: int}}, not {type(decimals).__name__}")
+            decimals = dict(decimals)
+            for key, d in decimals.items():
+                if type(d) is not int or not -9 <= d <= 15:
+                    raise ValueError(
+                        f"run.telemetry_block(): decimals[{key!r:.40}] must be an int in [-9, 15], not {d!r:.40}"
+                    )
+            decimals = tuple(sorted((str(k), d) for k, d in decimals.items()))
+        if step is not None and (type(step) is not int or not 0 <= step < STEP_LIMIT):
+            step = _as_step("run.telemetry_block()", step)
+        if not block:
+            return
+        if self._finished or len(self._q) >= self.max_queue:
+            self._refuse()
+            return
+        self._q.append((_TEL_BLOCK, step, time.time(), block, decimals))
+
     def _refuse(self) -> None:
         self._rejected += 1
         if self._finished:
@@ -260,9 +308,9 @@ class Run:
             self._flush_locked()
             return not self._pending
 
-    def _flush_locked(self, close: dict | None = None) -> None:
+    def _flush_locked(self, close: dict | None = None, force: bool = True) -> None:
         try:
-            body = self._encode(self._drain())
+            body = self._encode(self._drain(), force)
             if close is not None:  # the counters as they stand after the final encode
                 close.update(dropped_records=self.dropped_records, dropped_values=self.dropped_values)
             self._write(body + (records.encode(close) if close else b""))
@@ -352,18 +400,76 @@ class Run:
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_every):
             with self._lock:
-                self._flush_locked()
+                self._flush_locked(force=False)
                 self._heartbeat()
 
     def _drain(self) -> list:
         q = self._q
         return [q.popleft() for _ in range(len(q))]
 
-    def _encode(self, items: list) -> bytes:
-        """Queue items -> record lines. Metrics are grouped into columnar blocks per key set."""
+    def _encode(self, items: list, force: bool = True) -> bytes:
+        """Queue items -> record lines. Metrics are grouped into columnar blocks per key set; node telemetry
+        is held until `telemetry_every` seconds have passed (or `force`), then written as node records."""
+        tel = b""
+        if items:
+            self._resolve_tensors(items)
+            if not self._tel_held:
+                self._tel_since = time.monotonic()
+            self._tel_held.extend(item for item in items if item[0] == _TEL_BLOCK)
+        if self._tel_held and (
+            force or len(self._tel_held) >= _TEL_HOLD_MAX or time.monotonic() - self._tel_since >= self.telemetry_every
+        ):
+            held, self._tel_held = self._tel_held, []
+            tel = self._encode_node_telemetry(held)
         if not items:
-            return b""
-        self._resolve_tensors(items)
+            return tel
+        return self._encode_items(items) + tel
+
+    def _encode_node_telemetry(self, held: list) -> bytes:
+        """Held node samples -> one record per run of samples with the same devices, names and decimals."""
+        import numpy as np  # noqa: PLC0415 - only a process that records node telemetry pays for it
+
+        out, group, key = [], [], None
+        for _, step, t, block, decimals in held:
+            cleaned = {dev: self._clean(values) for dev, values in block.items()}
+            names: dict = {}
+            for n, _v, _b in cleaned.values():
+                names.update(dict.fromkeys(n))
+            k = (tuple(cleaned), tuple(names), decimals)
+            if not names:
+                continue
+            if k != key and group:
+                out.append(self._node_record(key, group, np))
+                group = []
+            key = k
+            group.append((step, t, cleaned))
+        if group:
+            out.append(self._node_record(key, group, np))
+        return b"".join(out)
+
+    @staticmethod
+    def _node_record(key, group: list, np) -> bytes:
+        devices, names, decimals = key
+        col = {n: j for j, n in enumerate(names)}
+        k = len(names)
+        vals = np.full((len(group), len(devices) * k), np.nan)
+        present = np.zeros(vals.shape, dtype=bool)
+        for i, (_, _, cleaned) in enumerate(group):
+            for d, (n, v, _) in enumerate(cleaned.values()):
+                idx = [d * k + col[x] for x in n]
+                vals[i, idx] = v
+                present[i, idx] = True
+        return records.encode_telemetry(
+            devices,
+            names,
+            [t for _, t, _ in group],
+            [s for s, _, _ in group],
+            vals,
+            present=None if present.all() else present,
+            decimals=dict(decimals) if decimals else None,
+        )
+
+    def _encode_items(self, items: list) -> bytes:
         out: list[bytes] = []
         blocks: dict = {}  # (kind, device, names) -> (rows, nonfinite), in first-seen order
         for item in items:
@@ -382,6 +488,8 @@ class Run:
                     rows, nonfinite = blocks.setdefault((_TELEMETRY, device, names), ([], []))
                     nonfinite.extend([len(rows), j, token] for j, token in bad)
                     rows.append([t, step, *vals])
+            elif tag == _TEL_BLOCK:
+                continue  # held, written by _encode_node_telemetry
             elif tag == _EVENT:
                 _, kind, step, t, fields = item
                 out.append(records.encode({"k": records.EVENT, "kind": kind, "step": step, "t": t, "fields": fields}))
@@ -430,7 +538,12 @@ class Run:
         groups: dict = {}  # (device, dtype) -> (dicts, keys, tensors)
         for item in items:
             if item[0] == _METRICS or item[0] == _TELEMETRY:
-                values = item[-1]
+                dicts = (item[-1],)
+            elif item[0] == _TEL_BLOCK:
+                dicts = item[3].values()
+            else:
+                continue
+            for values in dicts:
                 for key, v in values.items():
                     if isinstance(v, tensor):
                         group = groups.get((v.device, v.dtype))
@@ -669,6 +782,7 @@ def init(
     max_pending_bytes: int = 256 << 20,
     max_queue: int = 200_000,
     finish_wait_s: float = 30.0,
+    telemetry_every: float = 5.0,
 ) -> Run:
     """Start recording one launch (segment) of a run into `run_dir`.
 
@@ -683,6 +797,8 @@ def init(
         flush_every: seconds between background flushes.
         finish_wait_s: at finish, how long to wait for space on a full disk (ENOSPC, EDQUOT) so that the
             segment's close record is still written; other write errors never wait.
+        telemetry_every: seconds node telemetry (`telemetry_block`) is held so that many ticks share one
+            compact record (the bytes per point fall ~7x); 0 writes each flush's samples at once.
     """
     global _current
     run_dir = Path(run_dir)
@@ -724,6 +840,7 @@ def init(
         max_pending_bytes=max_pending_bytes,
         max_queue=max_queue,
         finish_wait_s=finish_wait_s,
+        telemetry_every=telemetry_every,
     )
     run.flush()  # header and open record on disk now, or a warning now
     _current = run

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import orjson
 
-FORMAT_VERSION = 2  # 2: blocks are strict JSON with `nonfinite`; 1 wrote NaN tokens in rows (still read)
+# 3: telemetry may come as a node block (`devices`, `t0`, rows of [dt_ms, step, values...]); 2: blocks are
+# strict JSON with `nonfinite`; 1 wrote NaN tokens in rows. Every older record is still read.
+FORMAT_VERSION = 3
 
 # Ends a fragment left by a writer that died or failed mid-line. Not a bare newline: a fragment
 # cut just before its own newline is a whole record, and a newline would bring it back to life
@@ -35,7 +37,9 @@ TORN_TERMINATOR = b"#torn\n"
 OPEN = "open"  # first record of a rank file: who is writing
 METRICS = "metrics"  # {"names": [...], "rows": [[step, wall_time, v1, ...], ...]}
 EVENT = "event"  # {"kind": str, "step": int|None, "t": float, "fields": {...}}
-TELEMETRY = "telemetry"  # {"device": str, "names": [...], "rows": [[wall_time, step|null, v1, ...]]}
+TELEMETRY = "telemetry"  # {"device": str, "names": [...], "rows": [[wall_time, step|null, v1, ...]]}, or a
+# node block (format 3, `encode_telemetry`): {"devices": [...], "names": [...], "t0": wall_time,
+#   "rows": [[dt_ms, step|null, v(dev0, name0), v(dev0, name1), ..., v(dev1, name0), ...]]}
 CLOSE = "close"  # last record of a rank file: why it ended
 
 # A segment config key an importer sets when the log had no clock and its wall times were made
@@ -56,6 +60,57 @@ def encode_block(record: dict) -> bytes:
         return orjson.dumps(record) + b"\n"
     except TypeError:  # an int beyond 64 bits, say: the slow path writes anything
         return encode(record)
+
+
+def encode_telemetry(devices, names, times, steps, values, *, present=None, decimals=None) -> bytes:
+    """A node's telemetry for many ticks as ONE columnar record (format 3): a few bytes per point.
+
+    devices, names: text; `values` is float [ticks, len(devices) * len(names)], device-major (all names
+    of devices[0], then devices[1], ...). `times` are wall times (s), written as whole milliseconds after
+    `t0` (the first time, kept to the millisecond); `steps` are ints or None. `present` (bool, same shape
+    as values) marks the samples that exist: an absent one is written as null without a `nonfinite` entry
+    and is no point at all (a GPU that does not report a field). NaN and +-Inf are kept via `nonfinite`.
+
+    `decimals` ({name: digits}) rounds a name's values to that many decimals (0 or less: whole numbers,
+    written without ".0"): the caller states the sensor's real resolution (trainer/telemetry.py: power to
+    0.1 W, temperature, utilisation and clocks to 1). A name not in `decimals` is written exactly (the
+    shortest repr that reads back to the same float), so precision is never lost unless asked for.
+    """
+    import numpy as np  # noqa: PLC0415 - the Recorder imports this module without numpy otherwise
+
+    devices, names = [str(d) for d in devices], [str(n) for n in names]
+    vals = np.asarray(values, dtype=np.float64).reshape(len(times), len(devices) * len(names))
+    times = np.asarray(times, dtype=np.float64)
+    t0 = round(float(times[0]), 3) if len(times) else 0.0
+    dt = np.rint((times - t0) * 1000.0).astype(np.int64).tolist()
+    decimals = decimals or {}
+    cols = []
+    finite = np.isfinite(vals)
+    for j in range(vals.shape[1]):
+        col = vals[:, j]
+        d = decimals.get(names[j % len(names)])
+        if d is None:
+            cols.append(col.tolist())
+        elif d <= 0 and not (np.abs(col[finite[:, j]]) >= 2.0**53).any():  # whole numbers that int64 holds
+            c = np.where(finite[:, j], col, 0.0)
+            cols.append(np.rint(np.round(c, int(d))).astype(np.int64).tolist())
+        else:
+            cols.append(np.round(col, int(d)).tolist())
+    steps = [None if s is None else int(s) for s in steps]
+    rows = [list(r) for r in zip(dt, steps, *cols)]
+    nonfinite = []
+    if not finite.all():
+        absent = np.zeros(vals.shape, dtype=bool) if present is None else ~np.asarray(present, dtype=bool)
+        for i, j in zip(*np.nonzero(~finite & ~absent)):
+            rows[i][2 + j] = None
+            nonfinite.append([int(i), int(j), nonfinite_token(vals[i, j])])
+    if present is not None:
+        for i, j in zip(*np.nonzero(~np.asarray(present, dtype=bool))):
+            rows[i][2 + j] = None
+    rec = {"k": TELEMETRY, "devices": devices, "names": names, "t0": t0, "rows": rows}
+    if nonfinite:
+        rec["nonfinite"] = nonfinite
+    return encode_block(rec)
 
 
 def nonfinite_token(v: float) -> str:

@@ -35,6 +35,7 @@ class IngestReport:
     bytes: int = 0
     records: int = 0
     metric_points: int = 0
+    telemetry_points: int = 0
     malformed: int = 0
     examples: list = field(default_factory=list)  # (run, file, line_no, message, snippet)
     errors: list = field(default_factory=list)  # file-level problems: "run/file: what went wrong"
@@ -235,6 +236,7 @@ def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -
         report.bytes += new_offset - offset
         report.records += batch.lines - batch.malformed
         report.metric_points += batch.points
+        report.telemetry_points += batch.t_points
         report.malformed += batch.malformed
         report.examples.extend((run_id, rel, *e) for e in batch.examples)
         if bar is not None:
@@ -311,7 +313,9 @@ class _Batch:
         self.names: dict[str, int] = {}
         self.m_blocks: dict[tuple, list] = {}  # names -> [rows array per record]; widened once, in flush
         self.m_ids: dict[tuple, np.ndarray] = {}  # names -> their name ids, checked once per chunk
-        self.t_rows: list = []  # (device, step, wall, name, value)
+        self.t_parts: list = []  # (device ids, name ids, steps, step mask, walls, values) per record, flat arrays
+        self.devices: dict[str, int] = {}
+        self.t_points = 0
         self.events: list = []
         self.opens: list = []
         self.close: dict | None = None
@@ -369,11 +373,50 @@ class _Batch:
         return np.concatenate(steps), np.concatenate(ids), np.concatenate(values), np.concatenate(walls)
 
     def _telemetry(self, rec: dict) -> None:
-        names, device = rec["names"], str(rec["device"])
-        arr = _block_array(rec, len(names))
-        for row in arr:
-            step = None if np.isnan(row[1]) else optional_step(row[1])
-            self.t_rows.extend((device, step, row[0], str(nm), v) for nm, v in zip(names, row[2:].tolist()))
+        """A telemetry block, per device (format <= 2) or a node block (format 3), as flat numpy columns.
+
+        Both shapes go the same vectorised way (no Python object per point). A step must be a whole number
+        in [0, 2**63) or null, else the line is malformed (logbook.values' rule, checked on the column)."""
+        names = rec["names"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ValueError("telemetry block has no names, or a name that is not text")
+        k = len(names)
+        if "devices" in rec:  # node block: rows of [dt_ms, step, v(dev0, name0), ..., v(devD, nameK)]
+            devices = rec["devices"]
+            if not isinstance(devices, list) or not devices or not all(isinstance(d, str) and d for d in devices):
+                raise ValueError("telemetry block has no devices, or a device that is not text")
+            t0 = rec["t0"]
+            if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not np.isfinite(t0):
+                raise ValueError("telemetry block's t0 is not a finite number")
+            arr, present = _block_array(rec, k * len(devices), with_present=True)
+            if np.isnan(arr[:, 0]).any():
+                raise ValueError("telemetry block has a row without a time")
+            walls = float(t0) + arr[:, 0] / 1000.0
+        else:  # one device: rows of [wall_time, step, v...]; a null value is stored as NaN, as it always was
+            devices = [str(rec["device"])]
+            arr, present = _block_array(rec, k), None
+            walls = arr[:, 0]
+        steps = arr[:, 1]
+        has_step = ~np.isnan(steps)
+        s = steps[has_step]
+        if not ((s >= 0) & (s < _STEP_LIMIT) & (s == np.floor(s))).all():
+            raise ValueError("telemetry block has a step that is not a whole number in [0, 2**63)")
+        n, width = arr.shape[0], len(devices) * k
+        dev_ids = np.array([self.devices.setdefault(d, len(self.devices)) for d in devices], dtype=np.int32)
+        name_ids = np.array([self.names.setdefault(nm, len(self.names)) for nm in names], dtype=np.int32)
+        cols = (
+            np.tile(np.repeat(dev_ids, k), n),
+            np.tile(np.tile(name_ids, len(devices)), n),
+            np.repeat(np.where(has_step, steps, 0).astype(np.int64), width),
+            np.repeat(has_step, width),
+            np.repeat(walls, width),
+            arr[:, 2:].reshape(-1),
+        )
+        if present is not None and not present.all():
+            keep = present.reshape(-1)
+            cols = tuple(c[keep] for c in cols)
+        self.t_parts.append(cols)
+        self.t_points += len(cols[0])
 
     def _event(self, rec: dict) -> None:
         kind = rec["kind"]
@@ -481,15 +524,15 @@ class _Batch:
                 _TILES_SQL,
             )
             self._touch_rank(cur, key, int(steps.min()), int(steps.max()))
-        if self.t_rows:
-            cols = list(zip(*self.t_rows))
+        if self.t_points:
+            dev, nm, step, has_step, wall, value = (np.concatenate(c) for c in zip(*self.t_parts))
             table = pa.table(
                 {
-                    "device": cols[0],
-                    "step": pa.array(cols[1], pa.int64()),
-                    "wall_time": cols[2],
-                    "name": cols[3],
-                    "value": pa.array(cols[4], pa.float64()),
+                    "device": pa.DictionaryArray.from_arrays(dev, list(self.devices)),
+                    "step": pa.array(step, pa.int64(), mask=~has_step),
+                    "wall_time": wall,
+                    "name": pa.DictionaryArray.from_arrays(nm, list(self.names)),
+                    "value": value,
                 }
             )
             _insert(
@@ -497,7 +540,9 @@ class _Batch:
                 "_mf_tel",
                 table,
                 key,
-                "INSERT INTO telemetry SELECT ?, ?, ?, device, step, wall_time, name, value FROM _mf_tel",
+                "INSERT INTO telemetry SELECT ?, ?, ?, device::VARCHAR, step, wall_time, name::VARCHAR, value "
+                "FROM _mf_tel",
+                *_TEL_TILES_SQL,
             )
         if self.events:
             cols = list(zip(*self.events))
@@ -559,6 +604,33 @@ SELECT run_id, segment_id, rank, name, tile, sum(n),
 FROM merged GROUP BY run_id, segment_id, rank, name, tile
 """
 
+# The same for telemetry, in wall-time tiles of each width in schema.TELEMETRY_TILES (seconds). A point
+# without a wall time (an old record's null) has no tile; it stays in the raw rows.
+_TEL_TILES_SQL = [
+    f"""
+INSERT OR REPLACE INTO telemetry_tiles
+WITH pts AS (SELECT device::VARCHAR AS device, name::VARCHAR AS name,
+                    CAST(floor(wall_time / {w}) AS BIGINT) AS tile, wall_time, value,
+                    {{'t': wall_time, 'step': step, 'value': value}} AS p
+             FROM _mf_tel WHERE isfinite(wall_time)),
+new AS (SELECT ?::VARCHAR AS run_id, ?::VARCHAR AS segment_id, ?::INTEGER AS rank, device, name,
+               {w}::INTEGER AS width, tile, count(*) AS n,
+               arg_min(p, wall_time) AS p_first, arg_max(p, wall_time) AS p_last,
+               arg_min(p, value) FILTER (NOT isnan(value)) AS p_min,
+               arg_max(p, value) FILTER (NOT isnan(value)) AS p_max,
+               arg_min(p, wall_time) FILTER (isnan(value)) AS p_nan
+        FROM pts GROUP BY device, name, tile),
+merged AS (SELECT * FROM new
+         UNION ALL BY NAME
+         SELECT t.* FROM telemetry_tiles t SEMI JOIN new USING (run_id, segment_id, rank, device, name, width, tile))
+SELECT run_id, segment_id, rank, device, name, width, tile, sum(n),
+       arg_min(p_first, p_first.t), arg_max(p_last, p_last.t),
+       arg_min(p_min, p_min.value), arg_max(p_max, p_max.value), arg_min(p_nan, p_nan.t)
+FROM merged GROUP BY run_id, segment_id, rank, device, name, width, tile
+"""
+    for w in schema.TELEMETRY_TILES
+]
+
 _HANDLERS = {
     (records.METRICS, True): _Batch._metrics,
     (records.TELEMETRY, True): _Batch._telemetry,
@@ -583,16 +655,22 @@ def _insert(cur, view: str, table: pa.Table, params: list, *statements: str) -> 
 _NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
 
-def _block_array(rec: dict, k: int) -> np.ndarray:
-    """The rows of a metrics/telemetry block as float64 [n, 2 + k], with its listed NaN/Inf put back."""
+def _block_array(rec: dict, k: int, with_present: bool = False):
+    """The rows of a metrics/telemetry block as float64 [n, 2 + k], with its listed NaN/Inf put back.
+
+    with_present: also return which of the k values exist ([n, k] bool): a null that `nonfinite` does
+    not list is an absent sample in a node telemetry block."""
     arr = np.asarray(rec["rows"], dtype=np.float64)  # null -> NaN
     if arr.ndim != 2 or arr.shape[1] != k + 2:
         raise ValueError("block rows do not match its names")
+    present = ~np.isnan(arr[:, 2:]) if with_present else None
     for i, j, token in rec.get("nonfinite") or ():
         if not (0 <= i < arr.shape[0] and 0 <= j < k) or token not in _NONFINITE:
             raise ValueError(f"bad nonfinite entry {[i, j, token]!r}")
         arr[i, 2 + j] = _NONFINITE[token]
-    return arr
+        if present is not None:
+            present[i, j] = True
+    return (arr, present) if with_present else arr
 
 
 def _str(v):

@@ -19,8 +19,9 @@ median is "a typical rank's worst point in the bucket" and its min/max are the t
 
 Metrics read the per-rank M4 tiles (`metric_tiles`: p_min / p_max of every 256-step tile) when a
 bucket spans at least one tile, plus raw rows only at ragged edges, so the cost grows with
-ranks x tiles, not with raw points. Telemetry has no tiles yet, so it is aggregated from its rows in
-time buckets (one GROUP BY; DuckDB scans ~100M rows/s).
+ranks x tiles, not with raw points. Telemetry reads `telemetry_tiles` the same way, in wall-time tiles
+(64 s or 4096 s, the widest no wider than a bucket): a month at 1 Hz is ~650 coarse tiles per device, not
+2.6M samples; raw rows only at the ragged edges of a zoomed window, or when a bucket is under 64 s.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from logbook.store import downsample
+from logbook.store import downsample, schema
 from logbook.store.database import Store
 
 TILE = downsample.TILE
@@ -180,28 +181,57 @@ def telemetry_view(
     if group not in ("device", "node"):
         raise ValueError(f"group={group!r}: use 'device' or 'node'")
     cur = store.cursor()
-    cond, params = "t.run_id = ? AND t.name = ? AND isfinite(t.value)", [run, name]
-    if x_range is not None:
-        cond += " AND t.wall_time BETWEEN ? AND ?"
-        params += [float(x_range[0]), float(x_range[1])]
-    lo, hi = cur.execute(f"SELECT min(wall_time), max(wall_time) FROM telemetry t WHERE {cond}", params).fetchone()
-    if lo is None:
+    x0, x1 = (-math.inf, math.inf) if x_range is None else (float(x_range[0]), float(x_range[1]))
+    coarse = schema.TELEMETRY_TILES[-1]
+    lo, hi = cur.execute(  # the extent, from the coarsest tiles that touch the window (few rows)
+        "SELECT min(greatest(p_first.t, ?)), max(least(p_last.t, ?)) FROM telemetry_tiles "
+        "WHERE run_id = ? AND name = ? AND width = ? AND p_last.t >= ? AND p_first.t <= ?",
+        [x0, x1, run, name, coarse, x0, x1],
+    ).fetchone()
+    if lo is None or lo > hi:
         return _empty(name, "telemetry", group, cell)
-    width = (float(hi) - float(lo)) / buckets or 1.0
-    host = "coalesce(r.host, 'rank ' || t.rank::VARCHAR)"
-    key = f"{host} || '/' || t.device" if group == "device" else host
-    agg = "max(t.value)" if cell == "max" else "min(t.value)"
+    lo, hi = float(lo), float(hi)
+    width = (hi - lo) / buckets or 1.0
+    fits = [w for w in schema.TELEMETRY_TILES if w <= width]
+    host = "coalesce(r.host, 'rank ' || c.rank::VARCHAR)"
+    key = f"{host} || '/' || c.device" if group == "device" else host
+    agg = "max(c.hi)" if cell == "max" else "min(c.lo)"
+    raw = "SELECT segment_id, rank, device, wall_time AS x, value AS hi, value AS lo, step FROM telemetry"
+    raw_cond = "run_id = ? AND name = ? AND isfinite(value) AND wall_time BETWEEN ? AND ?"
+    if fits:  # whole tiles per bucket: tile extremes inside the window, raw rows only in its ragged edges
+        w = fits[-1]
+        width = math.ceil(width / w) * w
+        origin = math.floor(lo / w) * w
+        t_lo, t_hi = math.ceil(lo / w), math.floor(hi / w) - 1  # tiles wholly inside [lo, hi]
+        if x_range is None:  # the whole run: every tile is whole
+            t_lo, t_hi = math.floor(lo / w), math.floor(hi / w)
+        sources = f"""
+            SELECT segment_id, rank, device, tile * {w} AS x, p_max.value AS hi, p_min.value AS lo,
+                   p_last.step AS step
+            FROM telemetry_tiles WHERE run_id = ? AND name = ? AND width = {w} AND tile BETWEEN ? AND ?
+                AND p_max IS NOT NULL AND isfinite(p_max.value) AND isfinite(p_min.value)"""
+        params = [run, name, t_lo, t_hi]
+        if x_range is not None:
+            sources += f" UNION ALL {raw} WHERE {raw_cond} AND NOT wall_time BETWEEN ? AND ?"
+            params += [run, name, lo, hi, t_lo * w, (t_hi + 1) * w - 1e-9]
+    else:
+        origin = lo
+        sources = f"{raw} WHERE {raw_cond}"
+        params = [run, name, lo, hi]
+    nb = max(1, math.ceil((hi - origin) / width + 1e-12)) if fits else buckets
     sql = f"""
+        WITH c AS ({sources})
         SELECT {key} AS row_key, CAST(NULL AS INTEGER) AS rank, any_value({host}) AS host,
-               least(CAST(floor((t.wall_time - ?) / ?) AS BIGINT), ?) AS bucket, {agg} AS value,
-               max(t.step) AS step
-        FROM telemetry t LEFT JOIN rank_logs r USING (run_id, segment_id, rank)
-        WHERE {cond} GROUP BY ALL"""
-    df = cur.execute(sql, [float(lo), width, buckets - 1] + params).df()
+               least(CAST(floor((c.x - ?) / ?) AS BIGINT), ?) AS bucket, {agg} AS value,
+               max(c.step) AS step
+        FROM c LEFT JOIN rank_logs r ON r.run_id = ? AND r.segment_id = c.segment_id AND r.rank = c.rank
+        GROUP BY ALL"""
+    df = cur.execute(sql, params + [origin, width, nb - 1, run]).df()
     if df.empty:
         return _empty(name, "telemetry", group, cell)
-    b = np.arange(buckets)
-    x_lo, x_hi = lo + b * width, np.minimum(lo + (b + 1) * width, hi)
+    b = np.arange(nb)
+    x_lo, x_hi = origin + b * width, np.minimum(origin + (b + 1) * width, hi)
+    x_lo[0] = max(x_lo[0], lo)
     steps = df.groupby("bucket")["step"].max().reindex(b).to_numpy("float64")
     return _assemble(df.drop(columns="step"), name, "telemetry", group, cell, x_lo, x_hi, steps, top)
 

@@ -5,8 +5,11 @@ a store whose version differs is deleted and re-ingested (see store.py).
 Wall times are Unix seconds (DOUBLE); steps are BIGINT; metric rows are narrow.
 """
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: telemetry_tiles
 TILE_SHIFT = 8  # metric_tiles cover 2**8 = 256 steps each
+# telemetry_tiles widths in seconds (docs/architecture.md, "Telemetry tiles"): a chart of W seconds in B buckets
+# reads the widest level no wider than W/B, so it reads at most ~64 x B tiles per series however long the run.
+TELEMETRY_TILES = (64, 4096)
 
 DDL = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -100,6 +103,26 @@ CREATE TABLE telemetry (
     wall_time   DOUBLE,
     name        VARCHAR NOT NULL,
     value       DOUBLE
+);
+
+-- M4 summary of telemetry per device, name and wall-time tile, at each width of TELEMETRY_TILES (64 s and
+-- 4096 s), kept in step with `telemetry` by ingest (same transaction). A chart of a month at 1 Hz reads
+-- these candidates instead of billions of rows; every candidate is a real sample, so no spike is lost.
+CREATE TABLE telemetry_tiles (
+    run_id      VARCHAR NOT NULL,
+    segment_id  VARCHAR NOT NULL,
+    rank        INTEGER NOT NULL,
+    device      VARCHAR NOT NULL,
+    name        VARCHAR NOT NULL,
+    width       INTEGER NOT NULL,      -- seconds per tile: 64 or 4096
+    tile        BIGINT NOT NULL,       -- floor(wall_time / width)
+    n           BIGINT NOT NULL,       -- samples in the tile
+    p_first     STRUCT(t DOUBLE, step BIGINT, value DOUBLE),   -- earliest sample
+    p_last      STRUCT(t DOUBLE, step BIGINT, value DOUBLE),   -- latest sample
+    p_min       STRUCT(t DOUBLE, step BIGINT, value DOUBLE),   -- lowest non-NaN value (NULL if all NaN)
+    p_max       STRUCT(t DOUBLE, step BIGINT, value DOUBLE),   -- highest non-NaN value
+    p_nan       STRUCT(t DOUBLE, step BIGINT, value DOUBLE),   -- first NaN (NULL if none)
+    PRIMARY KEY (run_id, segment_id, rank, device, name, width, tile)
 );
 
 CREATE TABLE annotation_ops (          -- audit trail: every create, edit and delete

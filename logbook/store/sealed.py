@@ -45,6 +45,7 @@ MANIFEST_DIR = "_sealed"  # '_' prefix: Spark, Dask and pyarrow skip it when the
 ROW_GROUP_ROWS = 1 << 20
 
 _POINT = pa.struct([("step", pa.int64()), ("value", pa.float64())])
+_TEL_POINT = pa.struct([("t", pa.float64()), ("step", pa.int64()), ("value", pa.float64())])
 _KEY = [("run_id", pa.string()), ("segment_id", pa.string())]
 
 # store table -> (its Parquet schema: the stable interface, sort order inside the file). The partition key is
@@ -84,6 +85,21 @@ TABLES: dict[str, tuple[pa.Schema, str]] = {
             ]
         ),
         "name, rank, device, wall_time, step",
+    ),
+    "telemetry_tiles": (
+        pa.schema(
+            _KEY
+            + [
+                ("rank", pa.int32()),
+                ("device", pa.string()),
+                ("name", pa.string()),
+                ("width", pa.int32()),
+                ("tile", pa.int64()),
+                ("n", pa.int64()),
+            ]
+            + [(p, _TEL_POINT) for p in ("p_first", "p_last", "p_min", "p_max", "p_nan")]
+        ),
+        "name, width, rank, device, tile",
     ),
     "events": (
         pa.schema(

@@ -39,6 +39,13 @@ def _raw(run_dir):
             elif rec["k"] == "metrics":
                 i = rec["names"].index("step_time_s") + 2
                 m += [(rank, host, int(r[0]), r[i]) for r in rec["rows"]]
+            elif rec["k"] == "telemetry" and "devices" in rec:  # a node block: [dt_ms, step, values device-major]
+                k = len(rec["names"])
+                for r in rec["rows"]:
+                    wall = rec["t0"] + r[0] / 1000
+                    for d, dev in enumerate(rec["devices"]):
+                        vals = r[2 + d * k : 2 + (d + 1) * k]
+                        t += [(host, dev, wall, r[1], n, v) for n, v in zip(rec["names"], vals)]
             elif rec["k"] == "telemetry":
                 for r in rec["rows"]:
                     t += [(host, rec["device"], r[0], r[1], n, v) for n, v in zip(rec["names"], r[2:])]
@@ -96,17 +103,23 @@ def test_node_grouping_is_the_max_over_the_nodes_ranks(fleet):
     assert v.outliers["label"].iat[0] == truth["straggler"]["host"]
 
 
-@pytest.mark.parametrize("name,group", [("power_w", "device"), ("sm_clock_mhz", "device"), ("temp_c", "node")])
-def test_telemetry_cells_match_brute_force_time_buckets(fleet, name, group):
+@pytest.mark.parametrize(
+    "name,group,buckets",
+    [("power_w", "device", 50), ("sm_clock_mhz", "device", 50), ("temp_c", "node", 50), ("power_w", "device", 1000)],
+)
+def test_telemetry_cells_match_brute_force_time_buckets(fleet, name, group, buckets):
+    """50 buckets are wider than a 64 s tile (the tile path), 1000 are narrower (raw rows): both equal the
+    extremes of the raw samples in the view's own bucket edges."""
     store, truth, (_, t) = fleet
-    v = ranks.telemetry_view(store, "fleet", name, buckets=50, group=group)
+    v = ranks.telemetry_view(store, "fleet", name, buckets=buckets, group=group)
     t = t[t["name"] == name]
-    lo, hi = t["wall_time"].min(), t["wall_time"].max()
-    t = t.assign(bucket=np.minimum(((t["wall_time"] - lo) / ((hi - lo) / 50)).astype(int), 49))
+    assert v.x_lo[0] == t["wall_time"].min() and v.x_hi[-1] == t["wall_time"].max()
+    t = t.assign(bucket=np.searchsorted(v.x_lo[1:], t["wall_time"].to_numpy(), side="right"))
     key = t["host"] + "/" + t["device"] if group == "device" else t["host"]
     cell = "min" if name == "sm_clock_mhz" else "max"
     assert v.cell == cell
     want = t.groupby([key, "bucket"])["value"].agg(cell).unstack().sort_index()
+    want = want.reindex(columns=range(v.cells.shape[1]))  # buckets no sample fell in: NaN in both
     assert list(v.rows["label"]) == list(want.index)
     np.testing.assert_allclose(v.cells, want.to_numpy())
     if name == "sm_clock_mhz":  # the straggler's GPU runs slow while it lags: the lowest clock of the fleet

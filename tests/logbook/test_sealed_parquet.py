@@ -22,7 +22,17 @@ from logbook.store.ingest import ingest
 
 from .proc_helpers import parse_log, python, store_snapshot_diff
 
-TABLES = ("runs", "segments", "rank_logs", "metrics", "metric_tiles", "events", "telemetry", "ingest_files")
+TABLES = (
+    "runs",
+    "segments",
+    "rank_logs",
+    "metrics",
+    "metric_tiles",
+    "events",
+    "telemetry",
+    "telemetry_tiles",
+    "ingest_files",
+)
 
 
 def _record(run_dir, segment_id, rank, world, steps, *, resume_step=None, nan_at=None):
@@ -219,6 +229,7 @@ def test_the_layout_is_the_documented_interface(fleet, tmp_path):
         "table=rank_logs",
         "table=segments",
         "table=telemetry",
+        "table=telemetry_tiles",
     ]
     assert not [p for p in root.rglob("*.tmp")]  # every temporary file was renamed into place
     metrics = base / "table=metrics" / "segment=seg-1" / "part-0.parquet"
