@@ -85,6 +85,12 @@ def telemetry(_src: Source, k: tuple, run: str, name: str) -> pd.DataFrame:
     return queries.telemetry(_src.store, run, name)
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def telemetry_series(_src: Source, k: tuple, run: str, name: str) -> pd.DataFrame:
+    """A telemetry chart's points: M4 from telemetry_tiles over long runs (queries.telemetry_series)."""
+    return queries.telemetry_series(_src.store, run, name)
+
+
 @st.cache_data(max_entries=128, show_spinner=False)
 def events(_src: Source, k: tuple, run: str, kinds: tuple | None = None) -> pd.DataFrame:
     return queries.events(_src.store, run, list(kinds) if kinds else None)

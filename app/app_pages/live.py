@@ -177,7 +177,7 @@ def system_charts(ctx: context.Ctx, marks: list) -> None:
         if many:
             lines, bands = telemetry_band(ctx, view)
         else:
-            df = data.telemetry(ctx.src, ctx.k, ctx.run, name)
+            df = data.telemetry_series(ctx.src, ctx.k, ctx.run, name)
             for (host, dev), g in df.groupby(["host", "device"], dropna=False):
                 g = figures.thin(g, "wall_time", "value")
                 steps = g["step"].ffill().bfill().fillna(0).to_numpy()
