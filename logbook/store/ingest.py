@@ -313,7 +313,7 @@ class _Batch:
         self.names: dict[str, int] = {}
         self.m_blocks: dict[tuple, list] = {}  # names -> [rows array per record]; widened once, in flush
         self.m_ids: dict[tuple, np.ndarray] = {}  # names -> their name ids, checked once per chunk
-        self.t_parts: list = []  # (device ids, name ids, steps, step mask, walls, values) per record, flat arrays
+        self.t_blocks: dict[tuple, list] = {}  # (devices, names) -> [(wall times, rows, present or None)]
         self.devices: dict[str, int] = {}
         self.t_points = 0
         self.events: list = []
@@ -389,6 +389,7 @@ class _Batch:
             if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not np.isfinite(t0):
                 raise ValueError("telemetry block's t0 is not a finite number")
             arr, present = _block_array(rec, k * len(devices), with_present=True)
+            present = None if present.all() else present
             if np.isnan(arr[:, 0]).any():
                 raise ValueError("telemetry block has a row without a time")
             walls = float(t0) + arr[:, 0] / 1000.0
@@ -396,27 +397,39 @@ class _Batch:
             devices = [str(rec["device"])]
             arr, present = _block_array(rec, k), None
             walls = arr[:, 0]
-        steps = arr[:, 1]
-        has_step = ~np.isnan(steps)
-        s = steps[has_step]
+        s = arr[:, 1]
+        s = s[~np.isnan(s)]
         if not ((s >= 0) & (s < _STEP_LIMIT) & (s == np.floor(s))).all():
             raise ValueError("telemetry block has a step that is not a whole number in [0, 2**63)")
-        n, width = arr.shape[0], len(devices) * k
-        dev_ids = np.array([self.devices.setdefault(d, len(self.devices)) for d in devices], dtype=np.int32)
-        name_ids = np.array([self.names.setdefault(nm, len(self.names)) for nm in names], dtype=np.int32)
-        cols = (
-            np.tile(np.repeat(dev_ids, k), n),
-            np.tile(np.tile(name_ids, len(devices)), n),
-            np.repeat(np.where(has_step, steps, 0).astype(np.int64), width),
-            np.repeat(has_step, width),
-            np.repeat(walls, width),
-            arr[:, 2:].reshape(-1),
-        )
-        if present is not None and not present.all():
-            keep = present.reshape(-1)
-            cols = tuple(c[keep] for c in cols)
-        self.t_parts.append(cols)
-        self.t_points += len(cols[0])
+        key = (tuple(devices), tuple(names))  # widened once per key in flush, as metrics blocks are
+        self.t_blocks.setdefault(key, []).append((walls, arr, present))
+        self.t_points += arr.shape[0] * len(devices) * k if present is None else int(present.sum())
+
+    def _telemetry_columns(self) -> tuple:
+        """(device ids, name ids, steps, has step, wall times, values) of all telemetry blocks, one per point."""
+        parts = []
+        for (devices, names), blocks in self.t_blocks.items():
+            walls = np.concatenate([b[0] for b in blocks])
+            arr = np.concatenate([b[1] for b in blocks])
+            n, k, width = arr.shape[0], len(names), len(devices) * len(names)
+            steps = arr[:, 1]
+            has_step = ~np.isnan(steps)
+            dev_ids = np.array([self.devices.setdefault(d, len(self.devices)) for d in devices], dtype=np.int32)
+            name_ids = np.array([self.names.setdefault(nm, len(self.names)) for nm in names], dtype=np.int32)
+            cols = (
+                np.tile(np.repeat(dev_ids, k), n),
+                np.tile(np.tile(name_ids, len(devices)), n),
+                np.repeat(np.where(has_step, steps, 0).astype(np.int64), width),
+                np.repeat(has_step, width),
+                np.repeat(walls, width),
+                arr[:, 2:].reshape(-1),
+            )
+            if any(b[2] is not None for b in blocks):
+                keep = np.concatenate([np.ones(b[1][:, 2:].shape, bool) if b[2] is None else b[2] for b in blocks])
+                keep = keep.reshape(-1)
+                cols = tuple(c[keep] for c in cols)
+            parts.append(cols)
+        return tuple(np.concatenate(c) for c in zip(*parts))
 
     def _event(self, rec: dict) -> None:
         kind = rec["kind"]
@@ -525,7 +538,7 @@ class _Batch:
             )
             self._touch_rank(cur, key, int(steps.min()), int(steps.max()))
         if self.t_points:
-            dev, nm, step, has_step, wall, value = (np.concatenate(c) for c in zip(*self.t_parts))
+            dev, nm, step, has_step, wall, value = self._telemetry_columns()
             table = pa.table(
                 {
                     "device": pa.DictionaryArray.from_arrays(dev, list(self.devices)),

@@ -1,0 +1,118 @@
+"""Telemetry on disk and into the store: the per-device records (format 2) against node records (format 3).
+
+Why: at fleet scale telemetry is most of the points (992 GPUs x 6 names at 1 Hz is 6k points/s), and the
+per-device records cost ~40 bytes a point in the logs and were ingested one Python tuple per point. This
+prints, side by side, for the same NVML-like readings (N nodes x 8 GPUs x 6 names at 1 Hz):
+
+- bytes per point in the logs: format 2 as the sampler wrote it (one record per GPU per 0.5 s flush,
+  values as NVML gives them: whole numbers as floats, power in mW/1000, memory as bytes/2**30) against
+  format 3 (one record per node per 5 s, values at the sensor's resolution: trainer.telemetry.DECIMALS);
+- the store's bytes per point (DuckDB file with telemetry and telemetry_tiles, after CHECKPOINT);
+- the ingest rate (points/s) of each, into a fresh store, tiles included.
+
+    python benchmarks/bench_telemetry.py --nodes 4 --hours 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas  # noqa: F401 - imported by the store on first use; loaded here so no timing pays for it
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from logbook.record import layout, records  # noqa: E402
+from logbook.store import open_store  # noqa: E402
+from logbook.store.ingest import ingest  # noqa: E402
+from trainer.telemetry import DECIMALS  # noqa: E402
+
+NAMES = ["util_pct", "mem_used_gib", "power_w", "temp_c", "sm_clock_mhz", "energy_j"]
+GPUS = 8
+T0 = 1_700_000_000.0
+
+
+def readings(rng, ticks: int):
+    """[ticks, GPUS * 6] NVML readings as the library returns them (device-major), and their wall times."""
+    t = T0 + np.arange(ticks) + rng.uniform(0, 0.01, ticks)
+    cols = []
+    for _ in range(GPUS):
+        power = np.round(400 + 10 * rng.standard_normal(ticks), 3)  # mW / 1000
+        cols += [
+            np.clip(np.round(97 + rng.standard_normal(ticks)), 0, 100),
+            (71.5 * 2**30 + np.round(rng.standard_normal(ticks) * 2**24)) / 2**30,
+            power,
+            np.round(70 + 1.5 * rng.standard_normal(ticks)),
+            np.round(1980 - 5 * np.abs(rng.standard_normal(ticks))),
+            np.round(np.cumsum(power), 3),
+        ]
+    return t, np.column_stack(cols)
+
+
+def write(run_dir: Path, nodes: int, ticks: int, compact: bool, seed: int = 0) -> int:
+    rng = np.random.default_rng(seed)
+    total = 0
+    for node in range(nodes):
+        t, vals = readings(rng, ticks)
+        steps = (np.arange(ticks) // 20).tolist()
+        out = []
+        if compact:  # a sampler's telemetry_block per tick, held 5 s: one node record per 5 ticks
+            devices = [f"gpu{g}" for g in range(GPUS)]
+            for a in range(0, ticks, 5):
+                out.append(
+                    records.encode_telemetry(
+                        devices, NAMES, t[a : a + 5], steps[a : a + 5], vals[a : a + 5], decimals=DECIMALS
+                    )
+                )
+        else:  # format 2: one run.telemetry per GPU per tick, one block per GPU per 0.5 s flush
+            for i in range(ticks):
+                for g in range(GPUS):
+                    row = [float(t[i]), steps[i], *vals[i, g * 6 : (g + 1) * 6].tolist()]
+                    out.append(
+                        records.encode_block({"k": "telemetry", "names": NAMES, "rows": [row], "device": f"gpu{g}"})
+                    )
+        data = b"".join(out)
+        total += len(data)
+        path = layout.rank_file(run_dir, "seg-bench", node * GPUS)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        opened = {"k": "open", "v": records.FORMAT_VERSION, "run": "bench", "segment": "seg-bench"}
+        opened.update(rank=node * GPUS, local_rank=0, world=nodes * GPUS, host=f"node{node:04d}", pid=1, t=T0)
+        path.write_bytes(records.encode(opened) + data)
+    return total
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--hours", type=float, default=1.0)
+    a = ap.parse_args(argv)
+    ticks = int(a.hours * 3600)
+    points = a.nodes * GPUS * len(NAMES) * ticks
+    tmp = Path(tempfile.mkdtemp(prefix="bench-telemetry-"))
+    print(f"{a.nodes} nodes x {GPUS} GPUs x {len(NAMES)} names at 1 Hz for {a.hours:g} h: {points:,} points")
+    print(f"{'format':<34} {'log B/point':>12} {'store B/point':>14} {'ingest points/s':>16}")
+    try:
+        for label, compact in (("2: one record per GPU per flush", False), ("3: node record, 5 ticks", True)):
+            run = tmp / ("new" if compact else "old") / "bench"
+            size = write(run, a.nodes, ticks, compact)
+            db = run.parent / "store.duckdb"
+            with open_store(db, fallback=False) as store:
+                t0 = time.perf_counter()
+                report = ingest(store, [run])
+                dt = time.perf_counter() - t0
+                assert report.malformed == 0 and report.telemetry_points == points, report.describe()
+                store.cursor().execute("CHECKPOINT")
+            print(f"{label:<34} {size / points:>12.2f} {db.stat().st_size / points:>14.2f} {points / dt:>16,.0f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
