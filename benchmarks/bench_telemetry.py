@@ -64,10 +64,11 @@ def write(run_dir: Path, nodes: int, ticks: int, compact: bool, seed: int = 0) -
         out = []
         if compact:  # a sampler's telemetry_block per tick, held 5 s: one node record per 5 ticks
             devices = [f"gpu{g}" for g in range(GPUS)]
+            tl, vl = t.tolist(), vals.tolist()
             for a in range(0, ticks, 5):
                 out.append(
                     records.encode_telemetry(
-                        devices, NAMES, t[a : a + 5], steps[a : a + 5], vals[a : a + 5], decimals=DECIMALS
+                        devices, NAMES, tl[a : a + 5], steps[a : a + 5], vl[a : a + 5], decimals=DECIMALS
                     )
                 )
         else:  # format 2: one run.telemetry per GPU per tick, one block per GPU per 0.5 s flush

@@ -240,9 +240,9 @@ def _telemetry(rng, node: int, gpus: int, t: np.ndarray, t_steps: np.ndarray, ba
         mem = np.full(n, 71.5) + 0.05 * rng.standard_normal(n)
         energy = np.round(np.cumsum(power * dt), 3)  # NVML counts mJ
         cols += [util, mem, power, temp, clock, energy]
-    values = np.column_stack(cols)
+    values = np.column_stack(cols).tolist()
     devices = [f"gpu{g}" for g in range(gpus)]
-    steps = t_steps.tolist()
+    steps, t = t_steps.tolist(), t.tolist()
     out = []
     for a in range(0, n, TELEMETRY_RECORD_TICKS):  # ticks per record: what the sampler holds (telemetry_every)
         b = min(n, a + TELEMETRY_RECORD_TICKS)

@@ -427,47 +427,23 @@ class Run:
 
     def _encode_node_telemetry(self, held: list) -> bytes:
         """Held node samples -> one record per run of samples with the same devices, names and decimals."""
-        import numpy as np  # noqa: PLC0415 - only a process that records node telemetry pays for it
-
         out, group, key = [], [], None
         for _, step, t, block, decimals in held:
             cleaned = {dev: self._clean(values) for dev, values in block.items()}
             names: dict = {}
             for n, _v, _b in cleaned.values():
                 names.update(dict.fromkeys(n))
-            k = (tuple(cleaned), tuple(names), decimals)
             if not names:
                 continue
+            k = (tuple(cleaned), tuple(names), decimals)
             if k != key and group:
-                out.append(self._node_record(key, group, np))
+                out.append(_node_record(key, group))
                 group = []
             key = k
             group.append((step, t, cleaned))
         if group:
-            out.append(self._node_record(key, group, np))
+            out.append(_node_record(key, group))
         return b"".join(out)
-
-    @staticmethod
-    def _node_record(key, group: list, np) -> bytes:
-        devices, names, decimals = key
-        col = {n: j for j, n in enumerate(names)}
-        k = len(names)
-        vals = np.full((len(group), len(devices) * k), np.nan)
-        present = np.zeros(vals.shape, dtype=bool)
-        for i, (_, _, cleaned) in enumerate(group):
-            for d, (n, v, _) in enumerate(cleaned.values()):
-                idx = [d * k + col[x] for x in n]
-                vals[i, idx] = v
-                present[i, idx] = True
-        return records.encode_telemetry(
-            devices,
-            names,
-            [t for _, t, _ in group],
-            [s for s, _, _ in group],
-            vals,
-            present=None if present.all() else present,
-            decimals=dict(decimals) if decimals else None,
-        )
 
     def _encode_items(self, items: list) -> bytes:
         out: list[bytes] = []
@@ -676,6 +652,23 @@ class Run:
             return
         self._warned.add(cause)
         warnings.warn(message, RecorderWarning, stacklevel=3)
+
+
+def _node_record(key, group: list) -> bytes:
+    """One node telemetry record of `group` [(step, wall time, {device: (names, values, _)})]."""
+    devices, names, decimals = key
+    col = {n: j for j, n in enumerate(names)}
+    k = len(names)
+    rows = []
+    for _, _, cleaned in group:
+        row = [None] * (len(devices) * k)  # a name a device did not report: absent
+        for d, (n, v, _) in enumerate(cleaned.values()):
+            for name, value in zip(n, v):
+                row[d * k + col[name]] = value
+        rows.append(row)
+    return records.encode_telemetry(
+        devices, names, [t for _, t, _ in group], [s for s, _, _ in group], rows, decimals=dict(decimals or ())
+    )
 
 
 def _as_dict(where: str, metrics) -> dict:

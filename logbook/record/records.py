@@ -62,55 +62,49 @@ def encode_block(record: dict) -> bytes:
         return encode(record)
 
 
-def encode_telemetry(devices, names, times, steps, values, *, present=None, decimals=None) -> bytes:
+def encode_telemetry(devices, names, times, steps, values, *, decimals=None) -> bytes:
     """A node's telemetry for many ticks as ONE columnar record (format 3): a few bytes per point.
 
-    devices, names: text; `values` is float [ticks, len(devices) * len(names)], device-major (all names
-    of devices[0], then devices[1], ...). `times` are wall times (s), written as whole milliseconds after
-    `t0` (the first time, kept to the millisecond); `steps` are ints or None. `present` (bool, same shape
-    as values) marks the samples that exist: an absent one is written as null without a `nonfinite` entry
-    and is no point at all (a GPU that does not report a field). NaN and +-Inf are kept via `nonfinite`.
+    devices, names: text. `values`: one row per tick of len(devices) * len(names) numbers, device-major
+    (all names of devices[0], then devices[1], ...); None is an absent sample (a GPU that does not
+    report a field), written as null with no `nonfinite` entry, and no point at all for readers. NaN and
+    +-Inf are kept via `nonfinite`. `times` are wall times (s), written as whole milliseconds after `t0`
+    (the first time, kept to the millisecond); `steps` are ints or None.
 
     `decimals` ({name: digits}) rounds a name's values to that many decimals (0 or less: whole numbers,
     written without ".0"): the caller states the sensor's real resolution (trainer/telemetry.py: power to
     0.1 W, temperature, utilisation and clocks to 1). A name not in `decimals` is written exactly (the
     shortest repr that reads back to the same float), so precision is never lost unless asked for.
+    Standard library only (the record layer's rule); callers with numpy arrays pass `.tolist()`.
     """
-    import numpy as np  # noqa: PLC0415 - the Recorder imports this module without numpy otherwise
-
     devices, names = [str(d) for d in devices], [str(n) for n in names]
-    vals = np.asarray(values, dtype=np.float64).reshape(len(times), len(devices) * len(names))
-    times = np.asarray(times, dtype=np.float64)
-    t0 = round(float(times[0]), 3) if len(times) else 0.0
-    dt = np.rint((times - t0) * 1000.0).astype(np.int64).tolist()
     decimals = decimals or {}
-    cols = []
-    finite = np.isfinite(vals)
-    for j in range(vals.shape[1]):
-        col = vals[:, j]
-        d = decimals.get(names[j % len(names)])
-        if d is None:
-            cols.append(col.tolist())
-        elif d <= 0 and not (np.abs(col[finite[:, j]]) >= 2.0**53).any():  # whole numbers that int64 holds
-            c = np.where(finite[:, j], col, 0.0)
-            cols.append(np.rint(np.round(c, int(d))).astype(np.int64).tolist())
-        else:
-            cols.append(np.round(col, int(d)).tolist())
-    steps = [None if s is None else int(s) for s in steps]
-    rows = [list(r) for r in zip(dt, steps, *cols)]
-    nonfinite = []
-    if not finite.all():
-        absent = np.zeros(vals.shape, dtype=bool) if present is None else ~np.asarray(present, dtype=bool)
-        for i, j in zip(*np.nonzero(~finite & ~absent)):
-            rows[i][2 + j] = None
-            nonfinite.append([int(i), int(j), nonfinite_token(vals[i, j])])
-    if present is not None:
-        for i, j in zip(*np.nonzero(~np.asarray(present, dtype=bool))):
-            rows[i][2 + j] = None
+    k, width = len(names), len(devices) * len(names)
+    digits = [decimals.get(names[j % k]) for j in range(width)]
+    times = [float(t) for t in times]
+    t0 = round(times[0], 3) if times else 0.0
+    rows, nonfinite = [], []
+    for i, (t, step, vals) in enumerate(zip(times, steps, values)):
+        if len(vals) != width:
+            raise ValueError(f"telemetry row {i} has {len(vals)} values for {width} device x name columns")
+        row = [round((t - t0) * 1000.0), None if step is None else int(step)]
+        for j, (v, d) in enumerate(zip(vals, digits)):
+            if v is not None:
+                v = float(v)
+                if not -_INF < v < _INF:
+                    nonfinite.append([i, j, nonfinite_token(v)])
+                    v = None
+                elif d is not None:
+                    v = int(round(v, d)) if d <= 0 and abs(v) < 2.0**53 else round(v, d)
+            row.append(v)
+        rows.append(row)
     rec = {"k": TELEMETRY, "devices": devices, "names": names, "t0": t0, "rows": rows}
     if nonfinite:
         rec["nonfinite"] = nonfinite
     return encode_block(rec)
+
+
+_INF = float("inf")
 
 
 def nonfinite_token(v: float) -> str:

@@ -50,14 +50,11 @@ def _write(run_dir, blocks: list[bytes], rank: int = 0, segment: str = "seg-a"):
     return path
 
 
-def _node_records(t, steps, vals, devices, names, ticks_per_record=5, decimals=None, present=None):
-    out = []
+def _node_records(t, steps, vals, devices, names, ticks_per_record=5, decimals=None):
+    out, t, vals = [], np.asarray(t).tolist(), np.asarray(vals).tolist()
     for a in range(0, len(t), ticks_per_record):
         b = a + ticks_per_record
-        p = None if present is None else present[a:b]
-        out.append(
-            records.encode_telemetry(devices, names, t[a:b], steps[a:b], vals[a:b], present=p, decimals=decimals)
-        )
+        out.append(records.encode_telemetry(devices, names, t[a:b], steps[a:b], vals[a:b], decimals=decimals))
     return out
 
 
