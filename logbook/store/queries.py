@@ -281,8 +281,8 @@ def telemetry_series(
                    WHERE p IS NOT NULL"""
         params = [run, name, t_lo, t_hi]
         if x_range is not None:
-            cand += f" UNION ALL {raw} AND wall_time BETWEEN ? AND ? AND NOT wall_time BETWEEN ? AND ?"
-            params += [run, name, lo, hi, t_lo * w, (t_hi + 1) * w - 1e-9]
+            cand += f" UNION ALL {raw} AND wall_time BETWEEN ? AND ? AND NOT (wall_time >= ? AND wall_time < ?)"
+            params += [run, name, lo, hi, t_lo * w, (t_hi + 1) * w]
         sql = f"""
             WITH b AS (SELECT segment_id, rank, device, t, value, {{'t': t, 'step': step, 'value': value}} AS p,
                               CAST(floor((t - ?) / ?) AS BIGINT) AS bucket FROM ({cand})),

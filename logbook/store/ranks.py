@@ -212,8 +212,8 @@ def telemetry_view(
                 AND p_max IS NOT NULL AND isfinite(p_max.value) AND isfinite(p_min.value)"""
         params = [run, name, t_lo, t_hi]
         if x_range is not None:
-            sources += f" UNION ALL {raw} WHERE {raw_cond} AND NOT wall_time BETWEEN ? AND ?"
-            params += [run, name, lo, hi, t_lo * w, (t_hi + 1) * w - 1e-9]
+            sources += f" UNION ALL {raw} WHERE {raw_cond} AND NOT (wall_time >= ? AND wall_time < ?)"
+            params += [run, name, lo, hi, t_lo * w, (t_hi + 1) * w]
     else:
         origin = lo
         sources = f"{raw} WHERE {raw_cond}"

@@ -181,6 +181,8 @@ def test_a_one_second_spike_on_one_gpu_survives_nine_days_at_1hz(tmp_path):
     vals = np.round(400 + 10 * rng.standard_normal((ticks, gpus)), 1)
     spike = 5 * 86_400 + 1234
     vals[spike, 1] = 900.0
+    edge = 200_000  # T0 + 200,000 s is a multiple of 64 s: the first sample after a zoom's last whole tile
+    vals[edge, 0] = 950.0
     steps = (np.arange(ticks) // 20).tolist()
     blocks = _node_records(t, steps, vals, ["gpu0", "gpu1"], ["power_w"], ticks_per_record=300)
     _write(tmp_path / "r", blocks)
@@ -188,20 +190,25 @@ def test_a_one_second_spike_on_one_gpu_survives_nine_days_at_1hz(tmp_path):
         ingest(store, [tmp_path / "r"])
         for buckets in (200, 2000):  # 3888 s buckets read 64 s tiles; 388 s buckets too; both keep it
             v = ranks.telemetry_view(store, "r", "power_w", buckets=buckets)
-            assert v.outliers["label"].iat[0] == "node0/gpu1" and v.outliers["peak"].iat[0] == 900.0
-            assert np.nanmax(v.cells) == 900.0
+            gpu1 = list(v.rows["label"]).index("node0/gpu1")
+            assert np.nanmax(v.cells[gpu1]) == 900.0 and np.nanmax(v.cells) == 950.0
         v = ranks.telemetry_view(store, "r", "power_w", buckets=100)  # 7776 s buckets: the 4096 s tiles
-        assert np.nanmax(v.cells) == 900.0
+        assert np.nanmax(v.cells[list(v.rows["label"]).index("node0/gpu1")]) == 900.0
         for x_range in (None, (T0 + spike - 50_000.5, T0 + spike + 70_000.3)):  # zoom: raw rows at the edges
             s = queries.telemetry_series(store, "r", "power_w", buckets=500, x_range=x_range)
             assert len(s) < 5 * 500 * gpus + 20  # bounded, not 1.5M rows
-            top = s.loc[s["value"].idxmax()]
+            top = s.loc[s[s["device"] == "gpu1"]["value"].idxmax()]
             assert (top["value"], top["wall_time"], top["device"], top["step"]) == (
                 900.0,
                 t[spike],
                 "gpu1",
                 spike // 20,
             )
+        zoom = (T0 + 1000.5, T0 + edge + 0.3)  # ragged edges on both sides: raw rows there, tiles inside
+        v = ranks.telemetry_view(store, "r", "power_w", buckets=200, x_range=zoom)
+        assert np.nanmax(v.cells) == 950.0 and v.outliers["label"].iat[0] == "node0/gpu0"
+        s = queries.telemetry_series(store, "r", "power_w", buckets=200, x_range=zoom)
+        assert s["value"].max() == 950.0 and s["wall_time"].max() == T0 + edge
         short = queries.telemetry_series(store, "r", "power_w", x_range=(T0 + spike - 100, T0 + spike + 100))
         assert len(short) == 201 * gpus  # a short window: its raw rows
 
