@@ -80,7 +80,10 @@ def import_logs(
         parser = megatron.parse if fmt == "megatron" else fairseq.parse
 
         def parse(path, ctx):
-            return parser(reading.lines(path, progress=progress), ctx)
+            def bad(line_no, message):
+                ctx.report.bad(ctx.source, line_no, message, "")
+
+            return parser(reading.lines(path, progress=progress, bad=bad), ctx)
 
     run_config: dict = {}
     writer = RunWriter(
@@ -94,10 +97,14 @@ def import_logs(
         config=run_config,
         world_size=world_size,
     )
-    for p in paths:
-        ctx = Context(p.name, report, clock, run_config)
-        writer.add_source(p, parse(p, ctx))
-    writer.finish()
+    try:
+        for p in paths:
+            ctx = Context(p.name, report, clock, run_config)
+            writer.add_source(p, parse(p, ctx))
+        writer.finish()
+    except BaseException:
+        writer.abort()  # never a half-written run (see writer's module docstring)
+        raise
     return report
 
 

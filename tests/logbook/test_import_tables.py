@@ -239,7 +239,7 @@ def test_wide_table_iso_time_nan_blank_and_garbage_rows(tmp_path):
     report = import_logs("auto", [src], tmp_path / "wide", tz="Europe/Paris")
     assert report.lines == 7 and report.steps == 4 and report.malformed == 3
     assert [e[1] for e in report.examples] == [4, 6, 7]
-    assert "not an integer" in report.examples[0][2] and "5 cells" not in report.examples[1][2]
+    assert "step 'x' is not a number" in report.examples[0][2] and "5 cells" not in report.examples[1][2]
     assert "3 cells where the header has 5" in report.examples[1][2]
     store = _open(tmp_path / "wide")
     loss = {step: (v, t) for (_, step), (v, t) in _rows(store, "wide", "loss").items()}
