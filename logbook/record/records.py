@@ -69,7 +69,10 @@ def decode(line: bytes) -> dict:
     try:
         rec = orjson.loads(line)
     except orjson.JSONDecodeError:
-        rec = json.loads(line)  # NaN/Infinity tokens (events, format 1); raises ValueError if garbage
+        try:
+            rec = json.loads(line)  # NaN/Infinity tokens (events, format 1); raises ValueError if garbage
+        except RecursionError:  # nested deeper than the parser goes: garbage too, not a crash
+            raise ValueError("JSON nested too deeply") from None
     if not isinstance(rec, dict) or not isinstance(rec.get("k"), str):
         raise ValueError("not a midflight record (expected a JSON object with a 'k' field)")
     return rec

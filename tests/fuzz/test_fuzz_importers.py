@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import math
+import shutil
 import struct
 
 import pytest
@@ -88,7 +89,7 @@ def check_store(shared_store, runs: list, counts: Counts, *, documents_too: bool
 
 
 @pytest.mark.parametrize("fmt", TEXT_FORMATS)
-def test_fuzz_text_importer(fmt, tmp_path, shared_store):
+def test_fuzz_text_importer(fmt, fuzz_dir, shared_store):
     counts = COUNTS[fmt]
     baseline: dict[int, int] = {}
     sample: dict[tuple, object] = {}
@@ -97,9 +98,9 @@ def test_fuzz_text_importer(fmt, tmp_path, shared_store):
     def good(index: int) -> int:
         """Steps (annotations for a timeline) the seed document gives unmutated."""
         if index not in baseline:
-            src = tmp_path / f"seed-{index}{SUFFIX.get(fmt, '.log')}"
+            src = fuzz_dir / f"seed-{index}{SUFFIX.get(fmt, '.log')}"
             src.write_bytes(b"\n".join(seeds(fmt)[index]) + b"\n")
-            report = import_logs(fmt, [src], tmp_path / f"seed-run-{index}")
+            report = import_logs(fmt, [src], fuzz_dir / f"seed-run-{index}")
             assert report.malformed == 0, report.describe()
             baseline[index] = report.annotations if fmt == "timeline" else report.steps
         return baseline[index]
@@ -110,19 +111,22 @@ def test_fuzz_text_importer(fmt, tmp_path, shared_store):
         index, doc = drawn
         n = next(serial)
         counts.cases += 1
-        src = tmp_path / f"case-{n}{SUFFIX.get(fmt, '.log')}"
+        src = fuzz_dir / f"case-{n}{SUFFIX.get(fmt, '.log')}"
         src.write_bytes(doc.data())
-        run_dir = tmp_path / f"{fmt}-{n}"
+        run_dir = fuzz_dir / f"{fmt}-{n}"
         report = try_import(fmt, [src], run_dir, counts)
         if report is None:
+            src.unlink()
             return
         if doc.whole and doc.lines:
             got = report.annotations if fmt == "timeline" else report.steps
             assert got >= good(index) - doc.mutations, (
                 f"{doc.mutations} mutated lines cost {good(index) - got} good ones\n{report.describe()}"
             )
-        if report.segments:
-            sample.setdefault(signature(report), run_dir)
+        if report.segments and signature(report) not in sample:
+            sample[signature(report)] = run_dir
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
         src.unlink()
 
     case()
@@ -224,7 +228,7 @@ def event_files(draw):
     return data, mutations, whole
 
 
-def test_fuzz_tensorboard_importer(tmp_path, shared_store):
+def test_fuzz_tensorboard_importer(fuzz_dir, shared_store):
     counts = COUNTS["tensorboard"]
     sample: dict[tuple, object] = {}
     serial = itertools.count()
@@ -236,17 +240,21 @@ def test_fuzz_tensorboard_importer(tmp_path, shared_store):
         data, mutations, whole = drawn
         n = next(serial)
         counts.cases += 1
-        logdir = tmp_path / f"logs-{n}"
+        logdir = fuzz_dir / f"logs-{n}"
         logdir.mkdir()
         (logdir / "events.out.tfevents.1700000000.host.1.0").write_bytes(data)
-        run_dir = tmp_path / f"tensorboard-{n}"
+        run_dir = fuzz_dir / f"tensorboard-{n}"
         report = try_import("tensorboard", [logdir], run_dir, counts)
         if report is None:
+            shutil.rmtree(logdir)
             return
         if whole:
             assert report.steps >= good - mutations, report.describe()
-        if report.segments:
-            sample.setdefault(signature(report), run_dir)
+        if report.segments and signature(report) not in sample:
+            sample[signature(report)] = run_dir
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(logdir)
 
     case()
     check_store(shared_store, list(sample.values())[: fuzzing.STORE_SAMPLE], counts, documents_too=True)
