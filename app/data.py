@@ -66,6 +66,11 @@ def runs(_src: Source, k: tuple) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
+def ingest_problems(_src: Source, k: tuple, run: str) -> list[dict]:
+    return queries.ingest_problems(_src.store, run)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
 def metric_names(_src: Source, k: tuple, run: str) -> list[str]:
     return queries.metric_names(_src.store, run)
 

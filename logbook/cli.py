@@ -8,13 +8,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import threading
 import time
 import warnings
 
+from logbook import values
 from logbook.record import annotations, layout
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in one line (the usage block is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0 (a grid intensity or a PUE of nan or inf means nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text[:40]} is not a finite number > 0")
+    return value
+
+
+def _step(text: str) -> int:
+    """An argparse type: a step, by logbook.values' one rule (an integer in [0, 2**63))."""
+    try:
+        return values.step(int(text) if text.strip().isdigit() else text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _open(args):
@@ -137,7 +165,7 @@ def cmd_intervene(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m logbook", description="midflight logbook: ingest and read run logs")
+    p = _Parser(prog="python -m logbook", description="midflight logbook: ingest and read run logs")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_path(sp):
@@ -162,14 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument("--run", default=None, help="only this run of a folder of runs")
     sp.add_argument("--region", default=None, help="grid for CO2eq: a country (name or ISO-3) or cloud region")
-    sp.add_argument("--intensity", type=float, default=None, metavar="G_PER_KWH", help="grid intensity override")
-    sp.add_argument("--pue", type=float, default=None, help="datacentre PUE (default 1.0: IT energy only)")
+    sp.add_argument(
+        "--intensity", type=_positive_number, default=None, metavar="G_PER_KWH", help="grid intensity override"
+    )
+    sp.add_argument("--pue", type=_positive_number, default=None, help="datacentre PUE (default 1.0: IT energy only)")
     sp.set_defaults(func=cmd_summary)
 
     sp = sub.add_parser("annotate", help="pin a note to a step")
     sp.add_argument("path", help="the run directory")
-    sp.add_argument("--step", type=int, required=True)
-    sp.add_argument("--step-end", type=int, default=None, help="end of a step range")
+    sp.add_argument("--step", type=_step, required=True)
+    sp.add_argument("--step-end", type=_step, default=None, help="end of a step range")
     sp.add_argument("--text", required=True)
     sp.add_argument("--kind", default="note", choices=annotations.KINDS)
     sp.add_argument("--author", default=None)

@@ -102,3 +102,27 @@ def step(v) -> int:
 def optional_step(v) -> int | None:
     """None stays None (a record with no step); anything else follows `step`."""
     return None if v is None else step(v)
+
+
+def json_ready(obj, path: str = "") -> tuple[object, list[list[str]]]:
+    """`obj` with every NaN and +-Inf float replaced by None, and where each was: [[path, token], ...].
+
+    Strict JSON has no NaN or Infinity, yet a NaN loss or an infinite grad norm is a finding, not a
+    gap. So they follow the event logs' own convention: the value becomes null, and a `nonfinite`
+    list beside it says which path held "NaN", "Infinity" or "-Infinity" (paths like
+    `wasted[0].start_time`). Dicts and lists are copied; other values are returned as they are."""
+    found: list[list[str]] = []
+
+    def walk(v, where: str):
+        if isinstance(v, float) and not math.isfinite(v):
+            found.append([where, "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")])
+            return None
+        if isinstance(v, dict):
+            return {k: walk(x, f"{where}.{k}" if where else str(k)) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [walk(x, f"{where}[{i}]") for i, x in enumerate(v)]
+        if type(v).__module__ == "numpy" and hasattr(v, "item"):  # numpy scalars: as Python numbers
+            return walk(v.item(), where)
+        return v
+
+    return walk(obj, path), found

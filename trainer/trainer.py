@@ -345,6 +345,8 @@ class Trainer:
         return verdicts
 
     def _check(self, req: dict) -> str | None:
+        if req.get("problem"):
+            return f"invalid request: {req['problem']}"
         try:
             params = interventions.validate(req.get("action"), req.get("params"))
         except (ValueError, TypeError) as exc:  # a hand-edited line can hold anything
@@ -371,12 +373,11 @@ class Trainer:
 
     def _answer(self, req: dict, *, applied: bool, step: int | None, detail: str) -> None:
         kind = "intervention_applied" if applied else "intervention_rejected"
+        action = str(req.get("action"))[:80]  # a hand-written line's action can be anything
         if self.main:
             outcome = f"applied at step {step}" if applied else "rejected"
-            print(f"intervention {req['id']} ({req.get('action')}) {outcome}: {detail}", flush=True)
-        self.event(
-            kind, step=step if step is not None else self.step, id=req["id"], action=req.get("action"), detail=detail
-        )
+            print(f"intervention {req['id']} ({action}) {outcome}: {detail}", flush=True)
+        self.event(kind, step=step if step is not None else self.step, id=req["id"], action=action, detail=detail)
         if not self.main:
             return
         try:

@@ -48,6 +48,8 @@ m[1].metric("CO2eq", text.mass(kg))
 m[2].metric("wasted in abandoned branches", text.energy(e["wasted_j"]))
 m[3].metric("per token", "—" if not e["j_per_token"] else f"{e['j_per_token']:.4g} J")
 st.caption(f"Basis: {e['basis']}. Intensity {intensity:g} gCO2eq/kWh ({source}); PUE {pue:g}.")
+if e.get("wall_time"):
+    st.warning(f"Wall times {e['wall_time']}: durations, wasted hours and energy are estimates.")
 if e["estimated"]:
     st.warning(
         "No power meter in (part of) this run: its energy is an ESTIMATE (TDP x utilisation), not a measurement."

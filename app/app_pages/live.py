@@ -59,6 +59,25 @@ def header(ctx: context.Ctx) -> None:
     m[5].metric("open incidents", "…" if incs is None else len(open_), help="not yet covered by an annotation")
 
 
+def skipped_lines(ctx: context.Ctx) -> None:
+    """Lines ingest refused (a poisoned or torn record): said once, with examples, above the charts they left out.
+
+    The rest of the run is stored and drawn as usual; this is where a reader learns that something
+    was not, and why, without opening a terminal."""
+    found = data.ingest_problems(ctx.src, ctx.k, ctx.run)
+    if not found:
+        return
+    n = sum(p["malformed"] for p in found)
+    label = f"{n:,} malformed line{'s' if n != 1 else ''} skipped in {len(found)} file{'s' if len(found) != 1 else ''}"
+    with st.expander(f"⚠ {label}; everything else in the run is shown"):
+        rows = [
+            {"file": p["file"], "line": line_no, "why": why, "text": snippet}
+            for p in found
+            for line_no, why, snippet in p["examples"]
+        ]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="live:skipped")
+
+
 def training_charts(ctx: context.Ctx, marks: list, segs: pd.DataFrame) -> None:
     zr = zoom.zoom(ctx)
     names = set(data.metric_names(ctx.src, ctx.k, ctx.run))
@@ -122,6 +141,7 @@ def live_region():
     ctx = context.context()  # fresh: the data version moves on between refreshes
     segs = data.segments(ctx.src, ctx.k, ctx.run, data.tick())
     header(ctx)
+    skipped_lines(ctx)
     zoom.zoom_bar(ctx, "live")
     forms.selection_panel(ctx, "live")
     marks = axis.markers(ctx)

@@ -10,6 +10,20 @@ Spike rule (chosen in benchmarks/bench_divergence.py): on log(value), a point is
 robust z-score against the last `window` normal points (median, IQR/1.349) exceeds `z` AND it exceeds
 the EWMA (span `ewma_span`) of those points by the factor `ratio`. Anomalous points never enter the
 baseline. An incident ends after `settle` consecutive points back within `recover_z`.
+
+Real logs of large runs are sparse (a line every 10-100 steps) and often start mid-run, so two things
+adapt (chosen on the tuning split of benchmarks/bench_detection_real.py):
+- Short history. With fewer than `min_history` baseline points a noise scale cannot be estimated, so
+  from `warmup_points` on the rule uses a prior instead: sigma = log(`short_ratio`) / z, i.e. a point
+  is a candidate when it is `short_ratio` times the median of its history (stricter with fewer than
+  3 points), and is confirmed at once. Such incidents say `confidence: low` and how many points of
+  history they had.
+- The logging interval. Step windows (corroboration, recovery, settling, overflow streaks, the
+  loss-scale window) are measured in steps but never shorter than a few logging intervals, where the
+  interval is the median gap between the last points.
+The loss scale is evidence of its own: a fall by `loss_scale_drop` or more within `loss_scale_window`
+steps is a `loss_scale_collapse`, and while it lasts a loss rise above `recover_z` (instead of `z`)
+is already a confirmed `loss_spike` (detail `evidence: ["loss_scale_collapse"]`).
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ class SpikeRule:
     high: float = 3.0  # ... and "high"
     min_points: int = 1  # anomalous points needed before the incident counts
     sign: int = 1  # +1: detect rises; -1: detect drops (throughput)
+    short_ratio: float | None = None  # short history: a rise by this factor over the median; None: no alarm
 
 
 @dataclass
@@ -47,8 +62,10 @@ class DivergenceConfig:
     # other metric (loss <-> grad norm) being anomalous within this many steps; otherwise it is dropped
     recovery_steps: int = 50  # K: back within K steps of the start -> "transient"
     max_recovering_steps: int = 200  # still not back after this many steps -> "divergent"
-    loss: SpikeRule = field(default_factory=lambda: SpikeRule(z=6.0, ratio=1.08, medium=1.3, high=2.0))
-    grad_norm: SpikeRule = field(default_factory=lambda: SpikeRule(z=6.0, ratio=2.0, medium=10.0, high=100.0))
+    loss: SpikeRule = field(default_factory=lambda: SpikeRule(z=6.0, ratio=1.08, medium=1.3, high=2.0, short_ratio=1.3))
+    grad_norm: SpikeRule = field(
+        default_factory=lambda: SpikeRule(z=6.0, ratio=2.0, medium=10.0, high=100.0, short_ratio=10.0)
+    )
     throughput: SpikeRule = field(
         default_factory=lambda: SpikeRule(z=6.0, ratio=1.15, medium=1.3, high=2.0, min_points=5, sign=-1)
     )
@@ -60,6 +77,13 @@ class DivergenceConfig:
     slow_rise: float = 0.05  # rise over the window (log units, ~5 %) that counts as trending up
     slow_t: float = 8.0  # and the slope's t-statistic must exceed this
     silent_after_s: float = 60.0  # a device with no telemetry for this long, while its peers report, is silent
+    warmup_points: int = 1  # short history: alarms (rule.short_ratio, confidence "low") from this many points
+    interval_points: int = 9  # the logging interval is the median step gap over this many recent gaps
+    interval_recovery: int = 5  # "transient" if back within max(recovery_steps, this many intervals)
+    interval_max_recovering: int = 20  # "divergent" after max(max_recovering_steps, this many intervals)
+    loss_scale_drop: float = 8.0  # a loss-scale fall by this factor (3 halvings) ...
+    loss_scale_window: int = 100  # ... within max(this many steps, 2 intervals) is a collapse
+    loss_scale_grace_steps: int = 100  # scales logged before this step are the scaler finding its level
 
 
 @dataclass
@@ -110,6 +134,7 @@ class _Open:
         self.peak_t, self.peak_value, self.peak_step, self.base = t, value, step, base
         self.last_anom, self.calm, self.n_anom, self.post = step, 0, 1, t
         self.detected = step
+        self.history, self.evidence, self.interval = 0, [], 1
 
 
 class _Spike:
@@ -117,6 +142,7 @@ class _Spike:
 
     def __init__(self, kind: str, metric: str, rule: SpikeRule, cfg: DivergenceConfig):
         self.kind, self.metric, self.rule, self.cfg = kind, metric, rule, cfg
+        self.interval = 1  # steps between logged points (set by OnlineDetector)
         self.alpha = 2.0 / (cfg.ewma_span + 1)
         self.open: _Open | None = None
         self.cand: _Open | None = None  # an anomalous point waiting for corroboration
@@ -141,14 +167,22 @@ class _Spike:
     def _stats(self) -> tuple[float, float]:
         s, n = self.sorted, len(self.sorted)
         med = 0.5 * (s[(n - 1) // 2] + s[n // 2])
+        if (
+            n < self.cfg.min_history and self.rule.short_ratio
+        ):  # too few points to estimate the noise: the prior (see module doc)
+            return med, math.log(self.rule.short_ratio) / self.rule.z * (1.5 if n < 3 else 1.0)
         return med, max((s[(3 * n) // 4] - s[n // 4]) / 1.349, self.rule.min_sigma)
+
+    def _steps(self, steps: int, intervals: int) -> int:
+        return max(steps, intervals * self.interval)
 
     def _value(self, t: float) -> float:
         t = self.rule.sign * t
         return math.exp(t) if self.rule.log else t
 
-    def update(self, step: int, value: float, ctx: dict) -> bool:
-        """Feed one point; True when it is normal (usable as baseline by other detectors)."""
+    def update(self, step: int, value: float, ctx: dict, boost: bool = False) -> bool:
+        """Feed one point; True when it is normal (usable as baseline by other detectors). boost: other
+        evidence (a loss-scale collapse) is present, so a rise above recover_z is enough."""
         if not math.isfinite(value):
             return False
         t = self._t(value)
@@ -156,9 +190,9 @@ class _Spike:
             med, sigma = self._stats()
             if (t - med) / sigma >= self.cfg.recover_z:  # still high on the next point: confirmed
                 self.confirm(step)
-            elif step - self.cand.start > self.cfg.corroborate_steps:
+            elif step - self.cand.start > self._steps(self.cfg.corroborate_steps, 1):
                 self.cand = None
-        o = self.open
+        o, cfg = self.open, self.cfg
         if o is not None:
             med, sigma = self._stats()
             if t > o.peak_t:
@@ -167,28 +201,36 @@ class _Spike:
             if (t - med) / sigma < self.cfg.recover_z:
                 o.calm += 1
                 if o.calm >= self.cfg.settle:
-                    late = o.last_anom - o.start > self.cfg.recovery_steps
+                    late = o.last_anom - o.start > self._recovery()
                     self._close("recovering" if late else "transient", o.last_anom)
                 return False
             o.calm, o.last_anom = 0, step
             o.n_anom += 1
             age = step - o.start
-            if age >= self.cfg.recovery_steps and o.n_anom >= self.rule.min_points:
+            if age >= self._recovery() and o.n_anom >= self.rule.min_points:
                 coming_back = (o.post - med) < 0.5 * (o.peak_t - med)
-                if not coming_back or age >= self.cfg.max_recovering_steps:
+                if not coming_back or age >= self._steps(cfg.max_recovering_steps, cfg.interval_max_recovering):
                     self._close("divergent", step)
                     self._reset()  # the new level becomes the baseline
             return False
-        if len(self.win) >= self.cfg.min_history:
+        n = len(self.win)
+        short = n < cfg.min_history
+        if n >= (cfg.warmup_points if self.rule.short_ratio else cfg.min_history):
             med, sigma = self._stats()
             z = (t - med) / sigma
-            if z > self.rule.z and t - self.ewma > math.log(self.rule.ratio) and self.cand is None:
+            above = t - self.ewma > math.log(self.rule.ratio) and self.cand is None
+            if above and z > (cfg.recover_z if boost else self.rule.z):
                 self.cand = _Open(self.kind, self.metric, step, t, value, self._value(med), dict(ctx))
-                if z > self.rule.z_alone:
+                self.cand.history, self.cand.interval = n, self.interval
+                self.cand.evidence = ["loss_scale_collapse"] if boost and z <= self.rule.z else []
+                if boost or short or z > self.rule.z_alone:
                     self.confirm(step)
                 return False
         self._add(t)
         return True
+
+    def _recovery(self) -> int:
+        return self._steps(self.cfg.recovery_steps, self.cfg.interval_recovery)
 
     def anomalous(self) -> bool:
         return self.cand is not None or self.open is not None
@@ -206,6 +248,13 @@ class _Spike:
     def _incident(self, o: _Open, classification: str, end: int) -> Incident:
         ratio = math.exp(o.peak_t - self._t(o.base)) if self.rule.log else 1.0
         sev = "high" if classification == "divergent" else _severity(ratio, self.rule)
+        detail = {"ratio_to_baseline": round(ratio, 4)}
+        if o.history < self.cfg.min_history:  # a prior, not the series' own noise: say so
+            detail.update(confidence="low", history_points=o.history)
+        if o.evidence:
+            detail["evidence"] = list(o.evidence)
+        if o.interval > 1:
+            detail["log_interval"] = o.interval
         return Incident(
             kind=o.kind,
             start_step=o.start,
@@ -217,7 +266,7 @@ class _Spike:
             context=o.ctx,
             metric=o.metric,
             baseline=o.base,
-            detail={"ratio_to_baseline": round(ratio, 4)},
+            detail=detail,
             detected_step=o.detected,
             suggested_action=_divergent_action(o.start) if classification == "divergent" else None,
         )
@@ -237,11 +286,12 @@ class _Streak:
         self.neg = neg  # track the minimum instead of the maximum (loss scale)
         self.open: dict | None = None
         self.done: list[Incident] = []
+        self.interval = 1  # steps between logged points (set by OnlineDetector)
 
     def update(self, step: int, on: bool, value: float, ctx: dict, baseline: float | None = None):
-        o = self.open
+        o, settle = self.open, self.cfg.settle * self.interval
         if on:
-            if o is None or step - o["last"] > self.cfg.settle:
+            if o is None or step - o["last"] > settle:
                 if o is not None:
                     self._close()
                 o = self.open = {"start": step, "n": 0, "peak": value, "peak_step": step, "ctx": dict(ctx)}
@@ -251,12 +301,14 @@ class _Streak:
                 o["detected"] = step
             if _gt(value, o["peak"]):
                 o["peak"], o["peak_step"] = value, step
-        elif o is not None and step - o["last"] >= self.cfg.settle:
+        elif o is not None and step - o["last"] >= settle:
             self._close()
 
     def _incident(self, o: dict, classification: str) -> Incident:
         dur = o["last"] - o["start"]
-        if classification != "recovering" and dur >= self.cfg.recovery_steps:
+        if classification != "recovering" and dur >= max(
+            self.cfg.recovery_steps, self.cfg.interval_recovery * self.interval
+        ):
             classification = "divergent"
         sev = "high" if classification == "divergent" or self.kind == "nonfinite" else "medium"
         if self.kind == "straggler" and classification != "divergent":
@@ -275,7 +327,12 @@ class _Streak:
             context=o["ctx"],
             metric=self.metric,
             baseline=o["base"],
-            detail={**self.detail, "steps": o["n"], **({"reasons": sorted(o["reasons"])} if "reasons" in o else {})},
+            detail={
+                **self.detail,
+                "steps": o["n"],
+                **({"reasons": sorted(o["reasons"])} if "reasons" in o else {}),
+                **({"fall": o["fall"]} if "fall" in o else {}),
+            },
             detected_step=o["detected"],
             suggested_action=action,
         )
@@ -352,6 +409,11 @@ class OnlineDetector:
         self.stragglers: dict[int, _Streak] = {}
         self.trend = _Trend(cfg)
         self.overflow_run: list[int] = []
+        self.scales: deque = deque()  # (step, loss scale) of the last loss_scale_window steps
+        self.last_scale: float | None = None
+        self.last_fall: int | None = None  # the last step at which the loss scale was collapsing
+        self.gaps: deque = deque(maxlen=cfg.interval_points)
+        self.interval = 1
         self.ctx: dict = {}
         self.last_step: int | None = None
 
@@ -361,25 +423,42 @@ class OnlineDetector:
         values: Mapping[str, float] | None = None,
         *,
         step_times: Mapping[int, float] | Sequence[float] | None = None,
-        overflow: bool = False,
+        overflow: bool | int = False,
         at_floor: bool = False,
     ) -> None:
         """One step: metric values (loss, grad_norm, loss_scale, lr, clip, tokens_per_s), per-rank step
-        times, and whether the step overflowed / the loss scale sat at its floor. Steps must not go back."""
+        times, whether the step overflowed (or how many overflows a sparse log counted at this point)
+        and whether the loss scale sat at its floor. Steps must not go back."""
         if self.last_step is not None and step < self.last_step:
             raise ValueError(f"step {step} after {self.last_step}: feed each branch in step order")
+        if self.last_step is not None and step > self.last_step:
+            gap = step - self.last_step
+            if gap != self.interval or len(set(self.gaps)) > 1:  # a steady log skips the median
+                self.gaps.append(gap)
+                interval = sorted(self.gaps)[len(self.gaps) // 2]
+                if interval != self.interval:
+                    self.interval = interval
+                    for det in self._dets():
+                        det.interval = interval
+            else:
+                self.gaps.append(gap)
         self.last_step = step
         cfg, values = self.config, values or {}
         ctx = self.ctx
+        collapse = self._scale_fall(step, _f(values.get("loss_scale")))  # falling now, by this much
+        if collapse is not None:
+            self.last_fall = step
+        # a loss rise with (or just after) the fall is corroborated by it
+        boost = self.last_fall is not None and step - self.last_fall <= max(cfg.corroborate_steps, self.interval)
         loss_ok = True
         for name, det in (("loss", self.loss), ("grad_norm", self.grad)):
             v = _f(values.get(name))
             if v is None:
                 continue
             # a non-finite grad norm on an overflow step is the loss scaler doing its job
-            expected = overflow and name == "grad_norm"
+            expected = bool(overflow) and name == "grad_norm"
             self.nonfinite[name].update(step, not math.isfinite(v) and not expected, v, ctx)
-            ok = det.update(step, v, ctx)
+            ok = det.update(step, v, ctx, boost=boost and name == "loss")
             loss_ok = ok if name == "loss" else loss_ok
         for a, b in ((self.loss, self.grad), (self.grad, self.loss)):
             if a.cand is not None and b.anomalous():
@@ -395,23 +474,28 @@ class OnlineDetector:
         floor = cfg.loss_scale_floor
         at_floor = at_floor or (floor is not None and scale is not None and scale <= floor)
         if overflow:
-            if not self.overflow_run or step - self.overflow_run[-1] > 1:
+            if not self.overflow_run or step - self.overflow_run[-1][0] > self.interval:
                 self.overflow_run = []
-            self.overflow_run.append(step)
+            # a sparse log counts the overflows between its points: they all end at this step
+            self.overflow_run.append((step, int(overflow)))
         else:
             self.overflow_run = []
-        streak = len(self.overflow_run) >= cfg.overflow_streak
+        streak = sum(n for _, n in self.overflow_run) >= cfg.overflow_streak
         new_streak = streak and self.scale.open is None
         if new_streak:
-            for s in self.overflow_run[:-1]:  # the streak started at its first overflow
+            for s, _ in self.overflow_run[:-1]:  # the streak started at its first overflow
                 self.scale.update(s, True, math.nan, ctx)
-        self.scale.update(step, streak or at_floor, -(scale if scale is not None else math.nan), ctx)
+        on = streak or at_floor or collapse is not None
+        self.scale.update(step, on, -(scale if scale is not None else math.nan), ctx)
         if new_streak:
             self.scale.open["detected"] = step
         if self.scale.open is not None:
-            self.scale.open.setdefault("reasons", set()).update(
-                {"overflow_streak"} if streak else set(), {"at_floor"} if at_floor else set()
-            )
+            reasons = {"overflow_streak"} if streak else set()
+            reasons |= {"at_floor"} if at_floor else set()
+            reasons |= {"scale_drop"} if collapse is not None else set()
+            self.scale.open.setdefault("reasons", set()).update(reasons)
+            if collapse is not None:
+                self.scale.open["fall"] = max(self.scale.open.get("fall", 0.0), round(collapse, 4))
         # stragglers: a rank much slower than the lower median of all ranks
         if step_times is not None:
             times = dict(step_times) if isinstance(step_times, Mapping) else dict(enumerate(step_times))
@@ -423,11 +507,29 @@ class OnlineDetector:
                     if st is None:
                         st = self.stragglers[r] = _Streak("straggler", "step_time_s", cfg.straggler_min_steps, cfg, {})
                         st.detail = {"rank": r}
+                    st.interval = self.interval
                     st.update(step, t >= cfg.straggler_ratio * ref, t, ctx, baseline=ref)
         for k in CONTEXT_KEYS:
             v = _f(values.get(k))
             if v is not None and math.isfinite(v):
                 ctx[k] = v
+
+    def _scale_fall(self, step: int, scale: float | None) -> float | None:
+        """At a point where the loss scale went down: its fall (highest in the window / now) when that
+        is a collapse, else None. Only scales from loss_scale_grace_steps on count: before, the scaler
+        is still finding its level. A scale that stays low after the fall is no longer collapsing."""
+        cfg, win = self.config, self.scales
+        span = max(cfg.loss_scale_window, 2 * self.interval)
+        while win and step - win[0][0] > span:
+            win.popleft()
+        if scale is None or not math.isfinite(scale) or scale <= 0 or step < cfg.loss_scale_grace_steps:
+            return None
+        prev, self.last_scale = self.last_scale, scale
+        while win and win[-1][1] <= scale:  # a monotone deque: the front holds the window's maximum
+            win.pop()
+        win.append((step, scale))
+        fall = win[0][1] / scale
+        return fall if fall >= cfg.loss_scale_drop and prev is not None and scale < prev else None
 
     def _dets(self):
         return [self.loss, self.grad, self.tput, *self.nonfinite.values(), self.scale, self.trend.streak]
@@ -513,8 +615,9 @@ def detect(
 ) -> list[Incident]:
     """Batch detection over a table with a `step` column (a DataFrame or a dict of equal-length arrays).
 
-    Optional columns: loss, grad_norm, loss_scale, lr, clip, tokens_per_s, overflow, at_floor and
-    step_time_s/<rank>. Runs `OnlineDetector` row by row, so it gives exactly the online incidents."""
+    Optional columns: loss, grad_norm, loss_scale, lr, clip, tokens_per_s, overflow (a flag or a count),
+    at_floor, events_only (a row that carries only overflow / at_floor) and step_time_s/<rank>.
+    Runs `OnlineDetector` row by row, so it gives exactly the online incidents."""
     det = OnlineDetector(config, segment_id=segment_id, superseded=superseded)
     feed(det, frame)
     return det.incidents()
@@ -524,21 +627,33 @@ def feed(det: OnlineDetector, frame) -> None:
     cols = {k: list(frame[k]) for k in (frame.columns if hasattr(frame, "columns") else frame.keys())}
     steps = cols.pop("step")
     overflow, at_floor = cols.pop("overflow", None), cols.pop("at_floor", None)
+    events_only = cols.pop("events_only", None)  # a row for events at a step with no metric: no values
     ranks = {int(k[len(STEP_TIME_PREFIX) :]): v for k, v in cols.items() if k.startswith(STEP_TIME_PREFIX)}
     order = sorted(range(len(steps)), key=lambda i: steps[i])
     for i in order:
-        values = {k: v[i] for k, v in cols.items() if not k.startswith(STEP_TIME_PREFIX)}
+        bare = events_only is not None and _truthy(events_only[i])
+        values = {} if bare else {k: v[i] for k, v in cols.items() if not k.startswith(STEP_TIME_PREFIX)}
         det.update(
             int(steps[i]),
             values,
-            step_times={r: v[i] for r, v in ranks.items()} if ranks else None,
-            overflow=overflow is not None and _truthy(overflow[i]),
+            step_times={r: v[i] for r, v in ranks.items()} if ranks and not bare else None,
+            overflow=_count(overflow[i]) if overflow is not None else 0,
             at_floor=at_floor is not None and _truthy(at_floor[i]),
         )
 
 
 def _truthy(v) -> bool:
     return v is not None and v == v and bool(v)
+
+
+def _count(v) -> int:
+    """An overflow flag (bool) or count (a sparse log's overflows since its last point) as a count."""
+    if not _truthy(v):
+        return 0
+    try:
+        return max(int(v), 1) if math.isfinite(float(v)) else 1
+    except (TypeError, ValueError):
+        return 1
 
 
 def hardware_from(telemetry, config: DivergenceConfig | None = None) -> list[Incident]:

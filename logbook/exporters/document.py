@@ -178,7 +178,9 @@ def summary(book: Logbook) -> Pieces:
     out.append(f" ({num(h['effective_steps'])} steps on the effective history")
     out.append(f", last loss {num(h['last_loss'])}). " if h["last_loss"] is not None else "). ")
     out.append(f"It ran as {_plural(h['segments'], 'segment')} ({_plural(h['restarts'], 'restart')})")
-    out.append(f" over {duration(h['elapsed_s'])} of wall time. " if h["elapsed_s"] is not None else ". ")
+    clock = (book.energy or {}).get("wall_time")
+    guess = f" ({clock})" if clock else ""
+    out.append(f" over {duration(h['elapsed_s'])} of wall time{guess}. " if h["elapsed_s"] is not None else ". ")
     out.append(
         f"{_plural(len(on_path), 'incident')} on the effective history, {len(book.incidents) - len(on_path)} on "
         f"abandoned branches; {_plural(len(book.interventions), 'intervention')} ({applied} applied); "
@@ -187,6 +189,7 @@ def summary(book: Logbook) -> Pieces:
     e = book.energy
     if e and e.get("energy_j"):
         label = "estimated" if e["estimated"] else "metered"
+        label += f"; wall times {e['wall_time']}" if e.get("wall_time") else ""
         out += [f" Energy: {energy(e['energy_j'])} ({label}; basis: ", U(e["basis"]), ")"]
         out.append(f", about {mass(book.co2eq_kg)} CO2eq." if book.co2eq_kg is not None else ".")
     if book.wasted:
@@ -396,6 +399,7 @@ def energy_section(book: Logbook) -> list:
     if not e or e.get("energy_j") is None or nothing:
         return out + [Para(["No energy data: the run recorded no telemetry and no segment timing to estimate from."])]
     label = "estimated" if e["estimated"] else "metered"
+    label += f"; wall times {e['wall_time']}" if e.get("wall_time") else ""
     rows = [
         ["energy (best figure per segment)", f"{energy(e['energy_j'])} ({label}; basis: {e['basis']})"],
         ["metered (NVML / RAPL)", energy(e["metered_j"])],

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from logbook.importers import fairseq, megatron, reading, table
+from logbook.importers import chronicle, fairseq, megatron, mllog, reading, table, wallclock
 from logbook.importers.items import Context, ImportReport
 from logbook.importers.writer import ImportConflict, RunWriter
 
-FORMATS = ("metaseq", "fairseq", "megatron", "tensorboard", "csv", "timeline")
+FORMATS = ("metaseq", "fairseq", "megatron", "mllog", "tensorboard", "csv", "timeline", "chronicle")
 SNIFF_LINES = 400
 
 __all__ = ["FORMATS", "ImportConflict", "ImportReport", "import_logs", "sniff"]
@@ -57,6 +57,12 @@ def import_logs(
 
         timeline.import_timeline(paths, run_dir, name=name, report=report, clock=clock, world_size=world_size)
         return report
+    if fmt == "chronicle":
+        for p in paths:
+            if p.is_dir():
+                raise ValueError(f"{str(p)!r} is a directory: give the Markdown files themselves")
+        chronicle.import_chronicle(paths, run_dir, report=report, clock=clock, progress=progress)
+        return report
     if fmt == "tensorboard":
         from logbook.importers import tensorboard
 
@@ -77,7 +83,7 @@ def import_logs(
     if fmt == "csv":
         parse = table.parse_path
     else:
-        parser = megatron.parse if fmt == "megatron" else fairseq.parse
+        parser = {"megatron": megatron.parse, "mllog": mllog.parse}.get(fmt, fairseq.parse)
 
         def parse(path, ctx):
             def bad(line_no, message):
@@ -97,10 +103,11 @@ def import_logs(
         config=run_config,
         world_size=world_size,
     )
+    estimated = wallclock.Clock()  # wall times from iteration times, for logs without a clock
     try:
         for p in paths:
             ctx = Context(p.name, report, clock, run_config)
-            writer.add_source(p, parse(p, ctx))
+            writer.add_source(p, wallclock.estimate(parse(p, ctx), estimated, ctx))
         writer.finish()
     except BaseException:
         writer.abort()  # never a half-written run (see writer's module docstring)
@@ -123,8 +130,16 @@ def sniff(path) -> tuple[str, str]:
         if len(sample) >= SNIFF_LINES:
             break
     first = sample[0] if sample else ""
+    ml = mllog.looks_like(sample)
+    if ml:
+        return "mllog", f"{ml} :::MLLOG lines in the first {len(sample)}"
     suffixes = [s.lower() for s in path.suffixes]
     suffixes = suffixes[:-1] if suffixes[-1:] == [".gz"] else suffixes
+    if suffixes[-1:] in ([".md"], [".markdown"]):
+        dated = chronicle.looks_like(sample)
+        if dated:
+            return "chronicle", f"a Markdown file with {dated} dated entries in its first {len(sample)} lines"
+        raise ValueError(f"{str(path)!r} is Markdown without dated entries (headings or lines starting with a date)")
     sep = table.sniff_delimiter(first)
     tabular = first.count(sep) >= 2 and "|" not in first and "{" not in first
     if suffixes[-1:] in ([".csv"], [".tsv"]) or tabular:

@@ -14,13 +14,13 @@ import re
 
 # midflight name -> aliases, best claim first; matched after `key()` (lower case, spaces and hyphens as _)
 ALIASES: dict[str, tuple[str, ...]] = {
-    "loss": ("loss", "train/loss", "train_loss", "lm_loss", "train/lm_loss"),
+    "loss": ("loss", "train/loss", "train_loss", "lm_loss", "train/lm_loss", "reduced_train_loss"),
     "grad_norm": ("grad_norm", "train/grad_norm", "gnorm", "train/gnorm"),
-    "lr": ("lr", "train/learning_rate", "learning_rate", "train/lr"),
+    "lr": ("lr", "train/learning_rate", "learning_rate", "train/lr", "current_lr"),
     "loss_scale": ("loss_scale", "train/loss_scale"),
     "tokens_per_s": ("tokens_per_s", "tokens_per_second", "train/tokens_per_second", "throughput"),
     "param_norm": ("param_norm", "params_norm"),
-    "step_time_s": ("step_time_s", "iteration_time"),
+    "step_time_s": ("step_time_s", "iteration_time", "train_step_timing"),
 }
 _RANK = {alias: (canon, i) for canon, aliases in ALIASES.items() for i, alias in enumerate(aliases)}
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")

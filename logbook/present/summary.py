@@ -8,16 +8,33 @@ def _g(v) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
+def _resumed(seg: dict, parent: dict | None) -> str:
+    """How a segment follows its parent, saying only what is known: an imported log often gives no
+    checkpoint step, only that the steps went back (a rollback) or went on."""
+    if not seg["parent"]:
+        return ""
+    if seg["resume_step"] is not None:
+        return f" resumed from {seg['resume_step']} of {seg['parent']}"
+    start = seg["start_step"]
+    if start is None:
+        return f" after {seg['parent']}"
+    parent_end = parent["end_step"] if parent else None
+    if parent_end is not None and start <= parent_end:
+        return f" resumed at step {start} (rollback from {parent_end}) after {seg['parent']}"
+    return f" resumed at step {start} after {seg['parent']}"
+
+
 def format_text(s: dict) -> str:
     lines = [
         f"run {s['run']}: {s['status']}, last step {s['last_step']}, "
         f"{s['effective_steps']} effective steps, last loss {s['last_loss']}"
     ]
     lines.append(f"segments ({len(s['segments'])}):")
+    by_id = {seg["id"]: seg for seg in s["segments"]}
     for seg in s["segments"]:
         mark = "*" if seg["effective"] else " "
         span = f"steps {seg['start_step']}..{seg['end_step']}"
-        resumed = f" resumed from {seg['resume_step']} of {seg['parent']}" if seg["parent"] else ""
+        resumed = _resumed(seg, by_id.get(seg["parent"]))
         why = f" ({seg['reason']})" if seg["reason"] else ""
         ended = seg["end_reason"]
         if seg["error"]:
@@ -28,6 +45,9 @@ def format_text(s: dict) -> str:
         for key, (old, new) in seg["config_diff"].items():
             lines.append(f"      {key}: {old} -> {new}")
     lines.append("   (* = on the effective path)")
+    clock = s.get("wall_time") or {}
+    if clock.get("estimated"):
+        lines.append(f"wall times: {clock['method']}: durations, wasted hours and energy below are estimates")
     lines.append(f"metrics: {', '.join(s['metrics']) or '-'}")
     lines.append(f"events: {', '.join(f'{k}={n}' for k, n in s['events'].items()) or '-'}")
     lines.append(f"annotations: {s['annotations']}, interventions: {len(s['interventions'])}")
@@ -49,6 +69,8 @@ def format_text(s: dict) -> str:
     e = s["energy"]
     if e and e["energy_j"] is not None:
         label = "estimated" if e["estimated"] else "metered"
+        if e.get("wall_time"):
+            label += f"; wall times {e['wall_time']}"
         co2 = s["co2"]
         kg = f"{s['co2eq_kg']:.3g} kg CO2eq" if s["co2eq_kg"] is not None else "CO2eq unknown"
         lines.append(
@@ -65,9 +87,10 @@ def format_text(s: dict) -> str:
         )
     for b in s["wasted"]:
         energy_txt = f", {_g(b['energy_j'])} J" if b["energy_j"] is not None else ""
+        guess = ", estimated from iteration times" if b["segment_id"] in clock.get("segments", ()) else ""
         lines.append(
             f"wasted: {b['segment_id']} steps {b['first_step']}..{b['last_step']} ({b['steps']} steps, "
-            f"{_g(b['wall_s'])} s, {_g(b['device_hours'])} {b['device_kind']}-hours{energy_txt}), "
+            f"{_g(b['wall_s'])} s, {_g(b['device_hours'])} {b['device_kind']}-hours{energy_txt}{guess}), "
             f"discarded by {b['discarded_by']}"
         )
     for p in s["ingest_problems"]:

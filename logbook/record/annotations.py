@@ -13,16 +13,21 @@ import uuid
 from pathlib import Path
 
 from logbook.record import layout, records
+from logbook.values import STEP_LIMIT
 
 KINDS = ("note", "hardware", "data", "optimizer", "lr", "clip", "code")
 MAX_TEXT = 100_000  # characters; a logbook entry, not a file upload
 
 
+def _is_step(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < STEP_LIMIT
+
+
 def _check(step, step_end, kind, text) -> None:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative integer, not {step!r}")
-    if step_end is not None and (isinstance(step_end, bool) or not isinstance(step_end, int) or step_end < step):
-        raise ValueError(f"step_end must be an integer >= step ({step}), not {step_end!r}")
+    if not _is_step(step):
+        raise ValueError(f"step must be an integer in [0, 2**63), not {str(step)[:40]}")
+    if step_end is not None and (not _is_step(step_end) or step_end < step):
+        raise ValueError(f"step_end must be an integer in [step ({step}), 2**63), not {str(step_end)[:40]}")
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of: {', '.join(KINDS)}")
     if not isinstance(text, str) or not text.strip():
@@ -73,13 +78,14 @@ def annotate(
 def current(run_dir) -> dict[str, dict]:
     """The live annotations, by id, read straight from the run's annotation log."""
     state: dict[str, dict] = {}
-    for rec in records.iter_records(Path(run_dir) / layout.ANNOTATIONS):
-        if rec["k"] != "annotation" or "id" not in rec:
+    for line_no, rec in records.numbered_records(Path(run_dir) / layout.ANNOTATIONS):
+        if rec.get("k") != "annotation":
             continue
+        ann_id = records.record_id(rec, line_no)  # a hand-written id may be any JSON
         if rec.get("op") == "delete":
-            state.pop(rec["id"], None)
+            state.pop(ann_id, None)
         else:
-            state[rec["id"]] = rec
+            state[ann_id] = {**rec, "id": ann_id}
     return state
 
 

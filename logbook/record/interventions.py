@@ -22,6 +22,7 @@ from pathlib import Path
 
 from logbook.record import layout, records
 from logbook.record.annotations import author_name
+from logbook.values import STEP_LIMIT
 
 
 def _is_number(v) -> bool:
@@ -32,12 +33,28 @@ def _is_whole(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _in(lo, hi, *, lo_open=True):
+    """A finite number in (lo, hi] (or [lo, hi] when lo_open is False), with the words for it.
+
+    Every knob has an upper bound as well as a lower one: a request reaches a live run, and a value no
+    run would want (an LR scaled by 1e308) is refused here, before it can overflow anything there."""
+    words = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    return words, lambda v: _is_number(v) and (v > lo if lo_open else v >= lo) and v <= hi
+
+
+def _is_step(v) -> bool:
+    return _is_whole(v) and 0 <= v < STEP_LIMIT
+
+
 # the checks, each with the words an error message uses for it
-_POSITIVE = ("a number > 0", lambda v: _is_number(v) and v > 0)
-_COUNT = ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1)
-_STEP = ("a step number >= 0", lambda v: _is_whole(v) and v >= 0)
+_LR_FACTOR = _in(0, 100)  # x100 already turns a sane LR into a divergence; beyond it is a typo
+_LR = _in(0, 10)  # peak LRs of real runs are 1e-5 .. 1e-2
+_CLIP = _in(0, 1e6)
+_SCALE_FLOOR = _in(0, 2.0**24)  # fp16 loss scales live in 2**-14 .. 2**24
+_COUNT = ("a whole number in [1, 1e9]", lambda v: _is_whole(v) and 1 <= v <= 10**9)
+_STEP = ("a step number in [0, 2**63)", _is_step)
 _FRACTION = ("a number in (0, 1)", lambda v: _is_number(v) and 0 < v < 1)
-_NON_NEGATIVE = ("a number >= 0", lambda v: _is_number(v) and v >= 0)
+_WEIGHT_DECAY = _in(0, 10, lo_open=False)
 _CHANGES = ("a dict of changes", lambda v: isinstance(v, dict))
 
 
@@ -87,7 +104,7 @@ REWIND = "rewind"  # the action that restarts from a checkpoint, carrying any re
 VOCABULARY: dict[str, Knob] = {
     "lr_multiplier": Knob(
         "Scale the LR",
-        (Param("factor", float, _POSITIVE, "LR x", 0.5, 0.0, "%.4g"),),
+        (Param("factor", float, _LR_FACTOR, "LR x", 0.5, 0.0, "%.4g"),),
         "optim.lr_multiplier",
         "--lr-scale",
         "X",
@@ -96,7 +113,7 @@ VOCABULARY: dict[str, Knob] = {
     ),
     "lr_peak": Knob(
         "Set a new peak LR",
-        (Param("lr", float, _POSITIVE, "peak LR", 3e-4, 0.0, "%.3e"),),
+        (Param("lr", float, _LR, "peak LR", 3e-4, 0.0, "%.3e"),),
         "optim.lr",
         "--lr",
         "X",
@@ -105,7 +122,7 @@ VOCABULARY: dict[str, Knob] = {
     ),
     "clip": Knob(
         "Set the gradient-clip threshold",
-        (Param("max_norm", float, _POSITIVE, "max grad norm", 0.3, 0.0),),
+        (Param("max_norm", float, _CLIP, "max grad norm", 0.3, 0.0),),
         "optim.clip",
         "--clip",
         "X",
@@ -123,7 +140,7 @@ VOCABULARY: dict[str, Knob] = {
     ),
     "loss_scale_floor": Knob(
         "Set the fp16 loss-scale floor",
-        (Param("floor", float, _POSITIVE, "loss-scale floor", 0.25, 0.0),),
+        (Param("floor", float, _SCALE_FLOOR, "loss-scale floor", 0.25, 0.0),),
         "precision.scale_floor",
         "--loss-scale-floor",
         "X",
@@ -142,7 +159,7 @@ VOCABULARY: dict[str, Knob] = {
     ),
     "weight_decay": Knob(
         "Set the weight decay",
-        (Param("weight_decay", float, _NON_NEGATIVE, "weight decay", 0.1, 0.0, "%.4g"),),
+        (Param("weight_decay", float, _WEIGHT_DECAY, "weight decay", 0.1, 0.0, "%.4g"),),
         "optim.weight_decay",
         "--weight-decay",
         "X",
@@ -179,10 +196,12 @@ def config_key(name: str) -> str | None:
 
 def validate(action: str, params: dict | None) -> dict:
     """The request's params, checked; raises ValueError with a message a person can act on."""
+    if params is not None and not isinstance(params, dict):
+        raise ValueError(f"params must be a JSON object, not {type(params).__name__}")
     params = dict(params or {})
     known = actions()
-    if action not in known:
-        raise ValueError(f"unknown intervention {action!r}; one of: {', '.join(known)}")
+    if not isinstance(action, str) or action not in known:
+        raise ValueError(f"unknown intervention {str(action)[:80]!r}; one of: {', '.join(known)}")
     spec = {p.name: p for p in known[action].params}
     extra = set(params) - set(spec)
     if extra:
@@ -193,15 +212,15 @@ def validate(action: str, params: dict | None) -> dict:
                 continue
             raise ValueError(f"{action} needs {name} ({p.what})")
         if not p.ok(params[name]):
-            raise ValueError(f"{action}: {name} must be {p.what}, not {params[name]!r}")
+            raise ValueError(f"{action}: {name} must be {p.what}, not {params[name]!r:.80}")
     if action == REWIND:
         changes = rewind_changes()
         for name, value in (params.get("changes") or {}).items():
             if name not in changes:
-                raise ValueError(f"rewind cannot change {name!r}; it can change {', '.join(changes)}")
+                raise ValueError(f"rewind cannot change {name[:80]!r}; it can change {', '.join(changes)}")
             p = changes[name].params[0]
             if not p.ok(value):
-                raise ValueError(f"rewind: {name} must be {p.what}, not {value!r}")
+                raise ValueError(f"rewind: {name} must be {p.what}, not {value!r:.80}")
     return params
 
 
@@ -253,16 +272,39 @@ def resolve(run_dir, req_id: str, *, applied: bool, step: int | None = None, det
 
 
 def pending(run_dir) -> list[dict]:
-    """Requests with no outcome yet, oldest first (read from the file; for the trainer's poll)."""
+    """Requests with no outcome yet, oldest first (read from the file; for the trainer's poll).
+
+    The file is a control channel anyone with write access can append to, so nothing in a line is
+    trusted: each request comes back with only the fields the trainer reads (`id`, `action`,
+    `params`, `note`, `author`) and `problem`, the reason to reject it unread (None when it may be
+    checked). A line with an id that is not short text goes by `line-N` (records.record_id), so it
+    is answered, and shown as rejected, like any other. This function never raises on content.
+    """
     open_reqs: dict[str, dict] = {}
-    for rec in records.iter_records(Path(run_dir) / layout.INTERVENTIONS):
-        if rec["k"] != "intervention" or "id" not in rec:
+    for line_no, rec in records.numbered_records(Path(run_dir) / layout.INTERVENTIONS):
+        if rec.get("k") != "intervention":
             continue
-        if rec.get("op") == "request":
-            open_reqs[rec["id"]] = rec
-        elif rec.get("op") in ("applied", "rejected"):
-            open_reqs.pop(rec["id"], None)
+        req_id, op = records.record_id(rec, line_no), rec.get("op")
+        if op == "request":
+            open_reqs[req_id] = _request_from(rec, req_id)
+        elif op in ("applied", "rejected"):
+            open_reqs.pop(req_id, None)
     return list(open_reqs.values())
+
+
+def _request_from(rec: dict, req_id: str) -> dict:
+    problem = None
+    if req_id != rec.get("id"):
+        problem = f"the request's id must be text of 1 to {records.MAX_ID} printable characters"
+    note, author = rec.get("note"), rec.get("author")
+    return {
+        "id": req_id,
+        "action": rec.get("action"),
+        "params": rec.get("params"),
+        "note": note[:2000] if isinstance(note, str) else None,
+        "author": author[:200] if isinstance(author, str) else "unknown",
+        "problem": problem,
+    }
 
 
 class Channel:

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from logbook.record import dist, layout, records, segments
+from logbook.values import STEP_LIMIT
 
 END_REASONS = ("completed", "crashed", "stopped", "rewound")
 
@@ -171,7 +172,7 @@ class Run:
         if step is None:
             step = self._next_step
         else:
-            if type(step) is not int:
+            if type(step) is not int or not 0 <= step < STEP_LIMIT:
                 step = _as_step("run.log()", step)
             if step < self._last_step:
                 raise ValueError(
@@ -199,7 +200,7 @@ class Run:
             raise TypeError(f"run.event(): kind must be text, not {type(kind).__name__} ({kind!r:.80})")
         if not kind:
             raise ValueError("run.event(): kind must not be empty")
-        if step is not None and type(step) is not int:
+        if step is not None and (type(step) is not int or not 0 <= step < STEP_LIMIT):
             step = _as_step(f"run.event({kind!r})", step)
         if kind == "restart":  # also when refused below: the caller goes on to log the replayed steps
             self._last_step = -_INF if step is None else step
@@ -223,7 +224,7 @@ class Run:
         values = dict(values) if type(values) is dict else _as_dict("run.telemetry()", values)
         _check_names("run.telemetry()", values)
         _check_values("run.telemetry()", values)
-        if step is not None and type(step) is not int:
+        if step is not None and (type(step) is not int or not 0 <= step < STEP_LIMIT):
             step = _as_step("run.telemetry()", step)
         if self._finished or len(self._q) >= self.max_queue:
             self._refuse()
@@ -537,12 +538,17 @@ def _as_dict(where: str, metrics) -> dict:
 
 
 def _as_step(where: str, step) -> int:
-    """An integer step other than an int (a numpy integer) as an int; TypeError for anything else.
+    """A step that is not a plain int in range, checked: an int in [0, 2**63) (logbook.values' rule).
 
-    A bool is refused (a flag passed by mistake), and so is a tensor: reading it would sync the GPU.
+    TypeError for anything but an integer: a bool is refused (a flag passed by mistake), and so is a
+    tensor, since reading it would sync the GPU. ValueError for an integer outside [0, 2**63), which
+    no store column or reader could hold.
     """
     if isinstance(step, numbers.Integral) and not isinstance(step, bool) and _module(step) != "torch":
-        return int(step)
+        step = int(step)
+        if 0 <= step < STEP_LIMIT:
+            return step
+        raise ValueError(f"{where}: step must be in [0, 2**63), not {str(step)[:40]}")
     raise TypeError(f"{where}: step must be an integer, not {type(step).__name__} ({step!r:.80})")
 
 

@@ -38,6 +38,12 @@ EVENT = "event"  # {"kind": str, "step": int|None, "t": float, "fields": {...}}
 TELEMETRY = "telemetry"  # {"device": str, "names": [...], "rows": [[wall_time, step|null, v1, ...]]}
 CLOSE = "close"  # last record of a rank file: why it ended
 
+# A segment config key an importer sets when the log had no clock and its wall times were made
+# up from per-iteration times: the summary, dashboard and exports label every wall time, wasted
+# hour and energy figure of such a run as estimated (importers/wallclock.py).
+WALL_TIME_SOURCE = "wall_time_source"
+WALL_TIME_ESTIMATED = "estimated from iteration times"
+
 
 def encode(record: dict) -> bytes:
     """One record as one newline-terminated line. Never raises on odd field values."""
@@ -71,7 +77,7 @@ def decode(line: bytes) -> dict:
     except orjson.JSONDecodeError:
         try:
             rec = json.loads(line)  # NaN/Infinity tokens (events, format 1); raises ValueError if garbage
-        except RecursionError:  # nested deeper than the parser goes: garbage too, not a crash
+        except RecursionError:
             raise ValueError("JSON nested too deeply") from None
     if not isinstance(rec, dict) or not isinstance(rec.get("k"), str):
         raise ValueError("not a midflight record (expected a JSON object with a 'k' field)")
@@ -80,15 +86,37 @@ def decode(line: bytes) -> dict:
 
 def iter_records(path: Path):
     """Every readable record of a small file, skipping torn or foreign lines (ingest counts those)."""
+    for _, rec in numbered_records(path):
+        yield rec
+
+
+def numbered_records(path: Path):
+    """(line number from 1, record) for every readable record of a small file: the numbering ingest uses."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return
-    for line in data.split(b"\n"):
+    for line_no, line in enumerate(data.split(b"\n"), 1):
         try:
-            yield decode(line)
+            yield line_no, decode(line)
         except ValueError:
             continue
+
+
+MAX_ID = 64  # characters of an annotation or intervention id (ours are 12 hex digits)
+
+
+def record_id(rec: dict, line_no: int) -> str:
+    """The id an annotation or intervention record goes by: its own if that is short non-empty text.
+
+    A hand-written line may carry any JSON as its id (a list, a number, a megabyte of text). Such a
+    record goes by `line-N` (its line number in the file) instead, so the trainer can answer it, the
+    store can show it and every reader agrees on the name, without the odd id ever being used as one.
+    """
+    rid = rec.get("id")
+    if isinstance(rid, str) and 0 < len(rid) <= MAX_ID and rid.isprintable():
+        return rid
+    return f"line-{line_no}"
 
 
 def read_complete(path: Path, offset: int, max_bytes: int) -> tuple[bytes, int]:

@@ -8,6 +8,8 @@ thread and detect in a worker process (the detector is a Python loop that would 
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from logbook.analysis.divergence import STEP_TIME_PREFIX, DivergenceConfig, Incident, incidents_from
@@ -19,8 +21,9 @@ SERIES = ("loss", "grad_norm", "loss_scale", "lr", "clip", "tokens_per_s")
 
 def run_frame(store: Store, run: str, which: str = "effective"):
     """The detector's input table for a run, read through logbook.queries: one row per step with the
-    metrics of rank 0, step_time_s/<rank> for every rank, overflow / at_floor flags from events, and
-    segment_id. which: "effective" or "superseded" (rows of every superseded branch together)."""
+    metrics of rank 0, step_time_s/<rank> for every rank, overflow counts (overflow events, and the
+    count of an imported skipped_iterations event) and at_floor flags from events, and segment_id.
+    which: "effective" or "superseded" (rows of every superseded branch together)."""
     names = set(queries.metric_names(store, run))
     frame = None
 
@@ -39,11 +42,41 @@ def run_frame(store: Store, run: str, which: str = "effective"):
             join(queries.series(store, run, "step_time_s", rank=r, which=which), f"{STEP_TIME_PREFIX}{r}")
     if frame is None:
         return pd.DataFrame(columns=["segment_id", "step"])
-    ev = queries.events(store, run, kinds=["overflow", "loss_scale_at_floor"])
-    for kind, col in (("overflow", "overflow"), ("loss_scale_at_floor", "at_floor")):
-        hits = set(zip(ev.loc[ev.kind == kind, "segment_id"], ev.loc[ev.kind == kind, "step"]))
-        frame[col] = [(s, st) in hits for s, st in zip(frame["segment_id"], frame["step"])]
+    ev = queries.events(store, run, kinds=["overflow", "skipped_iterations", "loss_scale_at_floor"])
+    ev = ev[ev["step"].notna() & (ev["rank"].fillna(0) == 0)]
+    # a sparse log's overflows can sit at a step with no metric (fairseq's cascade after an epoch
+    # summary): from their segment's first step here up to the next segment's, they get a row of their own
+    first = frame.groupby("segment_id")["step"].min().sort_values()
+    upto = pd.Series([*first.iloc[1:], float("inf")][: len(first)], index=first.index, dtype="float64")
+    inside = ev["step"].between(ev["segment_id"].map(first), ev["segment_id"].map(upto), inclusive="left")
+    extra = ev[inside & (ev.kind != "loss_scale_at_floor")]
+    extra = extra[["segment_id", "step"]].drop_duplicates()
+    if len(extra):
+        extra = extra.merge(frame[["segment_id", "step"]], how="left", indicator=True)
+        extra = extra.loc[extra["_merge"] == "left_only", ["segment_id", "step"]].astype({"step": "int64"})
+        frame = pd.concat([frame.assign(events_only=False), extra.assign(events_only=True)], ignore_index=True)
+    # overflows per point: one per overflow event, or a Megatron line's count of skipped iterations
+    counts: dict = {}
+    for seg, st, kind, fields in zip(ev["segment_id"], ev["step"], ev["kind"], ev["fields"]):
+        if kind != "loss_scale_at_floor":
+            n = _skipped(fields) if kind == "skipped_iterations" else 1
+            counts[(seg, int(st))] = counts.get((seg, int(st)), 0) + n
+    keys = list(zip(frame["segment_id"], frame["step"]))
+    frame["overflow"] = [counts.get((s, int(st)), 0) for s, st in keys]
+    floor = set(
+        zip(ev.loc[ev.kind == "loss_scale_at_floor", "segment_id"], ev.loc[ev.kind == "loss_scale_at_floor", "step"])
+    )
+    frame["at_floor"] = [(s, st) in floor for s, st in keys]
     return frame.sort_values(["step", "segment_id"], ignore_index=True)
+
+
+def _skipped(fields) -> int:
+    """The count of a skipped_iterations event (an importer's; under fp16 a skip is an overflow)."""
+    try:
+        n = json.loads(fields).get("count", 1) if isinstance(fields, str) else 1
+        return int(n) if isinstance(n, (int, float)) and 0 < n < 2**31 else 1
+    except (ValueError, AttributeError):
+        return 1
 
 
 def telemetry_frame(store: Store, run: str):

@@ -7,12 +7,13 @@ import json
 from logbook.analysis import energy
 from logbook.analysis.energy import DEFAULT_TDP_W, J_PER_KWH
 from logbook.analysis.progress import planned_steps
+from logbook.record import records
 from logbook.report import energy as energy_report
 from logbook.report import incidents
 from logbook.report.wasted import wasted
 from logbook.store import queries
 from logbook.store.database import Store
-from logbook.values import finite, number, text
+from logbook.values import finite, json_ready, number, text
 
 
 def _interventions(store: Store, run: str) -> list[dict]:
@@ -30,6 +31,24 @@ def _interventions(store: Store, run: str) -> list[dict]:
         }
         for r in queries.interventions(store, run).itertuples()
     ]
+
+
+def wall_time(store: Store, run: str) -> dict:
+    """Where the run's wall times come from: {"estimated", "method", "segments" (ids with made-up times)}.
+
+    An importer that found no clock in a log estimates wall times from iteration times and says so in
+    the segment's config (records.WALL_TIME_SOURCE); every duration, wasted hour and energy figure of
+    such a segment is then an estimate too."""
+    ids = []
+    for r in queries.segments(store, run).itertuples():
+        try:
+            config = json.loads(r.config) if isinstance(r.config, str) else {}
+        except ValueError:
+            config = {}
+        if isinstance(config, dict) and config.get(records.WALL_TIME_SOURCE) == records.WALL_TIME_ESTIMATED:
+            ids.append(r.segment_id)
+    method = f"{records.WALL_TIME_ESTIMATED} (the log has no timestamps)" if ids else "as logged"
+    return {"estimated": bool(ids), "method": method, "segments": ids}
 
 
 def projection(store: Store, run: str, power: dict, effective_steps: int) -> dict | None:
@@ -94,7 +113,7 @@ def summarize(
     last_loss = number(queries.last_value(store, run, "loss"))
     ends = [s["end_step"] for s in segments if s["end_step"] is not None]
     effective_steps = queries.effective_steps(store, run)
-    return {
+    summary = {
         "run": run,
         "status": queries.run_status(store, run),
         "last_step": max(ends) if ends else None,
@@ -111,9 +130,13 @@ def summarize(
         "co2": power["co2"],
         "projection": projection(store, run, power, effective_steps),
         "wasted": power["wasted"],  # computed once, by the energy summary that sums its energy
+        "wall_time": power["wall_time"],
         "references": {k: {"co2eq_t": v["co2eq_t"], "method": v["method"]} for k, v in energy.REFERENCES.items()},
         "ingest_problems": queries.ingest_problems(store, run),
     }
+    summary, nonfinite = json_ready(summary)  # strict JSON, always: see logbook.values.json_ready
+    summary["nonfinite"] = nonfinite
+    return summary
 
 
 def energy_summary(
@@ -149,7 +172,11 @@ def energy_summary(
             for s in tot["segments"]
         ],
     }
+    clock = wall_time(store, run)
+    figures["wall_time"] = clock["method"] if clock["estimated"] else None
+    if clock["estimated"]:
+        figures["method"] = f"{figures['method']}; wall times {clock['method']}"
     co2 = energy.co2_basis(region, intensity_g_per_kwh, pue)
     kg = energy.co2eq_of(tot["energy_j"], co2)
     co2["estimated"] = tot["estimated"]
-    return {"energy": figures, "co2eq_kg": kg, "co2": co2, "wasted": waste}
+    return {"energy": figures, "co2eq_kg": kg, "co2": co2, "wasted": waste, "wall_time": clock}

@@ -22,6 +22,7 @@ import pyarrow as pa
 from logbook.record import layout, records
 from logbook.store import schema
 from logbook.store.database import Store
+from logbook.values import optional_step
 
 CHUNK_BYTES = 32 << 20
 MAX_EXAMPLES = 5
@@ -124,26 +125,31 @@ def _ingest_header(cur, run_id: str, run_dir: Path, path: Path, report: IngestRe
             run_id,
             path.parent.name,
             _str(h.get("parent")),
-            _int(h.get("resume_step")),
+            optional_step(h.get("resume_step")),
             _str(h.get("reason")),
             _float(h.get("start_time")),
-            _int(h.get("world_size")),
+            _int32(h.get("world_size")),
             _str(h.get("host")),
             json.dumps(h.get("config")),
             json.dumps(h.get("config_diff") or {}),
         ]
-    except (ValueError, TypeError, RecursionError) as exc:
-        malformed, examples = 1, [[1, f"unreadable segment header: {exc}", ""]]
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        malformed, examples = 1, [[1, f"unreadable segment header: {str(exc)[:200]}", ""]]
         report.malformed += 1
         report.examples.append((run_id, rel, *examples[0]))
+        row = None
     cur.execute("BEGIN TRANSACTION")
-    if row is not None:
-        cur.execute("INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)", row)
-    cur.execute(
-        "INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
-        [run_id, rel, st.st_size, malformed, st.st_size, st.st_mtime, json.dumps(examples)],
-    )
-    cur.execute("COMMIT")
+    try:
+        if row is not None:
+            cur.execute("INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)", row)
+        cur.execute(
+            "INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+            [run_id, rel, st.st_size, malformed, st.st_size, st.st_mtime, json.dumps(examples)],
+        )
+        cur.execute("COMMIT")
+    except duckdb.Error as exc:  # one header must not stop the rest of the folder from loading
+        cur.execute("ROLLBACK")
+        report.errors.append(f"{run_id}/{rel}: could not store the segment header: {str(exc)[:200]}")
 
 
 def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -> None:
@@ -162,12 +168,25 @@ def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -
         except OSError as exc:
             report.errors.append(f"{run_id}/{rel}: cannot read: {exc}")
             return
-        batch = _Batch(run_id, segment_id, rank, lines, st.st_mtime)
-        for line in data.split(b"\n")[:-1]:
+        chunk = data.split(b"\n")[:-1]
+
+        def new_batch(refused=None, chunk=chunk, lines=lines):
+            return _Batch(run_id, segment_id, rank, lines, st.st_mtime, refused=refused)
+
+        batch = new_batch()
+        for line in chunk:
             batch.add(line)
         cur.execute("BEGIN TRANSACTION")
         try:
-            batch.flush(cur)
+            try:
+                batch.flush(cur)
+            except _REFUSED:  # a value the checks let through, refused by the store
+                cur.execute("ROLLBACK")
+                batch = new_batch(_refused_lines(cur, chunk, new_batch))
+                for line in chunk:
+                    batch.add(line)
+                cur.execute("BEGIN TRANSACTION")
+                batch.flush(cur)
             examples = (examples + batch.examples)[:MAX_EXAMPLES]
             lines += batch.lines
             malformed += batch.malformed
@@ -185,7 +204,7 @@ def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -
                 ],
             )
             cur.execute("COMMIT")
-        except duckdb.Error as exc:  # keep the other files flowing; this chunk is retried next time
+        except (duckdb.Error, pa.ArrowException) as exc:  # keep the other files flowing; retried next time
             cur.execute("ROLLBACK")
             report.errors.append(f"{run_id}/{rel}: could not store the chunk at byte {offset}: {exc}")
             return
@@ -204,11 +223,67 @@ def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -
         offset = new_offset
 
 
+# What the store (or Arrow, building its columns) raises for a value it cannot hold: a data problem of
+# some line, unlike an I/O or lock error, which is no line's fault and is retried whole next time.
+_REFUSED = (duckdb.DataError, duckdb.IntegrityError, pa.ArrowInvalid)
+
+
+def _refusal(cur, batch: _Batch) -> str | None:
+    """Why the store refuses `batch` (tried in a transaction that is rolled back), or None if it takes it."""
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        batch.flush(cur)
+    except _REFUSED as exc:
+        return f"the store refused it: {str(exc).splitlines()[0][:160]}"
+    finally:
+        cur.execute("ROLLBACK")
+    return None
+
+
+def _refused_lines(cur, chunk: list, new_batch) -> dict[int, str]:
+    """{index in chunk: why} of the lines the store refuses, found by bisection.
+
+    Every line is checked before it reaches DuckDB, so this runs only if a check is missing. Then
+    the chunk is not retried (and refused) forever with all its good lines: the refused lines are
+    found in O(bad lines x log lines) trial inserts, each rolled back, and counted as malformed,
+    and the rest are stored in one transaction with the offset as always (exactly once holds)."""
+    refused: dict[int, str] = {}
+
+    def trial(lo: int, hi: int) -> None:
+        batch = new_batch()
+        batch.window = (lo, hi)
+        for line in chunk:
+            batch.add(line)
+        why = _refusal(cur, batch)
+        if why is None:
+            return
+        if hi - lo == 1:
+            refused[lo] = why
+            return
+        mid = (lo + hi) // 2
+        trial(lo, mid)
+        trial(mid, hi)
+
+    trial(0, len(chunk))
+    return refused
+
+
 class _Batch:
     """Rows parsed from one chunk of one file, inserted in one go (Arrow -> DuckDB)."""
 
-    def __init__(self, run_id: str, segment_id: str | None, rank: int | None, first_line: int, mtime: float):
+    def __init__(
+        self,
+        run_id: str,
+        segment_id: str | None,
+        rank: int | None,
+        first_line: int,
+        mtime: float,
+        refused: dict | None = None,
+    ):
         self.run_id, self.segment_id, self.rank, self.mtime = run_id, segment_id, rank, mtime
+        self.refused = refused or {}  # index in the chunk -> why the store refused that line
+        self.window = None  # (lo, hi): only lines lo..hi-1 of the chunk count (a bisection trial)
+        self.first_line = first_line
         self.line_no = first_line
         self.lines = self.malformed = self.points = 0
         self.examples: list = []
@@ -223,8 +298,14 @@ class _Batch:
         self.intervention_ops: list = []
 
     def add(self, line: bytes) -> None:
+        index = self.line_no - self.first_line
         self.lines += 1
         self.line_no += 1
+        if self.window is not None and not self.window[0] <= index < self.window[1]:
+            return
+        if index in self.refused:
+            self._reject(line, self.refused[index])
+            return
         try:
             rec = records.decode(line)
             handler = _HANDLERS.get((rec["k"], self.rank is not None))
@@ -232,10 +313,12 @@ class _Batch:
                 raise ValueError(f"unexpected record kind {rec['k']!r} in this file")
             handler(self, rec)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
-            self.malformed += 1
-            if len(self.examples) < MAX_EXAMPLES:
-                snippet = line[:120].decode("utf-8", "replace")
-                self.examples.append((self.line_no, str(exc)[:200] or type(exc).__name__, snippet))
+            self._reject(line, str(exc)[:200] or type(exc).__name__)
+
+    def _reject(self, line: bytes, why: str) -> None:
+        self.malformed += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append((self.line_no, why, line[:120].decode("utf-8", "replace")))
 
     # -- rank-log records
     def _metrics(self, rec: dict) -> None:
@@ -244,8 +327,9 @@ class _Batch:
         if key not in self.m_ids and (not key or not all(isinstance(n, str) for n in key)):
             raise ValueError("metrics block has no names, or a name that is not text")
         arr = _block_array(rec, len(key))
-        if not np.isfinite(arr[:, 0]).all():
-            raise ValueError("metrics block has a step that is not a number")
+        steps = arr[:, 0]
+        if not ((steps >= 0) & (steps < _STEP_LIMIT) & (steps == np.floor(steps))).all():
+            raise ValueError("metrics block has a step that is not a whole number in [0, 2**63)")
         if key not in self.m_ids:
             self.m_ids[key] = np.array([self.names.setdefault(n, len(self.names)) for n in key], dtype=np.int32)
         self.m_blocks.setdefault(key, []).append(arr)
@@ -267,20 +351,33 @@ class _Batch:
         names, device = rec["names"], str(rec["device"])
         arr = _block_array(rec, len(names))
         for row in arr:
-            step = None if np.isnan(row[1]) else int(row[1])
+            step = None if np.isnan(row[1]) else optional_step(row[1])
             self.t_rows.extend((device, step, row[0], str(nm), v) for nm, v in zip(names, row[2:].tolist()))
 
     def _event(self, rec: dict) -> None:
         kind = rec["kind"]
         if not isinstance(kind, str):
             raise ValueError("event kind is not text")
-        self.events.append((_int(rec.get("step")), _float(rec.get("t")), kind, json.dumps(rec.get("fields") or {})))
+        step = optional_step(rec.get("step"))
+        self.events.append((step, _float(rec.get("t")), kind, json.dumps(rec.get("fields") or {})))
 
     def _open(self, rec: dict) -> None:
-        self.opens.append(rec)
+        # (start time, world, host, pid, local rank): converted here, where a bad value rejects only this line
+        world = _int32(rec.get("world"))
+        self.opens.append(
+            (_float(rec.get("t")), world, _str(rec.get("host")), _int32(rec.get("pid")), _int32(rec.get("local_rank")))
+        )
 
     def _close(self, rec: dict) -> None:
-        self.close = rec
+        self.close = (
+            _float(rec.get("t")),
+            _str(rec.get("reason")),
+            _int32(rec.get("exit_code")),
+            _str(rec.get("error")),
+            _int64(rec.get("dropped_records")),
+            _int64(rec.get("write_errors")),
+            optional_step(rec.get("last_step")),
+        )
 
     # -- run-level records
     def _annotation(self, rec: dict) -> None:
@@ -289,12 +386,12 @@ class _Batch:
             raise ValueError(f"unknown annotation op {op!r}")
         self.annotation_ops.append(
             (
-                str(rec["id"]),
+                records.record_id(rec, self.line_no),
                 self.line_no,
                 op,
                 _float(rec.get("t")),
-                _int(rec.get("step")),
-                _int(rec.get("step_end")),
+                optional_step(rec.get("step")),
+                optional_step(rec.get("step_end")),
                 _str(rec.get("kind")),
                 _str(rec.get("text")),
                 _str(rec.get("author")),
@@ -307,13 +404,13 @@ class _Batch:
             raise ValueError(f"unknown intervention op {op!r}")
         self.intervention_ops.append(
             (
-                str(rec["id"]),
+                records.record_id(rec, self.line_no),
                 self.line_no,
                 op,
                 _float(rec.get("t")),
                 _str(rec.get("action")),
                 json.dumps(rec.get("params") or {}),
-                _int(rec.get("step")),
+                optional_step(rec.get("step")),
                 _str(rec.get("detail")),
                 _str(rec.get("author")),
                 _str(rec.get("note")),
@@ -333,23 +430,16 @@ class _Batch:
                 "UPDATE rank_logs SET last_write = ? WHERE run_id = ? AND segment_id = ? AND rank = ?",
                 [self.mtime] + key,
             )
-        for o in self.opens:
+        for t, world, host, pid, local_rank in self.opens:
             cur.execute(
                 "UPDATE segments SET start_time = coalesce(start_time, ?), world_size = coalesce(world_size, ?),"
                 " host = coalesce(host, ?) WHERE run_id = ? AND segment_id = ?",
-                [_float(o.get("t")), _int(o.get("world")), _str(o.get("host"))] + key[:2],
+                [t, world, host] + key[:2],
             )
             cur.execute(
                 "UPDATE rank_logs SET host = ?, pid = ?, local_rank = ?, world_size = ?, open_time = ? "
                 "WHERE run_id = ? AND segment_id = ? AND rank = ?",
-                [
-                    _str(o.get("host")),
-                    _int(o.get("pid")),
-                    _int(o.get("local_rank")),
-                    _int(o.get("world")),
-                    _float(o.get("t")),
-                ]
-                + key,
+                [host, pid, local_rank, world, t] + key,
             )
         if self.points:
             steps, ids, values, walls = self._metric_columns()
@@ -406,21 +496,12 @@ class _Batch:
                 "INSERT INTO events SELECT ?, ?, ?, step, wall_time, kind, fields::JSON FROM _mf_events",
             )
         if self.close is not None:
-            c = self.close
+            *closed, last = self.close
             cur.execute(
                 "UPDATE rank_logs SET close_time = ?, end_reason = ?, exit_code = ?, error = ?, "
                 "dropped_records = ?, write_errors = ? WHERE run_id = ? AND segment_id = ? AND rank = ?",
-                [
-                    _float(c.get("t")),
-                    _str(c.get("reason")),
-                    _int(c.get("exit_code")),
-                    _str(c.get("error")),
-                    _int(c.get("dropped_records")),
-                    _int(c.get("write_errors")),
-                ]
-                + key,
+                closed + key,
             )
-            last = _int(c.get("last_step"))
             if last is not None:  # a rank that logged no metrics (an imported timeline) still has an extent
                 self._touch_rank(cur, key, None, last)
         for op in self.annotation_ops:
@@ -497,12 +578,27 @@ def _str(v):
     return None if v is None else str(v)
 
 
-def _int(v):
+_STEP_LIMIT = float(2**63)
+
+
+def _bounded_int(v, bits: int):
+    """An int for a BIGINT/INTEGER column, None when missing; ValueError (a malformed line) when out of range."""
     if v is None or isinstance(v, bool):
         return None
     if isinstance(v, float) and not np.isfinite(v):
         return None
-    return int(v)
+    n = int(v)
+    if not -(2 ** (bits - 1)) <= n < 2 ** (bits - 1):
+        raise ValueError(f"{str(n)[:40]} does not fit a {bits}-bit integer")
+    return n
+
+
+def _int32(v):
+    return _bounded_int(v, 32)
+
+
+def _int64(v):
+    return _bounded_int(v, 64)
 
 
 def _float(v):

@@ -317,6 +317,21 @@ def test_energy_co2_follows_region_and_pue(runs):
     assert metrics(at)["CO2eq"] != "—"
 
 
+def test_energy_page_says_when_wall_times_are_estimated_from_iteration_times(tmp_path, monkeypatch):
+    """A Megatron log without timestamps: its energy rests on wall times made up from iteration times."""
+    from logbook.importers import import_logs
+
+    root = tmp_path / "imported"
+    import_logs("megatron", [ROOT / "tests" / "fixtures" / "bloom_tr11_176B_megatron_deepspeed.log"], root / "bloom")
+    monkeypatch.setenv(ENV_RUNS, str(root))
+    at = start("energy", run="bloom")
+    deadline = time.time() + 60
+    while not at.warning and time.time() < deadline:  # the energy summary may still be computing
+        time.sleep(0.5)
+        at.run()
+    assert any("estimated from iteration times" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
 # ----------------------------------------------------------------- compare
 def test_compare_overlays_both_runs(runs):
     at = start("compare", run=FAULTS)
@@ -418,3 +433,53 @@ def test_intervention_cancel_keeps_the_choices(live_run):
     at.button(key="live:iv:cancel").click().run()
     assert at.selectbox(key="live:iv:action").value == "skip_batches"
     assert at.text_input(key="live:iv:note").value == "keep me"
+
+
+# ----------------------------------------------------------------- hostile input
+def _poison(run_dir: Path) -> list[str]:
+    """One bad line appended to each record file of the run (a 20-digit step, or a step of 1e30)."""
+    huge = 99999999999999999999
+    bad = {
+        "annotations.jsonl": {"k": "annotation", "op": "create", "id": "p", "step": huge, "kind": "note", "text": "x"},
+        "interventions.jsonl": {"k": "intervention", "op": "applied", "id": "p", "step": huge},
+    }
+    poisoned = []
+    for path in sorted(run_dir.rglob("*.jsonl")):
+        rec = bad.get(path.name, {"k": "metrics", "names": ["loss"], "rows": [[1e30, 1.0, 99.0]]})
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        poisoned.append(path.relative_to(run_dir).as_posix())
+    return poisoned
+
+
+def test_a_poisoned_line_in_every_record_file_hides_no_good_data(runs):
+    """The same run twice, one copy with a bad line in each of its record files: every page shows the same
+    data for both, and the poisoned copy says what it skipped."""
+    shutil.copytree(runs / FAULTS, runs / "poisoned")
+    poisoned = _poison(runs / "poisoned")
+    assert len(poisoned) == 8  # 3 segments x 2 ranks, annotations, interventions
+    seen = {}
+    for run in (FAULTS, "poisoned"):
+        at = start("live", run=run)
+        deadline = time.time() + 60
+        while metrics(at)["open incidents"] == "…" and time.time() < deadline:  # markers come with the analyses
+            time.sleep(0.5)
+            at.run()
+        loss = next(s for s in plotly_specs(at) if "loss" in json.dumps(s.get("layout", {}).get("title", "")))
+        seen[run] = {
+            "header": metrics(at)["step (of 700)"],
+            "loss": [(t.get("name"), len(t.get("x") or [])) for t in loss["data"]],
+            "skipped": [e.label for e in at.expander if "malformed" in e.label],
+        }
+        at.switch_page("app_pages/lineage.py").run()
+        assert not at.exception
+        table = frame(at, "type", "detail")
+        seen[run]["timeline"] = sorted(map(str, zip(table["type"], table["detail"])))
+        seen[run]["segments"] = frame(at, "segment", "how it ended").shape
+    clean, bad = seen[FAULTS], seen["poisoned"]
+    assert clean["header"] == bad["header"] == "700"
+    assert clean["loss"] == bad["loss"] and clean["timeline"] == bad["timeline"]
+    assert clean["segments"] == bad["segments"]
+    assert clean["skipped"] == [] and bad["skipped"] == [
+        "⚠ 8 malformed lines skipped in 8 files; everything else in the run is shown"
+    ]

@@ -52,8 +52,9 @@ def test_unicode_long_and_html_text_is_kept_verbatim(run_dir):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(step=-1, text="t"), "non-negative"),
-        (dict(step=1.5, text="t"), "non-negative integer"),
+        (dict(step=-1, text="t"), r"integer in \[0, 2\*\*63\)"),
+        (dict(step=1.5, text="t"), r"integer in \[0, 2\*\*63\)"),
+        (dict(step=2**63, text="t"), r"integer in \[0, 2\*\*63\)"),
         (dict(step=5, step_end=4, text="t"), "step_end"),
         (dict(step=1, text="t", kind="gossip"), "kind"),
         (dict(step=1, text="   "), "non-empty"),

@@ -115,8 +115,11 @@ def _by_segment(rec: Recorded, name: str) -> dict:
     "args, message",
     [
         (["--clip", "0.3", "--lr", "1e-4"], "exactly one change"),
-        (["--clip", "-1"], "max_norm must be a number > 0"),
-        (["--skip-batches", "0"], "n must be a whole number >= 1"),
+        (["--clip", "-1"], "max_norm must be a number in (0, 1e+06]"),
+        (["--lr-scale", "1e308"], "factor must be a number in (0, 100]"),
+        (["--lr-scale", "nan"], "factor must be a number in (0, 100]"),
+        (["--rewind", "99999999999999999999"], "checkpoint_step must be a step number in [0, 2**63)"),
+        (["--skip-batches", "0"], "n must be a whole number in [1, 1e9]"),
         (["--rewind", "10", "--stop"], "cannot be combined"),
         ([], "exactly one change"),
     ],
@@ -130,19 +133,37 @@ def test_bad_intervention_requests_are_refused_at_the_cli(tmp_path, args, messag
 
 
 def test_queued_requests_are_each_answered_once_and_bad_lines_rejected(tmp_path):
-    """Requests waiting before the first step: the first stop wins, a second is rejected, a hand-edited line too."""
+    """Requests waiting before the first step: the first stop wins, a second is rejected, hand-edited lines too.
+
+    The control file is untrusted: lines with a list as id (which crashed the trainer's poll, and its
+    resume), an unhashable action, NaN or absurd params, and JSON nested too deep are each rejected
+    with a reason, and training goes on."""
     run_dir = tmp_path / "run"
     (run_dir / "segments").mkdir(parents=True)
     clip = interventions.request(run_dir, "clip", {"max_norm": 0.5}, note="before the start")
     stop = interventions.request(run_dir, "stop", note="changed my mind")
     again = interventions.request(run_dir, "stop", note="double click")
+    hostile = [
+        {"id": "byhand", "action": "clip", "params": [1]},
+        {"id": ["x"], "action": "stop", "params": {}},
+        {"id": "dict-action", "action": {"a": 1}, "params": {}},
+        {"id": "nan-lr", "action": "lr_multiplier", "params": {"factor": float("nan")}},
+        {"id": "huge-lr", "action": "lr_multiplier", "params": {"factor": 1e308}},
+        {"id": "far-rewind", "action": "rewind", "params": {"checkpoint_step": 10**20}},
+    ]
     with open(run_dir / "interventions.jsonl", "a") as f:  # written by hand, wrongly
-        f.write(json.dumps({"k": "intervention", "op": "request", "id": "byhand", "action": "clip", "params": [1]}))
-        f.write("\n")
+        for req in hostile:
+            f.write(json.dumps({"k": "intervention", "op": "request", **req}) + "\n")
+        f.write('{"k":"intervention","op":"request","id":"deep","params":' + "[" * 5000 + "]" * 5000 + "}\n")
+    list_id = "line-5"  # the 2nd hand-written line, after the three requests above
     train(run_dir, "--steps=50", "--telemetry.enabled=false")
     view = Recorded(run_dir).interventions()
     assert view.loc[clip, "status"] == "applied" and view.loc[clip, "applied_step"] == 1
     assert view.loc[stop, "status"] == "applied" and view.loc[stop, "applied_step"] == 0
     assert view.loc[again, "status"] == "rejected" and "already ending" in view.loc[again, "detail"]
-    assert view.loc["byhand", "status"] == "rejected" and "invalid request" in view.loc["byhand", "detail"]
+    for req_id in ("byhand", list_id, "dict-action", "nan-lr", "huge-lr", "far-rewind"):
+        assert view.loc[req_id, "status"] == "rejected" and "invalid request" in view.loc[req_id, "detail"], req_id
+    assert "id must be text" in view.loc[list_id, "detail"]
+    assert "(0, 100]" in view.loc["huge-lr", "detail"]
     assert Recorded(run_dir).segments().iloc[0].end_reason == "stopped"
+    assert interventions.pending(run_dir) == []  # every line answered once: a resume polls nothing stale
