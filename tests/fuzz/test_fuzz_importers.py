@@ -22,11 +22,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from logbook.importers import import_logs
+from logbook.record import layout
 from tests.fuzz import fuzzing
 from tests.fuzz.fuzzing import COUNTS, Counts, documents, fuzz_settings, seeds, signature, strict_json, try_import
 
-TEXT_FORMATS = ("metaseq", "fairseq", "megatron", "csv", "timeline")
-SUFFIX = {"csv": ".csv", "timeline": ".csv"}
+TEXT_FORMATS = ("metaseq", "fairseq", "megatron", "mllog", "csv", "timeline", "chronicle")
+SUFFIX = {"csv": ".csv", "timeline": ".csv", "chronicle": ".md"}
+BY_ANNOTATIONS = ("timeline", "chronicle")  # formats whose lines become annotations, not steps
 
 
 def nonfinite_paths(obj, path="") -> list[str]:
@@ -102,7 +104,7 @@ def test_fuzz_text_importer(fmt, fuzz_dir, shared_store):
             src.write_bytes(b"\n".join(seeds(fmt)[index]) + b"\n")
             report = import_logs(fmt, [src], fuzz_dir / f"seed-run-{index}")
             assert report.malformed == 0, report.describe()
-            baseline[index] = report.annotations if fmt == "timeline" else report.steps
+            baseline[index] = report.annotations if fmt in BY_ANNOTATIONS else report.steps
         return baseline[index]
 
     @fuzz_settings()
@@ -119,11 +121,11 @@ def test_fuzz_text_importer(fmt, fuzz_dir, shared_store):
             src.unlink()
             return
         if doc.whole and doc.lines:
-            got = report.annotations if fmt == "timeline" else report.steps
+            got = report.annotations if fmt in BY_ANNOTATIONS else report.steps
             assert got >= good(index) - doc.mutations, (
                 f"{doc.mutations} mutated lines cost {good(index) - got} good ones\n{report.describe()}"
             )
-        if report.segments and signature(report) not in sample:
+        if layout.is_run_dir(run_dir) and signature(report) not in sample:
             sample[signature(report)] = run_dir
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
