@@ -94,7 +94,10 @@ def _line(text: str, line_no: int, t, ctx: Context):
         return (Resume(step, t, line_no, f"loaded checkpoint {m.group(1)} at update {step}"),)
     m = _SCALER.search(text)
     if m:
-        return (Config({"loss_scale_init": _num(m.group(2)), "loss_scale_window": vals.step(m.group(1))}, line_no),)
+        scale = _num(m.group(2))
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"loss scale {m.group(2)[:40]} is not a positive number")
+        return (Config({"loss_scale_init": scale, "loss_scale_window": vals.step(m.group(1))}, line_no),)
     m = _DONE.search(text)
     if m:
         return (End("completed", t, line_no),)

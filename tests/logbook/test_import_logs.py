@@ -553,3 +553,18 @@ def test_a_401_digit_timeline_step_is_one_counted_row(tmp_path):
     assert report.malformed == 1 and report.examples[0][2].startswith("step '9999")
     assert report.annotations == 67
     assert all(0 <= s < 2**63 for s in _all_written_steps(tmp_path / "run"))
+
+
+def test_a_loss_scale_of_inf_is_a_counted_line_not_infinity_in_the_header(tmp_path):
+    """Found by the fuzz suite: `SCALE_WINDOW: 256, loss scale: 1e400` put Infinity (not JSON) in the segment's
+    config."""
+    src = tmp_path / "train.log"
+    scaler = (
+        "2022-08-20 23:35:25 | INFO | metaseq.optim.dynamic_loss_scaler | *** SCALE_WINDOW: 256, loss scale: {} ***"
+    )
+    src.write_text("\n".join([scaler.format("1e400"), METASEQ.read_text()]))
+    report = import_logs("metaseq", [src], tmp_path / "run")
+    assert report.malformed == 1 and "loss scale" in report.examples[0][2] and report.steps == 4
+    for header in (tmp_path / "run").glob("segments/*/segment.json"):
+        config = json.loads(header.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in a header"))["config"]
+        assert "loss_scale_init" not in config
