@@ -44,7 +44,7 @@ MAX_JOINED = 4  # a wrapped record spans at most this many lines
 _PREFIX = re.compile(r"^\s*(?:\[[^\]\s]+\]:\s?|\d+: )")
 _ITER = re.compile(r"\biteration\s+(\d+)\s*/\s*(\d+)\s*\|")
 _VALID = re.compile(r"valid(?:ation)? loss at iteration (\d+)\s*\|(.*)")
-_LOADED = re.compile(r"successfully loaded checkpoint from (\S+).*? at iteration (\d+)")
+_LOADED = re.compile(r"successfully loaded checkpoint from (\S++).*? at iteration (\d+)")  # possessive: linear
 _DONE = re.compile(r"\[after training is done\]|exiting program at iteration")
 _NAME = re.compile(r"[^0-9A-Za-z]+")
 
