@@ -87,7 +87,10 @@ def parse_path(path, ctx: Context):
             raise ValueError(f"{ctx.source}: no header line: a CSV table starts with its column names")
         delimiter = sniff_delimiter(first)
         reader = csv.reader(itertools.chain([first], f), delimiter=delimiter)
-        header = next(reader)
+        try:
+            header = next(reader)
+        except csv.Error as exc:
+            raise ValueError(f"{ctx.source}: unreadable header line: {exc}") from None
         if header:
             header[0] = header[0].lstrip("\ufeff")
         cols = _Columns(header, ctx, delimiter)
@@ -98,7 +101,14 @@ def parse_path(path, ctx: Context):
 
 def sniff_delimiter(line: str) -> str:
     """The delimiter that splits the header into the most cells (comma on a tie)."""
-    return max(DELIMITERS, key=lambda d: len(next(csv.reader([line], delimiter=d))))
+    return max(DELIMITERS, key=lambda d: _cells(line, d))
+
+
+def _cells(line: str, delimiter: str) -> int:
+    try:
+        return len(next(csv.reader([line], delimiter=delimiter)))
+    except csv.Error:  # a cell over the csv module's 128 KiB limit: count the delimiters instead
+        return line.count(delimiter) + 1
 
 
 def _rows(reader, width: int, delimiter: str, ctx: Context):

@@ -338,3 +338,15 @@ def test_csv_reimport_is_idempotent_and_errors_are_clear(tmp_path):
     nostep.write_text("epoch_time,loss\n1,2\n")
     with pytest.raises(ValueError, match="no step column: expected one of trainer/global_step"):
         import_logs("csv", [nostep], tmp_path / "x")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "auto"])
+def test_a_header_cell_over_the_csv_limit_is_a_one_line_error(tmp_path, fmt):
+    """Found by the long fuzz run: a header line with a cell over 128 KiB raised _csv.Error (a traceback from the
+    CLI) while sniffing the delimiter."""
+    src = tmp_path / "wide.csv"
+    src.write_text("step," + "9" * (128 * 1024 + 1) + "\n1,2.0\n")
+    with pytest.raises(ValueError, match="unreadable header line: field larger than field limit") as exc:
+        import_logs(fmt, [src], tmp_path / "run")
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "run").exists()
