@@ -22,7 +22,7 @@ from logbook.report import progress as progress_report
 from logbook.report import summary
 from logbook.report import timeline as timeline_report
 from logbook.report import wasted as wasted_report
-from logbook.store import queries
+from logbook.store import queries, ranks
 
 # M4 buckets per trace (each keeps up to 4 points: first, last, min, max). About one bucket per pixel
 # column is visually lossless (Jugel et al., M4, VLDB 2014) and no spike is lost at any count; more only
@@ -177,3 +177,19 @@ def analyses_ready(src: Source, run: str) -> bool:
 def export_file(_src: Source, k: tuple, run: str, fmt: str) -> bytes:
     """One download, generated when its button is clicked and kept until the run's data changes."""
     return exporters.export_bytes(_src.store, run, fmt)[2]
+
+
+# ----------------------------------------------------------------- fleet views (every rank or device at once)
+FEW = 8  # up to this many ranks or devices a chart draws one line each; beyond, the distribution band
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def metric_view(
+    _src: Source, k: tuple, run: str, name: str, buckets: int, group="rank", cell=None, x_range=None
+) -> ranks.FleetView:
+    return ranks.metric_view(_src.store, run, name, buckets=buckets, group=group, cell=cell, x_range=x_range)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def telemetry_view(_src: Source, k: tuple, run: str, name: str, buckets: int, group="device", cell=None):
+    return ranks.telemetry_view(_src.store, run, name, buckets=buckets, group=group, cell=cell)

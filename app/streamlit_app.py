@@ -38,6 +38,7 @@ with st.sidebar:
 pages = [
     st.Page("app_pages/runs.py", title="Runs", icon=":material/table_rows:", default=True),
     st.Page("app_pages/live.py", title="Live", icon=":material/monitoring:"),
+    st.Page("app_pages/ranks.py", title="Ranks & devices", icon=":material/grid_view:"),
     st.Page("app_pages/lineage.py", title="Lineage & logbook", icon=":material/account_tree:"),
     st.Page("app_pages/incidents.py", title="Incidents", icon=":material/warning:"),
     st.Page("app_pages/energy.py", title="Energy & CO2", icon=":material/bolt:"),

@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML or JSON file of settings ([optim] clip = 0.3 ...)")
     p.add_argument("--presets", action="store_true", help="list the model presets with their sizes, and exit")
     p.add_argument(
-        "--inject", action="append", default=[], metavar="KIND@STEP", help="fault: spike|nan|overflow|crash|slow-rank"
+        "--inject",
+        action="append",
+        default=[],
+        metavar="KIND@STEP",
+        help="fault: spike|nan|overflow|crash|slow-rank|disk-full",
     )
     p.add_argument(
         "--resume",

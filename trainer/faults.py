@@ -8,7 +8,11 @@ Every fault is real, not a faked metric:
 - overflow:  the fp16 loss is multiplied by inf before scaling: the grads overflow, the
              GradScaler skips the step and halves the scale (fp16 only);
 - crash:     the last rank raises, as a dying rank would; torchrun's --max-restarts restarts the job;
-- slow-rank: the last rank sleeps `faults.slow_rank_s` per step: a straggler.
+- slow-rank: the last rank sleeps `faults.slow_rank_s` per step: a straggler;
+- disk-full: every checkpoint save at a step in FIRST..LAST fails with OSError(ENOSPC), raised on the
+             last rank inside the real save path after its shards are written; a full disk stays full,
+             so a retry of the same step in the same launch fails too (for machines where a test cannot
+             mount a small tmpfs to fill for real).
 
 A fault fires once per run: a restart that replays STEP does not fire it again. Each rank
 keeps what it fired in RUN/checkpoints/faults-fired-rankN.json and reads every rank's file.
@@ -22,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-KINDS = ("spike", "nan", "overflow", "crash", "slow-rank")
+KINDS = ("spike", "nan", "overflow", "crash", "slow-rank", "disk-full")
 SPIKE_STEPS = 3  # LR blow-up length of a spike
 _SPEC = re.compile(r"^(?P<kind>[a-z-]+)@(?P<first>\d+)(?:-(?P<last>\d+))?$")
 
@@ -71,11 +75,13 @@ class Faults:
         for path in self.ckpt_dir.glob("faults-fired-rank*.json"):
             with contextlib.suppress(OSError, ValueError):  # unreadable: a replay may fire it again, nothing worse
                 self.fired.update(json.loads(path.read_text()))
+        self.fired_before = frozenset(self.fired)  # by earlier launches of this run
 
     def active(self, kind: str, step: int) -> Injection | None:
         """The injection of `kind` acting at `step`, the first time a run reaches it."""
+        fired = self.fired_before if kind == "disk-full" else self.fired  # a full disk stays full in this launch
         for inj in self.injections:
-            if inj.kind == kind and inj.first <= step <= inj.last and self._key(inj, step) not in self.fired:
+            if inj.kind == kind and inj.first <= step <= inj.last and self._key(inj, step) not in fired:
                 return inj
         return None
 

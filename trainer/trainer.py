@@ -2,6 +2,7 @@
 
 Per step: interventions at the boundary -> LR -> batch -> forward/backward -> clip ->
 optimizer step (through the loss scaler) -> faults -> metrics -> checkpoint.
+A checkpoint that fails (a full disk) is recorded as `checkpoint_failed` and training goes on.
 
 Sync points, on purpose and commented where they happen: one host read per step of
 (grad norm, loss, activation norm) together, which the loop needs anyway to skip
@@ -13,7 +14,10 @@ several ranks. Recording itself never syncs: `run.log` only enqueues.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,7 +28,7 @@ import torch.distributed as dist
 from logbook.record import interventions
 
 from . import parallelize
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, CheckpointFailed
 from .config import TrainConfig, set_value
 from .faults import Faults, InjectedCrash
 from .precision import Precision, scale_events
@@ -288,12 +292,47 @@ class Trainer:
             "config": self.cfg.to_dict(),
         }
 
-    def save(self, step: int, *, why: str) -> None:
-        path, seconds = self.p.checkpointer.save(step, self.p.model, self.p.optimizer, self.state())
+    def save(self, step: int, *, why: str) -> bool:
+        """Checkpoint `step` on every rank; False when the save failed (recorded, and training goes on).
+
+        A failed save (a full disk, most often) is the same on every rank (the checkpointer agrees on it), so
+        all ranks carry on together; the previous complete checkpoint stays the one a restart resumes from.
+        """
+        ckpt, inject = self.p.checkpointer, None
+        fault = self.p.faults.active("disk-full", step)
+        if fault:
+            self.p.faults.fire(fault, step)
+            self.event("fault_injected", step=step, fault="disk-full")
+            inject = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(ckpt.path(step)))
+        try:
+            path, seconds = ckpt.save(step, self.p.model, self.p.optimizer, self.state(), inject=inject)
+        except CheckpointFailed as exc:
+            last_good = ckpt.latest() if self.main else None
+            f = exc.failure
+            self.event(
+                "checkpoint_failed",
+                step=step,
+                path=str(exc.path),
+                why=why,
+                reason=f.reason,
+                errno=f.errno,
+                error=f.errno_name,
+                rank=f.rank,
+                last_good_step=last_good,
+            )
+            if self.main:
+                print(
+                    f"warning: checkpoint step {step} failed ({why}) on rank {f.rank}: {f.reason}; "
+                    f"training continues, the last good checkpoint is step {last_good}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return False
         self.saved_step = step
         self.event("checkpoint_saved", step=step, path=str(path), seconds=round(seconds, 3), why=why)
         if self.main and self.cfg.log.print_every:
             print(f"checkpoint step {step} saved in {seconds:.2f}s ({why}): {path}", flush=True)
+        return True
 
     # ------------------------------------------------------------------ interventions
     def _control(self, s: int) -> Outcome | None:
@@ -315,9 +354,15 @@ class Trainer:
                 self.batch_index += params["n"]
                 self._answer(req, applied=True, step=s, detail=f"skipped {params['n']} batches")
             elif action == "checkpoint_now" or (action == "stop" and outcome is None):
-                if self.saved_step != self.step:
-                    self.save(self.step, why=f"intervention {req['id']}")
-                self._answer(req, applied=True, step=self.step, detail=f"checkpoint at step {self.step}")
+                saved = self.saved_step == self.step or self.save(self.step, why=f"intervention {req['id']}")
+                if saved:
+                    self._answer(req, applied=True, step=self.step, detail=f"checkpoint at step {self.step}")
+                elif action == "stop":  # the operator asked to stop: stop, and say what a resume comes back to
+                    last = self.p.checkpointer.latest() if self.main else None
+                    detail = f"stopping without a checkpoint at step {self.step} (the save failed; last good: {last})"
+                    self._answer(req, applied=True, step=self.step, detail=detail)
+                else:
+                    self._answer(req, applied=False, step=None, detail=f"the checkpoint of step {self.step} failed")
                 if action == "stop":
                     outcome = Outcome("stopped", why=req.get("note") or "stop requested")
             elif outcome is not None:  # a stop or rewind in the same poll came first: this one cannot follow it

@@ -17,6 +17,8 @@ from logbook.analysis.progress import ETA_WINDOW
 from logbook.present import figures, text
 
 REFRESH_S = float(os.environ.get("MIDFLIGHT_REFRESH_S", "1.0"))
+BAND_BUCKETS = 300  # step (or time) buckets of a distribution band: ~one per two pixel columns of a grid chart
+WORST = 3  # the worst ranks drawn, named, over the band
 TELEMETRY = [  # (title, names tried in order, unit)
     ("utilisation", ("util_pct",), "%"),
     ("power", ("power_w", "power_est_w"), "W"),
@@ -99,8 +101,11 @@ def training_charts(ctx: context.Ctx, marks: list, segs: pd.DataFrame) -> None:
     specs.append(("loss scale (overflows ○)", [axis.line(ctx, "loss_scale")], {"log_y": True, "points": pts}))
     specs.append(("tokens/s", [axis.line(ctx, "tokens_per_s")], {}))
     ranks = int(segs["ranks"].max()) if not segs.empty else 1
-    per_rank = [axis.line(ctx, "step_time_s", rank=r, label=f"rank {r}", mode="lines") for r in range(ranks)]
-    specs.append(("step time per rank (s)", per_rank, {}))
+    if ranks <= data.FEW:
+        per_rank = [axis.line(ctx, "step_time_s", rank=r, label=f"rank {r}", mode="lines") for r in range(ranks)]
+        specs.append(("step time per rank (s)", per_rank, {}))
+    else:
+        specs.append(step_time_band(ctx, zr))
     cols = st.columns(2)
     for i, (title, lines, kw) in enumerate(specs):
         lines = [ln for ln in lines if ln is not None]
@@ -109,6 +114,53 @@ def training_charts(ctx: context.Ctx, marks: list, segs: pd.DataFrame) -> None:
         fig = figures.metric_figure(title, lines, marks, axis=ctx.axis, x_range=zr, **kw)
         with cols[i % 2]:
             selection.chart(ctx, fig, key=f"live:chart:{i}")
+
+
+def step_time_band(ctx: context.Ctx, zr) -> tuple:
+    """Many ranks: the distribution across ranks per step bucket (median, p5-p95, min-max) and the worst
+    ranks' own lines, named, from one aggregate query (logbook.store.ranks) instead of one line per rank."""
+    view = data.metric_view(
+        ctx.src, ctx.k, ctx.run, "step_time_s", BAND_BUCKETS, x_range=zr if ctx.axis == "step" else None
+    )
+    title = f"step time across {len(view.rows):,} ranks (s): median, p5–p95, min–max, worst ranks"
+    if view.empty:
+        return title, [], {}
+    b = view.band
+    x = axis.step_mapper(ctx)(b["x_lo"].to_numpy())
+    lines = [figures.Line("median", x, b["median"].to_numpy(), b["x_lo"].to_numpy(), colour="#1f77b4", mode="lines")]
+    for o in view.outliers.head(WORST).itertuples():
+        if o.vs_median > 0 and o.rank is not None:
+            lines.append(
+                axis.line(ctx, "step_time_s", rank=int(o.rank), label=f"rank {o.rank} ({o.host})", mode="lines")
+            )
+    return title, lines, {"bands": _bands(x, b)}
+
+
+def _bands(x, b: pd.DataFrame) -> list:
+    return [
+        figures.Band("min–max", x, b["min"].to_numpy(), b["max"].to_numpy(), opacity=0.12),
+        figures.Band("p5–p95", x, b["p5"].to_numpy(), b["p95"].to_numpy(), opacity=0.3),
+    ]
+
+
+def telemetry_band(ctx: context.Ctx, view) -> tuple[list, list]:
+    """Many devices: the distribution of the devices' per-bucket extremes, and the worst device's curve, named."""
+    b = view.band
+    steps = b["step"].ffill().bfill().fillna(0).to_numpy()
+    x = ((b["x_lo"] + b["x_hi"]) / 2).to_numpy() if ctx.axis == "time" else axis.step_mapper(ctx)(steps)
+    lines = [figures.Line("median", x, b["median"].to_numpy(), steps, colour="#1f77b4", mode="lines")]
+    if len(view.outliers):
+        worst = view.outliers.iloc[0]
+        i = list(view.rows["label"]).index(worst["label"])
+        keep = np.isfinite(view.cells[i])
+        y = view.cells[i][keep]
+        bx = ((view.x_lo + view.x_hi) / 2)[keep] if ctx.axis == "time" else None
+        if bx is None:
+            s = pd.Series(view.step).ffill().bfill().fillna(0).to_numpy()[keep]
+            bx = axis.step_mapper(ctx)(s)
+        ws = pd.Series(view.step).ffill().bfill().fillna(0).to_numpy()[keep]
+        lines.append(figures.Line(f"worst: {worst['label']}", bx, y, ws, colour="#d62728", mode="lines"))
+    return lines, _bands(x, b)
 
 
 def system_charts(ctx: context.Ctx, marks: list) -> None:
@@ -120,15 +172,20 @@ def system_charts(ctx: context.Ctx, marks: list) -> None:
         name = next((n for n in candidates if n in names), None)
         if name is None:
             continue
-        df = data.telemetry(ctx.src, ctx.k, ctx.run, name)
-        lines = []
-        for (host, dev), g in df.groupby(["host", "device"], dropna=False):
-            g = figures.thin(g, "wall_time", "value")
-            steps = g["step"].ffill().bfill().fillna(0).to_numpy()
-            x = g["wall_time"].to_numpy() if ctx.axis == "time" else axis.step_mapper(ctx)(steps)
-            lines.append(figures.Line(f"{host}/{dev}", x, g["value"].to_numpy(), steps, mode="lines"))
+        view = data.telemetry_view(ctx.src, ctx.k, ctx.run, name, BAND_BUCKETS)
+        lines, bands, many = [], [], len(view.rows) > data.FEW
+        if many:
+            lines, bands = telemetry_band(ctx, view)
+        else:
+            df = data.telemetry(ctx.src, ctx.k, ctx.run, name)
+            for (host, dev), g in df.groupby(["host", "device"], dropna=False):
+                g = figures.thin(g, "wall_time", "value")
+                steps = g["step"].ffill().bfill().fillna(0).to_numpy()
+                x = g["wall_time"].to_numpy() if ctx.axis == "time" else axis.step_mapper(ctx)(steps)
+                lines.append(figures.Line(f"{host}/{dev}", x, g["value"].to_numpy(), steps, mode="lines"))
         est = " (estimated)" if name.endswith("_est_w") else ""
-        fig = figures.metric_figure(f"{title} ({unit}){est}", lines, marks, axis=ctx.axis, x_range=zr, height=220)
+        label = f"{title} ({unit}){est}" + (f", {len(view.rows):,} devices" if many else "")
+        fig = figures.metric_figure(label, lines, marks, axis=ctx.axis, x_range=zr, height=220, bands=bands)
         with cols[shown % 2]:
             selection.chart(ctx, fig, key=f"live:sys:{name}")
         shown += 1

@@ -36,6 +36,18 @@ class Line:
 
 
 @dataclass
+class Band:
+    """A shaded range between two curves (p5-p95, min-max of a distribution across ranks); not clickable."""
+
+    name: str
+    x: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    colour: str = "#1f77b4"
+    opacity: float = 0.18
+
+
+@dataclass
 class Points:
     """Event points drawn on the data (overflows on the loss-scale chart)."""
 
@@ -74,10 +86,13 @@ def metric_figure(
     hlines: list[tuple[float, str]] = (),
     x_range: tuple | None = None,
     template: str | None = None,
+    bands: list[Band] = (),
 ) -> go.Figure:
     """A line chart with the run's markers; customdata holds each point's step. Faded lines (abandoned
-    branches) share one legend entry, however many there are."""
+    branches) share one legend entry, however many there are. Bands are drawn first, under the lines."""
     fig = go.Figure()
+    for b in bands:
+        _add_band(fig, b, axis)
     faded_shown = False
     for ln in lines:
         fig.add_trace(
@@ -126,8 +141,110 @@ def metric_figure(
         hovermode="closest",
         template=template,
     )
+    if not log_y:
+        flat = constant_range([ln.y for ln in lines] + [b.lo for b in bands] + [b.hi for b in bands])
+        if flat is not None:
+            fig.update_yaxes(range=flat, tickformat=".6~g")
     if x_range is not None:
         fig.update_xaxes(range=list(to_axis(np.asarray(x_range, dtype="float64"), axis)))
+    return fig
+
+
+def constant_range(ys: list) -> list[float] | None:
+    """A y range that shows a constant series' value, or None when the data vary.
+
+    Plotly autoscales a flat line to value ± 1, so a constant LR of 6e-05 sat on a -1..1 axis whose
+    ticks (-1, -0.5, 0, ...) never show it. Here: value ± 10 % (± 1 at 0), so the line sits mid-chart
+    and the ticks around it read as the value (6e-05 between 5.5e-05 and 6.5e-05)."""
+    vals = [np.asarray(y, dtype="float64") for y in ys if y is not None and len(y)]
+    vals = [v[np.isfinite(v)] for v in vals]
+    vals = [v for v in vals if v.size]
+    if not vals:
+        return None
+    lo, hi = min(float(v.min()) for v in vals), max(float(v.max()) for v in vals)
+    if hi - lo > 1e-9 * max(abs(lo), abs(hi), 1e-300):
+        return None
+    pad = abs(lo) * 0.1 if lo else 1.0
+    return [lo - pad, hi + pad]
+
+
+def _add_band(fig: go.Figure, b: Band, axis: str) -> None:
+    x = to_axis(b.x, axis)
+    edge = {"width": 0, "color": b.colour}
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=np.asarray(b.lo, dtype="float64"),
+            mode="lines",
+            line=edge,
+            hoverinfo="skip",
+            showlegend=False,
+            legendgroup=b.name,
+        )  # fmt: skip
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=np.asarray(b.hi, dtype="float64"),
+            mode="lines",
+            line=edge,
+            fill="tonexty",
+            fillcolor=_rgba(b.colour, b.opacity),
+            name=safe(b.name, 60),
+            legendgroup=b.name,
+            hoverinfo="skip",
+        )  # fmt: skip
+    )
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    r, g, bl = (int(h[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{bl},{alpha})"
+
+
+def heatmap_figure(
+    title: str,
+    z: np.ndarray,
+    rows: list[str],
+    x: np.ndarray,
+    *,
+    axis: str = "step",
+    unit: str = "",
+    reverse: bool = False,
+    height: int | None = None,
+    template: str | None = None,
+) -> go.Figure:
+    """Rows (ranks, nodes or devices) x buckets (steps or time) as a Plotly Heatmap; x holds each bucket's start.
+
+    The colour scale runs from the fleet's typical value to its worst, so one slow rank among a thousand
+    shows as the one bright stripe; `reverse` for series where low is bad (an SM clock)."""
+    z = np.asarray(z, dtype="float64")
+    labels = [safe(r, 40) for r in rows]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=to_axis(x, axis),
+            y=labels,
+            colorscale="Viridis",
+            reversescale=reverse,
+            colorbar={"title": {"text": safe(unit, 20)}, "thickness": 12},
+            hovertemplate="%{y}<br>"
+            + X_TITLES.get(axis, "x")
+            + " %{x}<br>%{z:.4g} "
+            + safe(unit, 20)
+            + "<extra></extra>",
+            hoverongaps=False,
+        )
+    )
+    fig.update_layout(
+        title={"text": safe(title, 80), "font": {"size": 14}},
+        height=height or int(min(900, max(260, 90 + 2.2 * len(rows)))),
+        margin={"l": 90, "r": 10, "t": 32, "b": 30},
+        yaxis={"autorange": "reversed", "type": "category", "nticks": 24},
+        xaxis={"title": {"text": X_TITLES.get(axis, "x")}},
+        template=template,
+    )
     return fig
 
 

@@ -6,6 +6,7 @@ RUN_DIR/
   annotations.jsonl                      append-only annotation ops (create/edit/delete)
   interventions.jsonl                    append-only intervention requests and outcomes
   .midflight/store.duckdb                derived DuckDB store; delete it at any time
+  .midflight/parquet/v1/...              sealed segments as Parquet (logbook/store/sealed.py); derived too
 
 Every path is built from names midflight generates itself, never from user text,
 so a hostile run name cannot point outside the run directory.

@@ -7,7 +7,10 @@ Contract with the training loop:
 - I/O degrades, misuse raises, loss is counted. A full disk or a read-only
   directory never raises into the training loop: it becomes a warning (once per
   cause) and a counter; records that could not be written are kept and retried,
-  and recording resumes when the error clears. A caller's mistake raises at the
+  and recording resumes when the error clears. A segment that ends while its disk
+  is full waits up to `finish_wait_s` for space, so that its close record (and
+  everything before it) still reaches the disk when space returns; a run that
+  ended is then never left reading as "running" or "unknown". A caller's mistake raises at the
   call site, before anything is queued: a metric value that is not a real number
   (TypeError), a reserved or non-text metric name, a step that is not an integer
   (TypeError), or a step lower than the last one logged without a `restart`
@@ -24,6 +27,7 @@ Contract with the training loop:
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import numbers
 import os
@@ -53,6 +57,8 @@ RESERVED_NAMES = frozenset({"", "step", "wall_time"})
 # scalar types and other numbers.Real types are first seen; tensors and arrays never enter (their shape
 # is checked on every call).
 _SCALARS = {float, int, bool}
+# Write errors that can clear while the process waits: space freed on a full disk or under a quota.
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MAX_NAMES = 100_000  # metric names remembered as checked, per Run (beyond that: new ones checked every call)
 _TENSOR_TYPES: set = set()  # torch tensor types seen so far: shape and dtype checked per value
 _TENSOR_DTYPES: set = set()  # torch dtypes seen so far that hold real numbers (not complex)
@@ -77,6 +83,7 @@ class Run:
         fsync_every: float,
         max_pending_bytes: int,
         max_queue: int,
+        finish_wait_s: float = 30.0,
     ):
         self.run_dir = Path(run_dir)
         self.name = name
@@ -88,6 +95,9 @@ class Run:
         self.fsync_every = float(fsync_every)
         self.max_pending_bytes = int(max_pending_bytes)
         self.max_queue = int(max_queue)
+        self.finish_wait_s = float(finish_wait_s)
+        if not 0.0 <= self.finish_wait_s < _INF:  # NaN too: a wait that could never end
+            raise ValueError(f"finish_wait_s must be a finite number of seconds >= 0, not {finish_wait_s!r}")
         # Counters a user (and the close record) can read.
         self.write_errors = 0
         self._dropped = 0  # touched by the flush thread only
@@ -104,6 +114,7 @@ class Run:
         self._fd: int | None = None
         self._torn = False  # a failed write may have left a partial line on disk
         self._failing = False
+        self._last_errno: int | None = None  # of the last failed write; None once a write succeeds
         self._last_touch = self._last_fsync = time.monotonic()
         self._unsynced = False
         self._warned: set = set()
@@ -280,6 +291,7 @@ class Run:
                 "write_errors": self.write_errors,
             }
             self._flush_locked(close)
+            self._wait_for_space()
             if self._pending:
                 self._warn_once(
                     "final",
@@ -290,6 +302,27 @@ class Run:
         atexit.unregister(self._at_exit)
         if sys.excepthook == self._excepthook:  # bound methods compare equal, never identical
             sys.excepthook = self._prev_excepthook
+
+    def _wait_for_space(self) -> None:
+        """At finish, on a full disk: retry the last records (the close among them) until space returns.
+
+        Bounded by `finish_wait_s`; only for errors that can clear (ENOSPC, EDQUOT), never for a read-only
+        or missing directory. Called with the lock held, after the flush thread has stopped.
+        """
+        if not (self._pending or self._header is not None) or self._last_errno not in _SPACE_ERRNOS:
+            return
+        self._warn_once(
+            "final-wait",
+            f"midflight cannot record the end of this segment: the disk of {self.path} is full; "
+            f"waiting up to {self.finish_wait_s:g} s for space",
+        )
+        deadline = time.monotonic() + self.finish_wait_s
+        while (self._pending or self._header is not None) and self._last_errno in _SPACE_ERRNOS:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.2, left))
+            self._flush_locked()
 
     def __enter__(self) -> Run:
         return self
@@ -452,6 +485,7 @@ class Run:
             self.records_written += self._pending.count(b"\n")
             self._pending.clear()
             self._unsynced = True
+            self._last_errno = None
             if self._failing:
                 self._failing = False
                 warnings.warn(f"midflight is writing to {self.path} again", RecorderWarning, stacklevel=2)
@@ -504,6 +538,7 @@ class Run:
     def _io_failed(self, exc: OSError, what: str) -> None:
         self.write_errors += 1
         self._failing = True
+        self._last_errno = exc.errno
         self._warn_once(
             ("io", exc.errno, what),
             f"midflight cannot write {what}: {exc.strerror or exc} "
@@ -633,6 +668,7 @@ def init(
     fsync_every: float = 5.0,
     max_pending_bytes: int = 256 << 20,
     max_queue: int = 200_000,
+    finish_wait_s: float = 30.0,
 ) -> Run:
     """Start recording one launch (segment) of a run into `run_dir`.
 
@@ -645,6 +681,8 @@ def init(
         reason: why this launch happened ("resume after NCCL timeout", "rollback, lr x0.5").
         segment_id: force an id (all ranks must pass the same); generated by rank 0 otherwise.
         flush_every: seconds between background flushes.
+        finish_wait_s: at finish, how long to wait for space on a full disk (ENOSPC, EDQUOT) so that the
+            segment's close record is still written; other write errors never wait.
     """
     global _current
     run_dir = Path(run_dir)
@@ -685,6 +723,7 @@ def init(
         fsync_every=fsync_every,
         max_pending_bytes=max_pending_bytes,
         max_queue=max_queue,
+        finish_wait_s=finish_wait_s,
     )
     run.flush()  # header and open record on disk now, or a warning now
     _current = run

@@ -74,7 +74,9 @@ def decode(line: bytes) -> dict:
     """Parse one line; raises ValueError for anything that is not a JSON object record."""
     try:
         rec = orjson.loads(line)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit"):  # no record nests 1,024 deep; never hand it to a recursive parser
+            raise ValueError("JSON nested too deeply") from None
         try:
             rec = json.loads(line)  # NaN/Infinity tokens (events, format 1); raises ValueError if garbage
         except RecursionError:

@@ -29,6 +29,7 @@ class Store:
         self.con = con
         self.path = path  # None for a private in-memory store
         self.note = note  # why this is a private store, if it is one
+        self.sealed_manifests: dict = {}  # (run dir, segment) -> file sizes its Parquet manifest was confirmed for
 
     @property
     def private(self) -> bool:

@@ -66,8 +66,8 @@ def step_spans(ranges: list[lineage.Range] | None, x_range) -> list[tuple]:
     return spans
 
 
-def m4_from_tiles(cur, run: str, name: str, rank: int | None, spans: list[tuple], buckets: int):
-    """Downsample a step-axis series from tile summaries; None when the raw path is as good (few points)."""
+def tile_split(spans: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """Step spans as (whole tiles to read from metric_tiles, raw step spans at their ragged edges)."""
     tiles, raw = [], []
     for seg, a, b in spans:
         ta, tb = -((-a) >> TILE_SHIFT), ((b + 1) >> TILE_SHIFT) - 1  # whole tiles inside [a, b]
@@ -79,6 +79,17 @@ def m4_from_tiles(cur, run: str, name: str, rank: int | None, spans: list[tuple]
             raw.append((seg, a, ta * TILE - 1))
         if b >= (tb + 1) * TILE:
             raw.append((seg, (tb + 1) * TILE, b))
+    return tiles, raw
+
+
+def where(table: str, col: str, run: str, name: str, rank: int | None, spans: list[tuple]) -> tuple[str, list]:
+    """The WHERE clause (and its parameters) of one series' rows or tiles within step or tile spans."""
+    return _where(table, col, run, name, rank, spans)
+
+
+def m4_from_tiles(cur, run: str, name: str, rank: int | None, spans: list[tuple], buckets: int):
+    """Downsample a step-axis series from tile summaries; None when the raw path is as good (few points)."""
+    tiles, raw = tile_split(spans)
     t_where, t_params = _where("metric_tiles", "tile", run, name, rank, tiles)
     r_where, r_params = _where("metrics", "step", run, name, rank, raw)
     n_t, lo_t, hi_t = cur.execute(

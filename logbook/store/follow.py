@@ -124,7 +124,7 @@ class Follower:
                 raise
             runs = []  # no run here yet
         with self._ingest_lock:
-            report = ingest(self.store, runs)
+            report = ingest(self.store, runs, seal=True)  # a run that finishes is sealed once
             self.last_report = report
             self.ingests += 1
         if report.records and self.on_ingest is not None:

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from logbook.record import layout, records
-from logbook.store import schema
+from logbook.store import schema, sealed
 from logbook.store.database import Store
 from logbook.values import optional_step
 
@@ -38,6 +38,8 @@ class IngestReport:
     malformed: int = 0
     examples: list = field(default_factory=list)  # (run, file, line_no, message, snippet)
     errors: list = field(default_factory=list)  # file-level problems: "run/file: what went wrong"
+    from_parquet: list = field(default_factory=list)  # (run, segment) read from sealed Parquet, not the logs
+    sealed: list = field(default_factory=list)  # (run, segment) whose Parquet this ingest wrote
 
     def describe(self) -> str:
         text = (
@@ -48,23 +50,37 @@ class IngestReport:
             text += f"; skipped {self.malformed:,} malformed lines, e.g.:"
             for run, rel, line_no, msg, snippet in self.examples[:MAX_EXAMPLES]:
                 text += f"\n  {run}/{rel}:{line_no}: {msg}: {snippet}"
+        if self.from_parquet:
+            text += f"; {len(self.from_parquet)} sealed segments read from their Parquet"
+        if self.sealed:
+            text += f"; sealed {len(self.sealed)} segments as Parquet"
         for error in self.errors:
             text += f"\nwarning: {error}"
         return text
 
 
-def ingest(store: Store, run_dirs, *, progress: bool = False, chunk_bytes: int = CHUNK_BYTES) -> IngestReport:
-    """Bring the store up to date with every complete record in `run_dirs`."""
+def ingest(
+    store: Store, run_dirs, *, progress: bool = False, chunk_bytes: int = CHUNK_BYTES, seal: bool = False
+) -> IngestReport:
+    """Bring the store up to date with every complete record in `run_dirs`.
+
+    Sealed segments whose Parquet matches their logs are loaded from it (logbook/store/sealed.py);
+    with `seal`, every segment this ingest finds sealed and not yet written out is written as Parquet
+    into its run directory. The front doors (`open_run`: the CLI; `Follower`: the dashboard and
+    `ingest --follow`) seal; a library caller building a scratch store leaves the run directory alone."""
     report = IngestReport()
     cur = store.cursor()
-    work = []
+    work, seen = [], []
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
         run_id = run_dir.name
+        seen.append((run_id, run_dir))
         headers, logs = layout.run_files(run_dir)
         _upsert_run(cur, run_id, run_dir, headers)
         for header in headers:
             _ingest_header(cur, run_id, run_dir, header, report)
+        for segment_id in sealed.load(cur, run_id, run_dir, logs, report.errors):
+            report.from_parquet.append((run_id, segment_id))
         for path in logs:
             rel = path.relative_to(run_dir).as_posix()
             try:
@@ -87,6 +103,11 @@ def ingest(store: Store, run_dirs, *, progress: bool = False, chunk_bytes: int =
     finally:
         if bar is not None:
             bar.close()
+    if seal:
+        for run_id, run_dir in seen:
+            done, problems = sealed.seal(cur, run_id, run_dir, store.sealed_manifests)
+            report.sealed.extend((run_id, s) for s in done)
+            report.errors.extend(problems)
     return report
 
 
@@ -611,4 +632,4 @@ def open_run(path, store_path=None, *, progress: bool = False):
 
     runs = layout.discover_runs(path)
     store = open_store(store_path or layout.default_store_path(path))
-    return store, ingest(store, runs, progress=progress)
+    return store, ingest(store, runs, progress=progress, seal=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import logbook
 from logbook.record import annotations as ann_log
 from logbook.record import records
 
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("MIDFLIGHT_CHROMIUM", "/usr/bin/chromium"))
 LIVE = "live-cpu"
 FAULTS = "opt-tiny-faults"
-PAGES = ["", "live", "lineage", "incidents", "energy", "compare"]
+CONST, CONST_LR = "constant-lr", 6e-05
+PAGES = ["", "live", "ranks", "lineage", "incidents", "energy", "compare"]
 XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"><b>bold</b> & done'
 
 try:
@@ -86,6 +88,10 @@ def runs_root(tmp_path_factory) -> Path:
     for name in (FAULTS, "tiny-rollback"):
         shutil.copytree(ROOT / "sample_runs" / name, root / name, ignore=shutil.ignore_patterns(".midflight"))
     ann_log.annotate(root / FAULTS, step=600, kind="note", text=XSS, author="e2e")
+    run = logbook.init(root / CONST, name=CONST)  # a finished run whose LR never moves
+    for i in range(50):
+        run.log({"loss": 3.0 - 0.01 * i, "lr": CONST_LR, "grad_norm": 1.0 + 0.01 * i}, step=i)
+    run.finish()
     return root
 
 
@@ -367,3 +373,111 @@ def test_a_zoom_survives_live_refreshes(page, server, trainer):
     before = step_shown(page)
     wait_for(lambda: (step_shown(page) or 0) > before + 5, 20, "the live refresh to go on")
     assert_charts_show(page, 10, 50)  # refreshed with new data, and still zoomed
+
+
+# ----------------------------------------------------------------- no flicker; a constant series shows its value
+SHOWN = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].filter(c => {
+    const svg = c.querySelector('.main-svg'); if (!svg) return false;
+    const r = c.getBoundingClientRect(); return r.width > 0 && r.height > 0 && c.querySelector('.trace');
+    }).map(c => { const t = c.querySelector('.gtitle'); return t ? t.textContent : '?'; })"""
+
+
+def test_live_refreshes_keep_every_chart_on_screen(page, server, trainer):
+    """While the page refreshes every second, no chart may vanish: sampled at 40 moments over ~15 s.
+
+    A chart counts when its container has a size and a drawn trace. (Streamlit re-keys a Plotly element by
+    a hash of its figure, so every refresh mounts a new element and keeps the old one, hidden, in the DOM:
+    counting containers or `.main-svg` elements would count those too.)"""
+    open_page(page, server, "live", LIVE)
+    wait_for(lambda: step_shown(page), 30, "the step in the Live header")
+    wait_for(lambda: len(page.evaluate(SHOWN)) >= 8, 30, "the Live charts")
+    time.sleep(3)
+    full = sorted(page.evaluate(SHOWN))
+    assert len(full) >= 8 and len(set(full)) == len(full), full  # each chart once: no hidden copy counted
+    first = step_shown(page)
+    samples = []
+    for i in range(40):
+        time.sleep(0.1 + 0.37 * (i % 3))  # moments spread over the refresh cycle
+        samples.append(sorted(page.evaluate(SHOWN)))
+    assert (step_shown(page) or 0) > (first or 0) + 3, "the page did not refresh while sampled"
+    missing = [(i, sorted(set(full) - set(s))) for i, s in enumerate(samples) if s != full]
+    assert not missing, f"charts missing during refreshes (sample, titles): {missing}"
+
+
+def test_a_constant_series_is_drawn_around_its_value(page, server):
+    open_page(page, server, "live", CONST)
+    ticks = """() => { for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]')) {
+        const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e._fullLayout);
+        const gd = ps[ps.length - 1];
+        const t = c.querySelector('.gtitle');
+        if (!gd || !t || !t.textContent.startsWith('learning rate') || !c.getBoundingClientRect().height) continue;
+        const ax = gd._fullLayout.yaxis;
+        return {range: ax.range, ticks: [...c.querySelectorAll('.ytick text')].map(t => t.textContent)}; }
+        return null; }"""
+    try:
+        got = wait_for(lambda: page.evaluate(ticks), 30, "the learning-rate chart")
+    except AssertionError:
+        raise AssertionError(
+            f"no learning-rate chart among {page.evaluate(SHOWN)}: {page.inner_text('body')[:800]}"
+        ) from None
+    lo, hi = got["range"]
+    assert lo < CONST_LR < hi and hi - lo <= 0.5 * CONST_LR, got  # around the value, not -1..1
+    values = [float(t.replace("\u2212", "-")) for t in got["ticks"] if t.strip()]
+    assert len(values) >= 2 and all(lo <= v <= hi for v in values), got
+    assert min(abs(v - CONST_LR) for v in values) <= 0.1 * CONST_LR, got  # a tick reads (about) the value
+
+
+# ----------------------------------------------------------------- a fleet-shaped run: 512 ranks
+@pytest.fixture(scope="module")
+def fleet_server(tmp_path_factory):
+    """Its own server over one generated run of 64 nodes x 8 GPUs (512 ranks) x 240 steps, ingested first."""
+    from benchmarks.fleet_run import write_fleet_run
+    from logbook.store import ingest
+
+    root = tmp_path_factory.mktemp("fleet") / "runs"
+    truth = write_fleet_run(root / "fleet", nodes=64, gpus_per_node=8, steps=240, telemetry_hz=0.01, seed=5)
+    store, _ = ingest.open_run(root)
+    store.close()
+    port = free_port()
+    log = open(root.parent / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", str(root), "--port", str(port)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _healthy(url) or proc.poll() is not None, 90, "the fleet dashboard")
+        assert proc.poll() is None, (root.parent / "server.log").read_text()[-3000:]
+        yield url, truth
+    finally:
+        stop(proc, signal.SIGINT)
+        log.close()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_the_per_rank_view_of_a_512_rank_run_shows_the_planted_straggler(page, fleet_server):
+    url, truth = fleet_server
+    s = truth["straggler"]
+    open_page(page, url, "ranks", "fleet")
+    heat = """() => { const c = document.querySelector('[data-testid="stPlotlyChart"]'); if (!c) return null;
+        const ps = [...c.querySelectorAll('.js-plotly-plot')]
+            .filter(e => e._fullData && e.getBoundingClientRect().height);
+        const gd = ps[ps.length - 1]; if (!gd || gd._fullData[0].type !== 'heatmap') return null;
+        const t = gd._fullData[0]; return {rows: t.y.length, z: t.z.map(r => Math.max(...r.filter(v => v !== null))),
+                y: t.y, drawn: !!c.querySelector('.hm, image')}; }"""
+    got = wait_for(lambda: page.evaluate(heat), 60, "the step-time heatmap")
+    assert got["rows"] == 512 and got["drawn"]
+    hottest = max(range(512), key=lambda i: got["z"][i])
+    assert got["y"][hottest] == f"rank {s['rank']}"  # the one bright stripe is the straggler's
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30000)  # the outlier table (a canvas)
+    worst = f"Worst: rank {s['rank']} on {s['host']}"
+    line = wait_for(lambda: page.get_by_text(worst).count() and page.get_by_text(worst).first.inner_text(), 30, worst)
+    assert f"since step {s['first_step']:,}" in line, line
+    assert page.locator('[data-testid="stException"]').count() == 0

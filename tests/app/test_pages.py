@@ -23,6 +23,7 @@ FAULTS, ROLLBACK, OPT = "opt-tiny-faults", "tiny-rollback", "opt175b-timeline"
 PAGES = {
     "runs": "Runs",
     "live": "Live · {run}",
+    "ranks": "Ranks & devices · {run}",
     "lineage": "Lineage & logbook · {run}",
     "incidents": "Incidents · {run}",
     "energy": "Energy & CO2 · {run}",
@@ -483,3 +484,79 @@ def test_a_poisoned_line_in_every_record_file_hides_no_good_data(runs):
     assert clean["skipped"] == [] and bad["skipped"] == [
         "⚠ 8 malformed lines skipped in 8 files; everything else in the run is shown"
     ]
+
+
+# ----------------------------------------------------------------- fleet scale: many ranks and devices
+@pytest.fixture(scope="module")
+def fleet_dir(tmp_path_factory):
+    """A generated run of 48 ranks on 6 nodes (more than the Live page draws one line each for)."""
+    from benchmarks.fleet_run import write_fleet_run
+
+    root = tmp_path_factory.mktemp("fleet")
+    truth = write_fleet_run(root / "fleet", nodes=6, gpus_per_node=8, steps=240, telemetry_hz=0.02, seed=1)
+    return root, truth
+
+
+def test_live_page_draws_the_distribution_band_and_the_worst_ranks_for_many_ranks(fleet_dir, monkeypatch):
+    root, truth = fleet_dir
+    monkeypatch.setenv(ENV_RUNS, str(root))
+    at = start("live", run="fleet")
+    specs = plotly_specs(at)
+    step_time = [s for s in specs if "step time across 48 ranks" in s["layout"]["title"]["text"]]
+    assert len(step_time) == 1
+    names = [t.get("name") for t in step_time[0]["data"]]
+    assert "median" in names and "p5–p95" in names and "min–max" in names
+    s = truth["straggler"]
+    assert f"rank {s['rank']} ({s['host']})" in names  # the straggler, named, with its own line
+    assert sum(1 for n in names if n and n.startswith("rank ")) <= 3  # not one line per rank
+    power = [sp for sp in specs if sp["layout"]["title"]["text"].startswith("power (W), 48 devices")]
+    assert len(power) == 1 and len(power[0]["data"]) < 10  # a band, not 48 lines
+
+
+def test_ranks_page_heatmap_outliers_and_a_linked_rank(fleet_dir, monkeypatch):
+    root, truth = fleet_dir
+    monkeypatch.setenv(ENV_RUNS, str(root))
+    s = truth["straggler"]
+    at = start("ranks", run="fleet")
+    assert titles(at) == ["Ranks & devices · fleet"]
+    heat = [sp for sp in plotly_specs(at) if sp["data"] and sp["data"][0]["type"] == "heatmap"]
+    assert len(heat) == 2  # step time per rank, and a device telemetry
+    assert len(heat[0]["data"][0]["y"]) == 48
+    table = frame(at, "rank", "host", "vs median", "since step")
+    assert (table["rank"].iat[0], table["host"].iat[0]) == (s["rank"], s["host"])
+    assert table["since step"].iat[0] == s["first_step"]
+    assert at.selectbox(key="ranks:rank").value == s["rank"]  # the worst rank's own series is shown first
+    one = [sp for sp in plotly_specs(at) if sp["layout"]["title"]["text"].startswith("step_time_s: rank")]
+    assert [t.get("name") for t in one[0]["data"]][-1] == f"rank {s['rank']}"
+    at.radio(key="ranks:group").set_value("node").run()
+    assert frame(at, "host", "vs median")["host"].iat[0] == s["host"]
+    at.radio(key="ranks:group").set_value("rank").run()
+    at.selectbox(key="ranks:rank").set_value(3).run()
+    assert at.query_params["rank"] == ["3"] or at.query_params["rank"] == "3"
+
+
+def test_a_constant_series_is_drawn_on_an_axis_that_shows_its_value(runs):
+    import numpy as np
+
+    from logbook.present import figures
+
+    fig = figures.metric_figure("lr", [figures.Line("lr", np.arange(5), np.full(5, 6e-5), np.arange(5))])
+    lo, hi = fig.layout.yaxis.range
+    assert lo < 6e-5 < hi and hi - lo < 2e-5  # around the value, not -1..1
+    varying = figures.metric_figure("x", [figures.Line("x", np.arange(5), np.arange(5.0), np.arange(5))])
+    assert varying.layout.yaxis.range is None  # data that vary keep Plotly's autorange
+
+
+def test_ranks_page_follows_a_rank_link_and_refuses_a_bad_one(fleet_dir, monkeypatch):
+    root, truth = fleet_dir
+    monkeypatch.setenv(ENV_RUNS, str(root))
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params["run"] = "fleet"
+    at.query_params["rank"] = "7"
+    at.run()
+    at.switch_page("app_pages/ranks.py").run()
+    assert not at.exception
+    assert at.selectbox(key="ranks:rank").value == 7
+    at.query_params["rank"] = "-1"
+    at.run()
+    assert not at.exception and any("?rank= must be a rank number" in w.value for w in at.warning)

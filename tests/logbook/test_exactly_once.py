@@ -189,26 +189,33 @@ def test_sigkilled_ingest_resumes_to_exactly_the_clean_result(big_run, clean_sto
 def test_ingest_twice_and_rebuild_give_the_same_store(big_run, clean_store, tmp_path):
     clean, _ = clean_store
     path = tmp_path / "store.duckdb"
+    sealed_parquet = big_run / layout.STORE_DIR / "parquet"
+    shutil.rmtree(sealed_parquet, ignore_errors=True)  # what an earlier CLI ingest sealed: derived data too
     first = cli("ingest", big_run, "--store", path, "-q")
     assert first.returncode == 0, first.stderr
     assert "(309,990 metric points" in first.stdout and "malformed" not in first.stdout
+    assert "sealed 2 segments as Parquet" in first.stdout  # both segments are closed and read to their end
     again = cli("ingest", big_run, "--store", path, "-q")
     assert again.returncode == 0 and again.stdout.startswith("ingested 0 records"), again.stdout
     _assert_same_as_clean(path, clean)
 
-    # The store is derived data: delete it (and any WAL) and rebuild it from the logs.
+    # The store (and the sealed Parquet) are derived data: delete them and rebuild the store from the logs.
     for p in (path, path.with_name(path.name + ".wal")):
         p.unlink(missing_ok=True)
+    shutil.rmtree(sealed_parquet)
     with open_store(path, fallback=False) as store:
         report = ingest(store, [big_run], chunk_bytes=CHUNK)
         assert (report.metric_points, report.malformed) == (309990, 0)
         assert ingest(store, [big_run]).records == 0
     _assert_same_as_clean(path, clean)
 
-    # Also from a copy of the run in another place: same rows (only runs.path differs).
+    # Also from a copy of the run in another place, sealed Parquet and all: same rows (only runs.path differs),
+    # with the sealed segments read from the copy's Parquet.
+    assert cli("ingest", big_run, "--store", tmp_path / "reseal.duckdb", "-q").returncode == 0
     moved = tmp_path / "elsewhere" / big_run.name
     shutil.copytree(big_run, moved, copy_function=shutil.copy2)
     with open_store(tmp_path / "moved.duckdb", fallback=False) as store:
-        ingest(store, [moved])
-    diff = store_snapshot_diff(tmp_path / "moved.duckdb", clean, ("metrics", "events", "annotation_ops"))
+        assert sorted(ingest(store, [moved]).from_parquet) == [("run", "seg-a"), ("run", "seg-b")]
+    tables = ("metrics", "metric_tiles", "events", "telemetry", "segments", "rank_logs", "annotation_ops")
+    diff = store_snapshot_diff(tmp_path / "moved.duckdb", clean, tables)
     assert all(a == b == 0 for _, a, b in diff.values()), diff

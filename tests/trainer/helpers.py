@@ -62,10 +62,9 @@ def logbook_cli(*args) -> subprocess.CompletedProcess:
 class Recorded:
     """The run's logbook, ingested into a fresh store."""
 
-    def __init__(self, run_dir: Path):
-        self.store, self.report = logbook.open_run(
-            run_dir, store_path=Path(run_dir).parent / f"{Path(run_dir).name}.duckdb"
-        )
+    def __init__(self, run_dir: Path, store_path: Path | None = None):
+        store_path = store_path or Path(run_dir).parent / f"{Path(run_dir).name}.duckdb"
+        self.store, self.report = logbook.open_run(run_dir, store_path=store_path)
         (self.run,) = queries.run_ids(self.store)
 
     def metric(self, name: str, *, rank: int = 0, which: str = "effective") -> dict[int, float]:

@@ -1,0 +1,278 @@
+"""Write a fleet-shaped run (hundreds of nodes x 8 GPUs) in midflight's own record format, fast.
+
+Why: every view of midflight must stay readable and fast at the shape it exists for (OPT-175B:
+124 nodes x 8 GPUs = 992 ranks), and tests and benchmarks need such runs in seconds, with known
+incidents to find. The Recorder writes one rank per process; driving 992 of them from one process
+would measure thread scheduling, not midflight. So this module writes the same bytes the Recorder's
+flush thread writes (logbook.record.records: an `open` record, orjson `metrics` / `telemetry` blocks,
+`event` records, a `close` record; a `segment.json` header from logbook.record.segments) into the
+paths of logbook.record.layout, one rank file per rank, as the trainer lays them out:
+
+- rank 0 logs the training metrics per step (loss, ppl, grad_norm, clipped, clip, lr, tokens,
+  tokens_per_s, step_time_s, loss_scale, actv_norm);
+- every other rank logs step_time_s per step;
+- each node's local rank 0 logs NVML-like telemetry (util_pct, mem_used_gib, power_w, temp_c,
+  sm_clock_mhz, energy_j) for the node's GPUs at `telemetry_hz`.
+
+Records are blocks of `block` steps (a 0.5 s flush at a fast step writes a few steps per block).
+
+Planted incidents (`plant`, each optional; steps scale with the run):
+- "spike":     a loss spike (x3) for 3 steps at 60 % of the run;
+- "overflow":  an overflow streak (fp16 loss-scale halvings, `overflow` events) of 5 steps at 40 %;
+- "straggler": one rank +15 % step time for 50 steps from 50 % of the run (the rank is `straggler_rank`,
+               default the middle rank: neither rank 0 nor a node's local rank 0);
+- "slow_node": every rank of one node +8 % step time over the last quarter (off by default).
+`write_fleet_run` returns a dict describing what was planted (ranks, hosts, step ranges), so a test
+asserts against the truth it planted, never a hard-coded number.
+
+    python benchmarks/fleet_run.py RUN_DIR --nodes 64 --steps 300            # 512 ranks
+    python benchmarks/fleet_run.py RUN_DIR --nodes 124 --steps 1000 --telemetry-hz 0.2 --plant spike,straggler
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from logbook.record import layout, records, segments  # noqa: E402
+from logbook.values import step as valid_step  # noqa: E402
+
+PLANTS = ("spike", "overflow", "straggler", "slow_node")
+DEFAULT_PLANT = ("spike", "overflow", "straggler")
+STRAGGLER_EXTRA = 0.15
+STRAGGLER_STEPS = 50
+SLOW_NODE_EXTRA = 0.08
+TELEMETRY_NAMES = ["util_pct", "mem_used_gib", "power_w", "temp_c", "sm_clock_mhz", "energy_j"]
+
+
+def _block(kind: str, names: list[str], rows: list, device: str | None = None) -> bytes:
+    rec = {"k": kind, "names": names, "rows": rows}
+    if device is not None:
+        rec["device"] = device
+    return orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+
+
+def write_fleet_run(
+    run_dir: Path,
+    *,
+    nodes: int = 4,
+    gpus_per_node: int = 8,
+    steps: int = 300,
+    telemetry_hz: float = 0.2,
+    step_s: float = 20.0,
+    seed: int = 0,
+    plant=DEFAULT_PLANT,
+    straggler_rank: int | None = None,
+    block: int = 1,
+    start_time: float = 1_780_000_000.0,
+    segment_id: str = "seg-fleet-0",
+    name: str | None = None,
+    closed: bool = True,
+) -> dict:
+    """Write the run; returns what was planted: {"ranks", "nodes", "steps", "straggler": {...}, ...}."""
+    nodes, gpus_per_node, steps, block = (int(v) for v in (nodes, gpus_per_node, steps, block))
+    if nodes < 1 or gpus_per_node < 1 or block < 1:
+        raise ValueError("nodes, gpus_per_node and block must be >= 1")
+    valid_step(steps)
+    if steps < 10:
+        raise ValueError(f"steps={steps}: a fleet run needs at least 10 steps")
+    if not (telemetry_hz >= 0) or not (step_s > 0):
+        raise ValueError("telemetry_hz must be >= 0 and step_s > 0")
+    plant = tuple(plant)
+    unknown = set(plant) - set(PLANTS)
+    if unknown:
+        raise ValueError(f"unknown incident(s) {sorted(unknown)}: choose from {', '.join(PLANTS)}")
+    world = nodes * gpus_per_node
+    run_dir = Path(run_dir)
+    seg_dir = layout.segment_dir(run_dir, segment_id)
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    hosts = [f"node{n:04d}" for n in range(nodes)]
+    truth: dict = {"ranks": world, "nodes": nodes, "steps": steps, "hosts": hosts, "segment": segment_id}
+
+    # ---- step times: every rank its own noisy time; the planted slow ones on top
+    base = step_s * (1 + 0.01 * rng.standard_normal((world, steps)))  # ranks x steps
+    if "straggler" in plant:
+        r = (
+            straggler_rank
+            if straggler_rank is not None
+            else world // 2 + (1 if (world // 2) % gpus_per_node == 0 else 0)
+        )
+        r = min(int(r), world - 1)
+        s0 = steps // 2
+        s1 = min(steps, s0 + STRAGGLER_STEPS)
+        base[r, s0:s1] *= 1 + STRAGGLER_EXTRA
+        truth["straggler"] = {"rank": r, "host": hosts[r // gpus_per_node], "first_step": s0, "last_step": s1 - 1}
+    if "slow_node" in plant and nodes > 1:
+        n = nodes - 1
+        s0 = steps - steps // 4
+        base[n * gpus_per_node : (n + 1) * gpus_per_node, s0:] *= 1 + SLOW_NODE_EXTRA
+        truth["slow_node"] = {"host": hosts[n], "ranks": list(range(n * gpus_per_node, (n + 1) * gpus_per_node))}
+        truth["slow_node"].update(first_step=s0, last_step=steps - 1)
+    # a step ends when its slowest rank does (synchronous training): wall clock from the max
+    step_end = start_time + np.cumsum(base.max(axis=0))
+    step_ids = np.arange(steps, dtype=np.int64)
+
+    # ---- rank 0's training metrics
+    loss = 10.0 * np.exp(-step_ids / max(steps / 3, 1)) + 2.0 + 0.02 * rng.standard_normal(steps)
+    grad_norm = 1.0 + 0.1 * np.abs(rng.standard_normal(steps))
+    scale = np.full(steps, 65536.0)
+    events = []
+    if "spike" in plant:
+        s0 = int(steps * 0.6)
+        loss[s0 : s0 + 3] *= 3.0
+        grad_norm[s0 : s0 + 3] *= 20.0
+        truth["spike"] = {"first_step": s0, "last_step": s0 + 2}
+    if "overflow" in plant:
+        s0 = int(steps * 0.4)
+        for i, s in enumerate(range(s0, min(steps, s0 + 5))):
+            before = 65536.0 / 2**i
+            scale[s:] = before / 2
+            ev = {"k": records.EVENT, "kind": "overflow", "step": s, "t": float(step_end[s])}
+            ev["fields"] = {"scale_before": before, "scale_after": before / 2, "skipped": True}
+            events.append((s, records.encode(ev)))
+        truth["overflow"] = {"first_step": s0, "last_step": min(steps, s0 + 5) - 1}
+    tokens_per_step = 2048 * 1024
+    lr = np.full(steps, 6e-5)
+    m_names = ["loss", "ppl", "grad_norm", "clipped", "clip", "lr", "tokens", "tokens_per_s", "step_time_s"]
+    m_names += ["loss_scale", "actv_norm"]
+    rank0 = np.column_stack(
+        [
+            step_ids,
+            step_end,
+            loss,
+            np.exp(np.minimum(loss, 700)),
+            grad_norm,
+            (grad_norm > 1.0).astype(float),
+            np.ones(steps),
+            lr,
+            (step_ids + 1) * tokens_per_step,
+            tokens_per_step / base[0],
+            base[0],
+            scale,
+            1.0 + 0.01 * rng.standard_normal(steps),
+        ]
+    )
+
+    # ---- telemetry samples (each node's local rank 0, for its GPUs)
+    t_end = float(step_end[-1])
+    n_samples = int((t_end - start_time) * telemetry_hz) if telemetry_hz > 0 else 0
+    t_samples = start_time + (np.arange(n_samples) + 1) / telemetry_hz if n_samples else np.empty(0)
+    t_steps = np.searchsorted(step_end, t_samples).clip(0, steps - 1)
+
+    header = {
+        "v": records.FORMAT_VERSION,
+        "segment": segment_id,
+        "run": name or run_dir.name,
+        "parent": None,
+        "resume_step": None,
+        "reason": None,
+        "start_time": start_time,
+        "world_size": world,
+        "host": hosts[0],
+        "pid": 1,
+        "config": {"model": "fleet", "nodes": nodes, "gpus_per_node": gpus_per_node, "steps": steps},
+        "config_diff": {},
+    }
+    segments.write_header(run_dir, header)
+
+    for rank in range(world):
+        node, local = divmod(rank, gpus_per_node)
+        out = []
+        opened = {"k": records.OPEN, "v": records.FORMAT_VERSION, "run": header["run"], "segment": segment_id}
+        opened.update(rank=rank, local_rank=local, world=world, host=hosts[node], pid=1000 + rank, t=start_time)
+        out.append(records.encode(opened))
+        ev_i = 0
+        for b0 in range(0, steps, block):
+            b1 = min(steps, b0 + block)
+            if rank == 0:
+                out.append(_block(records.METRICS, m_names, _int_steps(rank0[b0:b1].tolist())))
+                while ev_i < len(events) and events[ev_i][0] < b1:
+                    out.append(events[ev_i][1])
+                    ev_i += 1
+            else:
+                rows = _int_steps(np.column_stack([step_ids[b0:b1], step_end[b0:b1], base[rank, b0:b1]]).tolist())
+                out.append(_block(records.METRICS, ["step_time_s"], rows))
+        if local == 0 and n_samples:
+            out.extend(_telemetry(rng, node, gpus_per_node, t_samples, t_steps, base, truth))
+        if closed:
+            close = {"k": records.CLOSE, "t": t_end, "reason": "completed", "exit_code": 0, "error": None}
+            close.update(last_step=steps - 1, dropped_records=0, dropped_values=0, write_errors=0)
+            out.append(records.encode(close))
+        layout.rank_file(run_dir, segment_id, rank).write_bytes(b"".join(out))
+    return truth
+
+
+def _int_steps(rows: list) -> list:
+    for row in rows:  # steps are integers in the record format, as the Recorder writes them
+        row[0] = int(row[0])
+    return rows
+
+
+def _telemetry(rng, node: int, gpus: int, t: np.ndarray, t_steps: np.ndarray, base, truth: dict) -> list[bytes]:
+    """One node's NVML-like samples: per GPU one block of rows [wall_time, step, util, mem, power, temp, clock, energy].
+
+    A slow rank's GPU draws less power and runs cooler while it lags (it waits less for nothing: it computes
+    longer at a lower clock), so the straggler shows in power and SM clock too."""
+    out = []
+    n = len(t)
+    dt = np.diff(t, prepend=t[0] - (t[1] - t[0] if n > 1 else 1.0))
+    for g in range(gpus):
+        rank = node * gpus + g
+        slow = base[rank, t_steps] / np.median(base[:, t_steps], axis=0) - 1  # > 0 while this rank lags
+        util = np.clip(97 + rng.standard_normal(n), 0, 100)
+        power = 400 + 10 * rng.standard_normal(n) - 600 * np.clip(slow, 0, None)
+        temp = 70 + 1.5 * rng.standard_normal(n) - 20 * np.clip(slow, 0, None)
+        clock = 1980 - 5 * np.abs(rng.standard_normal(n)) - 1500 * np.clip(slow, 0, None)
+        mem = np.full(n, 71.5) + 0.05 * rng.standard_normal(n)
+        energy = np.cumsum(power * dt)
+        rows = np.column_stack([t, t_steps, util, mem, power, temp, clock, energy])
+        rows_l = rows.tolist()
+        for row in rows_l:
+            row[1] = int(row[1])
+        out.append(_block(records.TELEMETRY, TELEMETRY_NAMES, rows_l, device=f"gpu{g}"))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--nodes", type=int, default=124)
+    ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--telemetry-hz", type=float, default=0.2)
+    ap.add_argument("--step-s", type=float, default=20.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--block", type=int, default=1, help="steps per metrics record (a flush)")
+    ap.add_argument("--plant", default=",".join(DEFAULT_PLANT), help=f"comma-separated: {', '.join(PLANTS)} or none")
+    a = ap.parse_args(argv)
+    plant = () if a.plant in ("", "none") else tuple(p.strip() for p in a.plant.split(","))
+    if a.run_dir.exists() and any(a.run_dir.iterdir()):
+        ap.error(f"{a.run_dir} exists and is not empty")
+    t0 = time.perf_counter()
+    try:
+        truth = write_fleet_run(
+            a.run_dir, nodes=a.nodes, gpus_per_node=a.gpus_per_node, steps=a.steps, telemetry_hz=a.telemetry_hz,
+            step_s=a.step_s, seed=a.seed, plant=plant, block=a.block,
+        )  # fmt: skip
+    except ValueError as exc:
+        ap.error(str(exc))
+    size = sum(p.stat().st_size for p in a.run_dir.rglob("*") if p.is_file())
+    truth.pop("hosts")
+    print(json.dumps(truth))
+    took = time.perf_counter() - t0
+    print(f"wrote {truth['ranks']} ranks x {truth['steps']} steps, {size / 1e6:.1f} MB in {took:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
