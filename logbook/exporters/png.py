@@ -78,8 +78,8 @@ def chart_png(chart: Chart, markers: list[Marker]) -> bytes:
         label = f"{m.kind}s" if m.kind not in seen else None
         seen.add(m.kind)
         ax.axvline(m.step, color=colour, lw=0.8, ls="--", alpha=0.8, label=label)
-    if chart.log_y:
-        ax.set_yscale("log")
+    if chart.log_y and any(np.any(np.asarray(c.value, dtype="float64") > 0) for c in chart.curves):
+        ax.set_yscale("log")  # only with a value it can show: a log axis of nothing cannot place its ticks
     ax.set_title(_label(chart.title), fontsize=11)
     ax.set_xlabel("step", fontsize=8)
     ax.grid(alpha=0.25)

@@ -86,7 +86,10 @@ def import_logs(
         parser = {"megatron": megatron.parse, "mllog": mllog.parse}.get(fmt, fairseq.parse)
 
         def parse(path, ctx):
-            return parser(reading.lines(path, progress=progress), ctx)
+            def bad(line_no, message):
+                ctx.report.bad(ctx.source, line_no, message, "")
+
+            return parser(reading.lines(path, progress=progress, bad=bad), ctx)
 
     run_config: dict = {}
     writer = RunWriter(
@@ -101,10 +104,14 @@ def import_logs(
         world_size=world_size,
     )
     estimated = wallclock.Clock()  # wall times from iteration times, for logs without a clock
-    for p in paths:
-        ctx = Context(p.name, report, clock, run_config)
-        writer.add_source(p, wallclock.estimate(parse(p, ctx), estimated, ctx))
-    writer.finish()
+    try:
+        for p in paths:
+            ctx = Context(p.name, report, clock, run_config)
+            writer.add_source(p, wallclock.estimate(parse(p, ctx), estimated, ctx))
+        writer.finish()
+    except BaseException:
+        writer.abort()  # never a half-written run (see writer's module docstring)
+        raise
     return report
 
 

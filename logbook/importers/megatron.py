@@ -7,13 +7,17 @@ A launcher may prefix every line (`[default7]:`, `3: `) and a terminal may wrap 
 long line; wrapped parts are joined until the record ends with its closing `|`.
 `lm loss` is in nats already. Skipped and NaN iteration counts are kept as metrics
 and, when non-zero, become `skipped_iterations` / `nan_iterations` events (under
-fp16 a skipped iteration is a loss-scale overflow).
+fp16 a skipped iteration is a loss-scale overflow). Steps follow `logbook.values.step`
+(integers in [0, 2**63)) and the two counts must be whole numbers >= 0: a record that breaks
+either is a counted malformed line, never an error.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
+from logbook import values as vals
 from logbook.importers.items import Context, End, Event, Resume, Step
 
 RENAME = {
@@ -33,13 +37,14 @@ RENAME = {
     "params norm": "param_norm",
     "throughput per GPU (TFLOP/s/GPU)": "tflops_per_gpu",
 }
+COUNTS = {"skipped_iterations": "skipped_iterations", "nan_iterations": "nan_iterations"}  # metric -> event kind
 SCALED = {"elapsed time per iteration (ms)": ("step_time_s", 1e-3)}  # newer Megatron-LM prints milliseconds
 MAX_JOINED = 4  # a wrapped record spans at most this many lines
 
 _PREFIX = re.compile(r"^\s*(?:\[[^\]\s]+\]:\s?|\d+: )")
 _ITER = re.compile(r"\biteration\s+(\d+)\s*/\s*(\d+)\s*\|")
 _VALID = re.compile(r"valid(?:ation)? loss at iteration (\d+)\s*\|(.*)")
-_LOADED = re.compile(r"successfully loaded checkpoint from (\S+).*? at iteration (\d+)")
+_LOADED = re.compile(r"successfully loaded checkpoint from (\S++).*? at iteration (\d+)")  # possessive: linear
 _DONE = re.compile(r"\[after training is done\]|exiting program at iteration")
 _NAME = re.compile(r"[^0-9A-Za-z]+")
 
@@ -88,13 +93,18 @@ def _other(text: str, line_no: int, ctx: Context):
                 values["valid_ppl"] = float(fields["lm loss PPL"])
             if not values:
                 raise ValueError("validation line without an lm loss")
+            step = vals.step(m.group(1))
         except ValueError as exc:
             ctx.report.bad(ctx.source, line_no, str(exc), text)
             return ()
-        return (Step(int(m.group(1)), values, t, line_no),)
+        return (Step(step, values, t, line_no),)
     m = _LOADED.search(text)
     if m:
-        step = int(m.group(2))
+        try:
+            step = vals.step(m.group(2))
+        except ValueError as exc:
+            ctx.report.bad(ctx.source, line_no, f"loaded checkpoint: {exc}", text)
+            return ()
         return (Resume(step, t, line_no, f"loaded checkpoint {m.group(1)} at iteration {step}"),)
     if _DONE.search(text):
         return (End("completed", t, line_no),)
@@ -115,9 +125,9 @@ def _record(parts: list, ctx: Context):
     text = " ".join(p[1].strip() for p in parts)
     try:
         m = _ITER.search(text)
-        step = int(m.group(1))
+        step = vals.step(m.group(1))
         values: dict[str, float] = {}
-        ctx.run_config.setdefault("train_iters", int(m.group(2)))
+        train_iters = _whole(m.group(2))
         for name, raw in _fields(text[m.end() :]).items():
             try:
                 v = float(raw)
@@ -130,17 +140,31 @@ def _record(parts: list, ctx: Context):
                 values[RENAME.get(name) or _NAME.sub("_", name).strip("_").lower()] = v
         if "loss" not in values and not any(k.endswith("loss") for k in values):
             raise ValueError("iteration line without a loss (cut short?)")
+        for key in COUNTS:
+            n = values.get(key)
+            if n is not None and not (math.isfinite(n) and n >= 0 and n.is_integer()):
+                raise ValueError(f"{key.replace('_', ' ')} {n!r} is not a count")
     except (ValueError, AttributeError, OverflowError) as exc:
         ctx.report.bad(ctx.source, line_no, str(exc) or type(exc).__name__, text)
         return
+    if train_iters is not None:
+        ctx.run_config.setdefault("train_iters", train_iters)
     if values.get("samples") and values.get("tokens") and "samples_per_s" in values:
         values["tokens_per_s"] = values["samples_per_s"] * values["tokens"] / values["samples"]
     t = ctx.clock.find(parts[0][1][:40])
     yield Step(step, values, t, line_no)
-    for key, kind in (("skipped_iterations", "skipped_iterations"), ("nan_iterations", "nan_iterations")):
+    for key, kind in COUNTS.items():
         n = values.get(key, 0)
-        if n and n > 0:
+        if n > 0:
             yield Event(kind, step, t, {"count": int(n)}, line_no)
+
+
+def _whole(text: str) -> int | None:
+    """The planned iteration count, if it is one (an absurd total loses the setting, not the record)."""
+    try:
+        return vals.step(text)
+    except ValueError:
+        return None
 
 
 def looks_like(sample: list[str]) -> int:

@@ -11,7 +11,9 @@ these. Every record carries its wall time (`time_ms`), so no clock or zone is ne
   else `epoch_num` (MLPerf counts in samples or tokens, not optimizer steps). Which one was
   used is recorded in the run config (`units.step`). A record without one is pinned to the
   last step seen.
-- **Metrics**: numeric `POINT_IN_TIME` values after `run_start` and every number inside a
+- **Metrics**: numeric `POINT_IN_TIME` values after `run_start` (or, before it, any that
+  carry a step counter in their metadata, which hyperparameters never do: an unreadable
+  `run_start` line costs that line, not the run's metrics) and every number inside a
   `tracked_stats` value, named through `names.py` (`train_loss`/`reduced_train_loss` ->
   `loss`, `train_step_timing` -> `step_time_s`, `current_lr` -> `lr`; `throughput` keeps
   its name, because its unit differs by benchmark).
@@ -125,7 +127,7 @@ def _record(raw: str, line_no: int, state: dict, ctx: Context):
     if (
         key.startswith(("submission_", "opt_"))
         or key in CONFIG_KEYS
-        or (not state["started"] and key != "tracked_stats")
+        or (not state["started"] and key != "tracked_stats" and not any(meta.get(k) is not None for k in STEP_KEYS))
     ):
         if isinstance(value, (str, int, float, bool)) and not (isinstance(value, float) and not math.isfinite(value)):
             yield Config({f"mlperf.{key}": value[:MAX_CONFIG_TEXT] if isinstance(value, str) else value}, line_no)

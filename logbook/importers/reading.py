@@ -3,6 +3,8 @@
 A training log can be gigabytes. It is read line by line (gzip too), so memory
 stays bounded, with a byte progress bar on stderr for big files. Undecodable
 bytes are replaced, never fatal: a corrupt line is then counted by the parser.
+A damaged gzip stream ends the file where it breaks: the lines before it are
+kept and the break is reported (`bad`), or is a one-line ValueError.
 """
 
 from __future__ import annotations
@@ -10,27 +12,34 @@ from __future__ import annotations
 import gzip
 import re
 import sys
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 PROGRESS_MIN_BYTES = 8 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+STREAM_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
 
 _STAMP = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,6}))?")
 
 
-def open_text(path: Path):
-    """A text stream over a plain or gzip-compressed file."""
+def open_text(path: Path, *, plain: bool = False):
+    """A text stream over a plain or gzip-compressed file (`plain`: read it as text whatever its first bytes)."""
     path = Path(path)
     with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    if gz:
+        gz = f.read(2) == GZIP_MAGIC
+    if gz and not plain:
         return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
     return open(path, encoding="utf-8", errors="replace", newline="")
 
 
-def lines(path: Path, *, progress: bool = False):
-    """(line_no, text without its newline) for every line of `path`, streamed."""
+def lines(path: Path, *, progress: bool = False, bad=None):
+    """(line_no, text without its newline) for every line of `path`, streamed.
+
+    A file that only starts like gzip (its first line cannot be decompressed) is read as text. A
+    stream that breaks part-way (a truncated or corrupt gzip file) ends there: `bad(line_no, message)`
+    is told, or without `bad` it is a one-line ValueError."""
     path = Path(path)
     size = path.stat().st_size
     bar = None
@@ -40,19 +49,41 @@ def lines(path: Path, *, progress: bool = False):
         bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"import {path.name}", file=sys.stderr)
     try:
         with open_text(path) as f:
-            last = 0
-            for i, line in enumerate(f, 1):
-                if bar is not None and i % 4096 == 0:
-                    pos = _position(f)
-                    if pos is not None:
-                        bar.update(pos - last)
-                        last = pos
-                yield i, line.rstrip("\r\n")
-            if bar is not None:
-                bar.update(size - last)
+            try:
+                first = f.readline()
+            except STREAM_ERRORS:
+                first = None
+            if first is not None:
+                yield from _lines(f, first, path, size, bar, bad)
+                return
+        with open_text(path, plain=True) as f:
+            yield from _lines(f, f.readline(), path, size, bar, bad)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _lines(f, first: str, path: Path, size: int, bar, bad):
+    i = last = 0
+    line = first
+    while line:
+        i += 1
+        if bar is not None and i % 4096 == 0:
+            pos = _position(f)
+            if pos is not None:
+                bar.update(pos - last)
+                last = pos
+        yield i, line.rstrip("\r\n")
+        try:
+            line = f.readline()
+        except STREAM_ERRORS as exc:
+            message = f"unreadable from here on ({type(exc).__name__}: {str(exc)[:120]})"
+            if bad is None:
+                raise ValueError(f"{path.name}: line {i + 1}: {message}") from None
+            bad(i + 1, message)
+            return
+    if bar is not None:
+        bar.update(size - last)
 
 
 def _position(f) -> int | None:

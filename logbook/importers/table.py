@@ -52,6 +52,7 @@ import sqlite3
 import tempfile
 from datetime import datetime
 
+from logbook import values
 from logbook.importers import names, reading
 from logbook.importers.items import Context, Step
 
@@ -70,7 +71,6 @@ TIME_COLUMNS = ("_timestamp", "timestamp", "wall_time", "walltime", "time")
 NAME_COLUMNS = ("metric", "name", "key", "tag")
 VALUE_COLUMN = "value"
 DELIMITERS = (",", "\t", ";")
-MAX_STEP = 2**63 - 1
 CLOCK_MIN = 1e9  # Unix seconds below this (2001-09-09) are elapsed time, not a wall clock
 UNIT = "as logged (CSV import does not convert)"
 BATCH = 10_000  # long-table rows per SQLite insert
@@ -79,12 +79,18 @@ BATCH = 10_000  # long-table rows per SQLite insert
 def parse_path(path, ctx: Context):
     """Items from one CSV file (plain or gzip), streamed (see the module docstring)."""
     with reading.open_text(path) as f:
-        first = f.readline()
+        try:
+            first = f.readline()
+        except reading.STREAM_ERRORS as exc:
+            raise ValueError(f"{ctx.source}: unreadable ({type(exc).__name__}: {str(exc)[:120]})") from None
         if not first.strip():
             raise ValueError(f"{ctx.source}: no header line: a CSV table starts with its column names")
         delimiter = sniff_delimiter(first)
         reader = csv.reader(itertools.chain([first], f), delimiter=delimiter)
-        header = next(reader)
+        try:
+            header = next(reader)
+        except csv.Error as exc:
+            raise ValueError(f"{ctx.source}: unreadable header line: {exc}") from None
         if header:
             header[0] = header[0].lstrip("\ufeff")
         cols = _Columns(header, ctx, delimiter)
@@ -95,7 +101,14 @@ def parse_path(path, ctx: Context):
 
 def sniff_delimiter(line: str) -> str:
     """The delimiter that splits the header into the most cells (comma on a tie)."""
-    return max(DELIMITERS, key=lambda d: len(next(csv.reader([line], delimiter=d))))
+    return max(DELIMITERS, key=lambda d: _cells(line, d))
+
+
+def _cells(line: str, delimiter: str) -> int:
+    try:
+        return len(next(csv.reader([line], delimiter=delimiter)))
+    except csv.Error:  # a cell over the csv module's 128 KiB limit: count the delimiters instead
+        return line.count(delimiter) + 1
 
 
 def _rows(reader, width: int, delimiter: str, ctx: Context):
@@ -109,6 +122,9 @@ def _rows(reader, width: int, delimiter: str, ctx: Context):
             ctx.report.lines += 1
             ctx.report.bad(ctx.source, reader.line_num, f"unreadable CSV row: {exc}", "")
             continue
+        except reading.STREAM_ERRORS as exc:  # a damaged gzip stream: the rows before it are kept
+            ctx.report.bad(ctx.source, reader.line_num + 1, f"unreadable from here on ({type(exc).__name__})", "")
+            return
         ctx.report.lines += 1
         if not any(c.strip() for c in row):
             ctx.report.other_lines += 1  # a blank line
@@ -255,19 +271,7 @@ def _step(cell: str) -> int:
     s = cell.strip()
     if not s:
         raise ValueError("empty step cell")
-    try:
-        v = int(s)
-    except ValueError:
-        try:
-            f = float(s)
-        except ValueError:
-            raise ValueError(f"step {s!r} is not an integer") from None
-        if not (math.isfinite(f) and f.is_integer()):
-            raise ValueError(f"step {s!r} is not an integer") from None
-        v = int(f)
-    if not 0 <= v <= MAX_STEP:
-        raise ValueError(f"step {v} is out of range (0 to 2**63-1)")
-    return v
+    return values.step(s)  # the one rule: an integer in [0, 2**63)
 
 
 def _wide(rows, cols: _Columns, ctx: Context):

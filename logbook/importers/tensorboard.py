@@ -90,10 +90,14 @@ def import_tensorboard(
             world_size=world_size,
         )
         namer = names.Namer()
-        for f in files:
-            ctx = Context(_relative(f, base), report, clock, run_config)
-            writer.add_source(f, parse_file(f, ctx, namer, bar))
-        writer.finish()
+        try:
+            for f in files:
+                ctx = Context(_relative(f, base), report, clock, run_config)
+                writer.add_source(f, parse_file(f, ctx, namer, bar))
+            writer.finish()
+        except BaseException:
+            writer.abort()  # never a half-written run
+            raise
     if bar is not None:
         bar.close()
 

@@ -39,8 +39,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from logbook import values
 from logbook.importers.items import ImportReport
-from logbook.importers.reading import Clock, open_text
+from logbook.importers.reading import STREAM_ERRORS, Clock, open_text
 from logbook.importers.writer import write_if_changed
 from logbook.record import layout, records
 
@@ -152,7 +153,10 @@ def import_timeline(
 def _read(path: Path, report: ImportReport, clock: Clock) -> list[Row]:
     with open_text(path) as f:
         reader = csv.reader(f)
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+        except (csv.Error, *STREAM_ERRORS) as exc:
+            raise ValueError(f"{path.name}: unreadable header ({type(exc).__name__}: {str(exc)[:120]})") from None
         if not header:
             raise ValueError(f"{path.name} is empty")
         cols = {c.strip().lower(): i for i, c in enumerate(header)}
@@ -164,7 +168,21 @@ def _read(path: Path, report: ImportReport, clock: Clock) -> list[Row]:
                 "date, time_local, tz, run, step, event_type, action_or_note)"
             )
         out = []
-        for line_no, cells in enumerate(reader, 2):
+        line_no = 1
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # a field over the csv module's limit, a NUL byte: one bad row
+                line_no += 1
+                report.lines += 1
+                report.bad(path.name, line_no, f"unreadable CSV row: {exc}", "")
+                continue
+            except STREAM_ERRORS as exc:  # a damaged gzip stream: the rows before it are kept
+                report.bad(path.name, line_no + 1, f"unreadable from here on ({type(exc).__name__})", "")
+                break
+            line_no += 1
             report.lines += 1
             if not any(c.strip() for c in cells):
                 continue
@@ -196,7 +214,7 @@ def _row(line_no: int, get: dict, clock: Clock) -> Row:
         sm = _STEP.match(get["step"])
         if not sm:
             raise ValueError(f"unreadable step {get['step']!r}")
-        step, approx = int(re.sub(r"[,_]", "", sm.group(2))), bool(sm.group(1))
+        step, approx = values.step(re.sub(r"[,_]", "", sm.group(2))), bool(sm.group(1))
     kind = get["kind"] or "note"
     return Row(line_no, get, get["run"], kind, get["note"], t, exact, step, approx, get["step_kind"])
 

@@ -19,6 +19,12 @@ is a prefix of the new and only the difference is appended, which ingest then re
 exactly once. An import killed half-way leaves a prefix too, so re-running it
 completes it. A source that changed in place is refused (or rewritten with
 `replace=True`), because the store cannot take back rows it already ingested.
+
+All or nothing. Every step, resume step and event step goes through `logbook.values.step`
+(integers in [0, 2**63)); an item outside it is a counted malformed line, never written.
+An import that fails part-way (a parser's error, a full disk) is rolled back by `abort`:
+files it created are removed and files it appended to are cut back to their old length,
+so a failed import never leaves a half-written run that would show as "running".
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from logbook import values
 from logbook.importers.items import Config, End, Event, ImportReport, Resume, Step
 from logbook.record import layout, records, segments
 
@@ -55,6 +62,7 @@ class _Out:
     def __init__(self, path: Path, report: ImportReport, what: str):
         self.path, self.report, self.what = path, report, what
         self.old = open(path, "rb") if path.exists() else None  # noqa: SIM115 - closed in close()
+        self.size0 = path.stat().st_size if self.old is not None else None  # what `abort` restores
         self.f = None
         self.state = "unchanged" if self.old is not None else "new"
 
@@ -96,6 +104,17 @@ class _Out:
             self.f.close()
             self.f = None
 
+    def abort(self) -> None:
+        """Undo this import's writes: remove a file it created, cut an appended one back to its old length."""
+        for f in (self.old, self.f):
+            if f is not None:
+                f.close()
+        self.old = self.f = None
+        if self.size0 is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists() and self.path.stat().st_size > self.size0:
+            os.truncate(self.path, self.size0)
+
 
 @dataclass
 class _Seg:
@@ -136,6 +155,10 @@ class RunWriter:
         self.name = name or self.run_dir.name
         self.base_config = config if config is not None else {}  # the parsers' run_config: read at finish
         self.keys = {Path(s): source_key(s) for s in sources}
+        # what `abort` removes again: folders this import created, and every file it wrote or changed
+        self.created_dirs = [d for d in (self.run_dir, self.run_dir / layout.SEGMENTS) if not d.exists()]
+        self.outs: list[_Out] = []
+        self.headers: dict[Path, bytes | None] = {}  # header path -> its bytes before this import
         (self.run_dir / layout.SEGMENTS).mkdir(parents=True, exist_ok=True)
         if replace:
             self._remove_previous()
@@ -173,13 +196,18 @@ class RunWriter:
             seg_id = f"{key}-{count:03d}"
             count += 1
             out = _Out(layout.rank_file(self.run_dir, seg_id, 0), self.report, f"{path.name} (segment {seg_id})")
+            if not out.path.parent.exists():
+                self.created_dirs.append(out.path.parent)
             out.path.parent.mkdir(parents=True, exist_ok=True)
+            self.outs.append(out)
             cur = _Seg(seg_id, path, reason, line, out, config=dict(pending))
             pending.clear()
             self.segs.append(cur)
             return cur
 
         for item in items:
+            if not self._valid(item, path):
+                continue
             if isinstance(item, Step):
                 if cur is None:
                     start(self._first_reason(path), item.line)
@@ -213,6 +241,22 @@ class RunWriter:
         if cur is not None:
             cur.config.update(pending)
             self._seal(cur)
+
+    def _valid(self, item, path: Path) -> bool:
+        """Steps in [0, 2**63) and finite times only: anything else is a counted malformed line (the parsers
+        check their own steps; this is the one rule, applied to every parser's items)."""
+        step = getattr(item, "step", None)
+        try:
+            if isinstance(item, Step):
+                values.step(step)
+            elif isinstance(item, (Event, Resume)):
+                values.optional_step(step)
+        except ValueError as exc:
+            self.report.bad(path.name, getattr(item, "line", 0), str(exc), "")
+            return False
+        if getattr(item, "t", None) is not None:
+            item.t = values.finite(item.t)
+        return True
 
     def _first_reason(self, path: Path) -> str:
         if self.segs or self.known:
@@ -296,7 +340,10 @@ class RunWriter:
                 },
             }
             by_id[seg.id] = seg.config
-            write_if_changed(layout.segment_dir(self.run_dir, seg.id) / layout.SEGMENT_HEADER, header)
+            header_path = layout.segment_dir(self.run_dir, seg.id) / layout.SEGMENT_HEADER
+            if header_path not in self.headers:
+                self.headers[header_path] = header_path.read_bytes() if header_path.exists() else None
+            write_if_changed(header_path, header)
             try:
                 mtime = seg.source.stat().st_mtime
                 os.utime(seg.out.path, (mtime, mtime))  # a log still being written shows as a live run
@@ -313,6 +360,19 @@ class RunWriter:
                     "source": str(seg.source),
                 }
             )
+
+    def abort(self) -> None:
+        """Roll back everything this import wrote (see the module docstring); the run is as it was before."""
+        for out in self.outs:
+            out.abort()
+        for path, old in self.headers.items():
+            if old is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(old)
+        for d in reversed(self.created_dirs):
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def _start_of(header: dict) -> float:

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -341,3 +342,16 @@ def test_cli_export_and_its_errors(tmp_path):
         assert bad.returncode == 2, (args, bad.stderr)
         lines = bad.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], bad.stderr
+
+
+@pytest.mark.parametrize("values", [[], [0.0, -1.0, math.nan]])
+def test_a_log_chart_with_no_positive_value_still_draws(values):
+    """Found by the fuzz suite: a grad-norm chart (log y) whose effective curve was empty, with a marker,
+    made matplotlib raise 'Data cannot be log-scaled' and the whole Markdown export fail."""
+    from logbook.exporters.content import Chart, Curve
+    from logbook.exporters.png import chart_png
+    from logbook.present.markers import Marker
+
+    steps = list(range(len(values)))
+    chart = Chart("grad_norm", "Gradient norm", [Curve("grad_norm", np.array(steps), np.array(values))], log_y=True)
+    assert chart_png(chart, [Marker("restart", 5, "a restart")]).startswith(PNG_SIGNATURE)

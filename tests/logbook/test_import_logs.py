@@ -20,6 +20,8 @@ from logbook.store import queries
 from logbook.store.ingest import ingest
 from logbook.store.lineage import effective_path
 
+from .proc_helpers import cli
+
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
 METASEQ = FIX / "metaseq_train_inner_json.log"
@@ -418,3 +420,151 @@ def test_cli_import_auto_then_ingest(tmp_path):
         cwd=ROOT,
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+
+
+# ----------------------------------------------------------------- out-of-range numbers (issue 14)
+def _all_written_steps(run_dir: Path) -> list[int]:
+    steps = []
+    for rank in run_dir.glob("segments/*/rank-*.jsonl"):
+        for rec in map(json.loads, rank.read_text().splitlines()):
+            steps += [row[0] for row in rec.get("rows", [])] + [rec.get("step"), rec.get("last_step")]
+    for header in run_dir.glob("segments/*/segment.json"):
+        h = json.loads(header.read_text())
+        steps += [h["resume_step"], h["import"].get("first_step"), h["import"].get("last_step")]
+    return [s for s in steps if s is not None]
+
+
+def _summary_and_export(run_dir: Path, tmp_path: Path) -> dict:
+    """`summary --json` (strict JSON: no NaN or Infinity tokens) and a CSV export, through the CLI."""
+    out = cli("summary", str(run_dir), "--json", "-q")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    summary = json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"{c} in summary --json"))
+    exported = cli("export", "csv", str(run_dir), "-o", str(tmp_path / "csv"), "-q")
+    assert exported.returncode == 0, exported.stderr
+    return summary
+
+
+@pytest.mark.parametrize("num_updates", ["99999999999999999999", "-3", "12.5", "nan"])
+def test_a_fairseq_step_outside_the_range_is_a_counted_line(tmp_path, num_updates):
+    """num_updates=99999999999999999999 raised OverflowError (or was written as a 20-digit step)."""
+    src = tmp_path / "train.log"
+    bad = fairseq_line(20, 4.0).replace("num_updates=20", f"num_updates={num_updates}")
+    src.write_text("\n".join([fairseq_line(10, 5.0), bad, fairseq_line(30, 3.0)]) + "\n")
+    report = import_logs("fairseq", [src], tmp_path / "run")
+    assert (report.steps, report.malformed) == (2, 1)
+    assert report.examples[0][1] == 2 and "step" in report.examples[0][2]
+    assert sorted(_all_written_steps(tmp_path / "run")) == [10, 10, 30, 30]  # rows + header first/last
+
+
+def test_a_metaseq_step_of_1e30_is_refused_not_wrapped(tmp_path):
+    """ "num_updates": "1e30" was stored as step -9223372036854775808 and reported as last_step."""
+    src = tmp_path / "train.log"
+    line = '2022-11-11 14:05:27 | INFO | train_inner | {{"loss": "{loss}", "ppl": "4.0", "num_updates": "{n}"}}'
+    src.write_text("\n".join([line.format(loss=2.0, n=5), line.format(loss=1.9, n="1e30")]) + "\n")
+    report = import_logs("metaseq", [src], tmp_path / "run")
+    assert (report.steps, report.malformed) == (1, 1) and "outside [0, 2**63)" in report.examples[0][2]
+    store, run = load(tmp_path / "run")
+    assert queries.segments(store, run)["end_step"].tolist() == [5]
+    store.close()
+    assert _summary_and_export(tmp_path / "run", tmp_path)["last_step"] == 5
+
+
+def test_a_loaded_checkpoint_beyond_the_range_does_not_break_the_folder(tmp_path):
+    """A `loaded checkpoint ... (epoch 1 @ 99999999999999999999 updates)` line imported with exit 0, then every
+    summary and export of the folder failed with a DuckDB ConversionException."""
+    src = tmp_path / "train.log"
+    lines = [fairseq_line(10, 5.0), "| loaded checkpoint /c/x.pt (epoch 1 @ 99999999999999999999 updates)"]
+    src.write_text("\n".join([*lines, fairseq_line(11, 4.0)]) + "\n")
+    report = import_logs("fairseq", [src], tmp_path / "run")
+    assert (report.steps, report.malformed) == (2, 1) and report.examples[0][1] == 2
+    assert all(s["resume_step"] is None for s in report.segments)
+    summary = _summary_and_export(tmp_path / "run", tmp_path)
+    assert summary["last_step"] == 11
+
+
+def test_megatron_skipped_iterations_inf_is_a_counted_line_not_a_half_written_run(tmp_path):
+    """`number of skipped iterations: inf` raised OverflowError and left a run that showed as running."""
+
+    def line(i, skipped="0"):
+        return (
+            f" iteration {i:>8}/ 1000 | lm loss: 2.5E+00 | number of skipped iterations: {skipped} | "
+            "number of nan iterations:   0 |"
+        )
+
+    src = tmp_path / "megatron.log"
+    src.write_text("\n".join([line(10), line(20, "inf"), line(30, "-1"), line(40, "2")]) + "\n")
+    report = import_logs("megatron", [src], tmp_path / "run")
+    assert (report.steps, report.malformed, report.events) == (2, 2, 1)
+    assert "is not a count" in report.examples[0][2] and report.examples[0][1] == 2
+    store, run = load(tmp_path / "run")
+    assert sorted(values(store, run, "loss")) == [10, 40]
+    assert queries.event_counts(store, run) == {"skipped_iterations": 1}
+
+
+def test_a_failed_import_leaves_no_half_written_run(tmp_path):
+    """An importer failure part-way (here an unreadable second source: EIO) must not leave the first source's
+    segment behind, headerless and fresh, where it shows as a running run."""
+    good = tmp_path / "good.log"
+    good.write_text("\n".join(fairseq_line(s, 5.0) for s in (10, 20)) + "\n")
+    with pytest.raises(OSError):
+        import_logs("fairseq", [good, Path("/proc/self/mem")], tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_reimport_restores_what_it_had_appended(tmp_path):
+    """A re-import that fails on a later source (changed in place) leaves the earlier, grown source's segment
+    as it was, not half brought up to date."""
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_text(fairseq_line(10, 5.0) + "\n")
+    b.write_text(fairseq_line(20, 4.0) + "\n")
+    import_logs("fairseq", [a, b], tmp_path / "run")
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    a.write_text(fairseq_line(10, 5.0) + "\n" + fairseq_line(11, 4.9) + "\n")  # grew
+    b.write_text(fairseq_line(20, 3.0) + "\n")  # changed in place
+    with pytest.raises(ImportConflict):
+        import_logs("fairseq", [a, b], tmp_path / "run")
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_a_timeline_field_over_the_csv_limit_is_one_counted_row(tmp_path):
+    """A timeline cell over 128 KiB raised _csv.Error and the import failed."""
+    rows = TIMELINE.read_text().splitlines()
+    cells = rows[3].split(",")
+    cells[-3] = "x" * (128 * 1024 + 10)
+    src = tmp_path / "timeline.csv"
+    src.write_text("\n".join([*rows[:3], ",".join(cells), *rows[4:]]) + "\n")
+    report = import_logs("timeline", [src], tmp_path / "run")
+    assert report.malformed == 1 and "field larger than field limit" in report.examples[0][2]
+    assert report.annotations == 67  # every other row
+
+
+def test_a_401_digit_timeline_step_is_one_counted_row(tmp_path):
+    """A 401-digit step in a timeline raised OverflowError."""
+    header, *rows = TIMELINE.read_text().splitlines()
+    step_col = header.split(",").index("step")
+    i = next(i for i, r in enumerate(rows) if r.split(",")[step_col].isdigit())
+    cells = rows[i].split(",")
+    cells[step_col] = "9" * 401
+    rows[i] = ",".join(cells)
+    src = tmp_path / "timeline.csv"
+    src.write_text("\n".join([header, *rows]) + "\n")
+    report = import_logs("timeline", [src], tmp_path / "run")
+    assert report.malformed == 1 and report.examples[0][2].startswith("step '9999")
+    assert report.annotations == 67
+    assert all(0 <= s < 2**63 for s in _all_written_steps(tmp_path / "run"))
+
+
+def test_a_loss_scale_of_inf_is_a_counted_line_not_infinity_in_the_header(tmp_path):
+    """Found by the fuzz suite: `SCALE_WINDOW: 256, loss scale: 1e400` put Infinity (not JSON) in the segment's
+    config."""
+    src = tmp_path / "train.log"
+    scaler = (
+        "2022-08-20 23:35:25 | INFO | metaseq.optim.dynamic_loss_scaler | *** SCALE_WINDOW: 256, loss scale: {} ***"
+    )
+    src.write_text("\n".join([scaler.format("1e400"), METASEQ.read_text()]))
+    report = import_logs("metaseq", [src], tmp_path / "run")
+    assert report.malformed == 1 and "loss scale" in report.examples[0][2] and report.steps == 4
+    for header in (tmp_path / "run").glob("segments/*/segment.json"):
+        config = json.loads(header.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in a header"))["config"]
+        assert "loss_scale_init" not in config

@@ -141,6 +141,19 @@ def test_mllog_bad_records_are_counted_and_never_hide_good_ones(tmp_path):
     export(store, run, "csv", tmp_path / "tables")
 
 
+def test_mllog_an_unreadable_run_start_costs_one_line_not_the_metrics(tmp_path):
+    """Found by the fuzz suite: with the `run_start` record cut short, every train_loss after it was taken for
+    a hyperparameter (a config value) and the run imported no steps at all."""
+    lines = HABANA.read_text().splitlines()
+    i = next(i for i, line in enumerate(lines) if '"key": "run_start"' in line)
+    lines[i] = lines[i][:40]
+    src = tmp_path / "cut.txt"
+    src.write_text("\n".join(lines) + "\n")
+    whole = import_logs("mllog", [HABANA], tmp_path / "whole")
+    report = import_logs("mllog", [src], tmp_path / "run")
+    assert report.malformed == 1 and report.steps == whole.steps
+
+
 # ----------------------------------------------------------------- chronicles
 def test_chronicle_glm130b_restarts_steps_kinds_and_dates(tmp_path):
     assert sniff(GLM_MD)[0] == "chronicle"

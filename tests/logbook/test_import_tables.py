@@ -239,7 +239,7 @@ def test_wide_table_iso_time_nan_blank_and_garbage_rows(tmp_path):
     report = import_logs("auto", [src], tmp_path / "wide", tz="Europe/Paris")
     assert report.lines == 7 and report.steps == 4 and report.malformed == 3
     assert [e[1] for e in report.examples] == [4, 6, 7]
-    assert "not an integer" in report.examples[0][2] and "5 cells" not in report.examples[1][2]
+    assert "step 'x' is not a number" in report.examples[0][2] and "5 cells" not in report.examples[1][2]
     assert "3 cells where the header has 5" in report.examples[1][2]
     store = _open(tmp_path / "wide")
     loss = {step: (v, t) for (_, step), (v, t) in _rows(store, "wide", "loss").items()}
@@ -338,3 +338,15 @@ def test_csv_reimport_is_idempotent_and_errors_are_clear(tmp_path):
     nostep.write_text("epoch_time,loss\n1,2\n")
     with pytest.raises(ValueError, match="no step column: expected one of trainer/global_step"):
         import_logs("csv", [nostep], tmp_path / "x")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "auto"])
+def test_a_header_cell_over_the_csv_limit_is_a_one_line_error(tmp_path, fmt):
+    """Found by the long fuzz run: a header line with a cell over 128 KiB raised _csv.Error (a traceback from the
+    CLI) while sniffing the delimiter."""
+    src = tmp_path / "wide.csv"
+    src.write_text("step," + "9" * (128 * 1024 + 1) + "\n1,2.0\n")
+    with pytest.raises(ValueError, match="unreadable header line: field larger than field limit") as exc:
+        import_logs(fmt, [src], tmp_path / "run")
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "run").exists()
