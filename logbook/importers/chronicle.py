@@ -42,25 +42,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from logbook.importers.items import ImportReport
-from logbook.importers.reading import Clock, lines
+from logbook.importers.reading import ZONES, Clock, lines
 from logbook.record import layout, records, segments
 from logbook.values import step as valid_step
 
 AUTHOR = "import"
 MAX_TEXT = 4000
-ZONES = {
-    "ET": "America/New_York",
-    "EST": "America/New_York",
-    "EDT": "America/New_York",
-    "PT": "America/Los_Angeles",
-    "PST": "America/Los_Angeles",
-    "PDT": "America/Los_Angeles",
-    "CET": "Europe/Paris",
-    "CEST": "Europe/Paris",
-    "JZ": "Europe/Paris",  # BLOOM's "JZ time" (Jean Zay, France)
-    "UTC": "UTC",
-    "GMT": "UTC",
-}
 MONTHS = {
     m: i
     for i, names in enumerate(

@@ -17,6 +17,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+# Time-zone abbreviations people write in logs and logbooks, to IANA zones (one table for every importer).
+ZONES = {
+    "ET": "America/New_York",
+    "EST": "America/New_York",
+    "EDT": "America/New_York",
+    "PT": "America/Los_Angeles",
+    "PST": "America/Los_Angeles",
+    "PDT": "America/Los_Angeles",
+    "CET": "Europe/Paris",
+    "CEST": "Europe/Paris",
+    "JZ": "Europe/Paris",  # BLOOM's "JZ time" (Jean Zay, France)
+    "UTC": "UTC",
+    "GMT": "UTC",
+}
+
 PROGRESS_MIN_BYTES = 8 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 STREAM_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError

@@ -41,23 +41,12 @@ import numpy as np
 
 from logbook import values
 from logbook.importers.items import ImportReport
-from logbook.importers.reading import STREAM_ERRORS, Clock, open_text
+from logbook.importers.reading import STREAM_ERRORS, ZONES, Clock, open_text
 from logbook.importers.writer import write_if_changed
 from logbook.record import layout, records
 
 CHECKPOINT_EVERY = 250
 AUTHOR = "timeline import"
-ZONES = {
-    "ET": "America/New_York",
-    "EST": "America/New_York",
-    "EDT": "America/New_York",
-    "PT": "America/Los_Angeles",
-    "PST": "America/Los_Angeles",
-    "PDT": "America/Los_Angeles",
-    "CET": "Europe/Paris",
-    "UTC": "UTC",
-    "GMT": "UTC",
-}
 ALIASES = {
     "date": ("date", "day"),
     "time": ("time_local", "time"),

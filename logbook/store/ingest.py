@@ -22,7 +22,7 @@ import pyarrow as pa
 from logbook.record import layout, records
 from logbook.store import schema, sealed
 from logbook.store.database import Store
-from logbook.values import optional_step
+from logbook.values import optional_step, step
 
 CHUNK_BYTES = 32 << 20
 MAX_EXAMPLES = 5
@@ -312,6 +312,7 @@ class _Batch:
         self.examples: list = []
         self.names: dict[str, int] = {}
         self.m_blocks: dict[tuple, list] = {}  # names -> [rows array per record]; widened once, in flush
+        self.m_steps: dict[tuple, list] = {}  # names -> [exact int64 steps per record] (floats round above 2**53)
         self.m_ids: dict[tuple, np.ndarray] = {}  # names -> their name ids, checked once per chunk
         self.t_blocks: dict[tuple, list] = {}  # (devices, names) -> [(wall times, rows, present or None)]
         self.devices: dict[str, int] = {}
@@ -352,12 +353,11 @@ class _Batch:
         if key not in self.m_ids and (not key or not all(isinstance(n, str) for n in key)):
             raise ValueError("metrics block has no names, or a name that is not text")
         arr = _block_array(rec, len(key))
-        steps = arr[:, 0]
-        if not ((steps >= 0) & (steps < _STEP_LIMIT) & (steps == np.floor(steps))).all():
-            raise ValueError("metrics block has a step that is not a whole number in [0, 2**63)")
+        steps = _exact_steps(rec["rows"], arr[:, 0])
         if key not in self.m_ids:
             self.m_ids[key] = np.array([self.names.setdefault(n, len(self.names)) for n in key], dtype=np.int32)
         self.m_blocks.setdefault(key, []).append(arr)
+        self.m_steps.setdefault(key, []).append(steps)
         self.points += arr.shape[0] * len(key)
 
     def _metric_columns(self) -> tuple:
@@ -366,7 +366,7 @@ class _Batch:
         for key, arrs in self.m_blocks.items():
             arr = np.concatenate(arrs) if len(arrs) > 1 else arrs[0]
             k, n = len(key), arr.shape[0]
-            steps.append(np.repeat(arr[:, 0].astype(np.int64), k))
+            steps.append(np.repeat(np.concatenate(self.m_steps[key]), k))
             walls.append(np.repeat(arr[:, 1], k))
             ids.append(np.tile(self.m_ids[key], n))
             values.append(arr[:, 2:].reshape(-1))
@@ -666,6 +666,20 @@ def _insert(cur, view: str, table: pa.Table, params: list, *statements: str) -> 
 
 
 _NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+_EXACT_IN_FLOAT = 2.0**53
+
+
+def _exact_steps(rows: list, column: np.ndarray) -> np.ndarray:
+    """A block's steps as int64, exactly, by the one step rule (logbook.values.step).
+
+    The fast path reads them from the block's float64 array, which is exact below 2**53. A block
+    with a step at or above that (or one that fails the rule) is read again from the JSON values
+    themselves, so 2**63 - 1 is stored as itself and a bad step names its reason."""
+    if ((column >= 0) & (column < _EXACT_IN_FLOAT) & (column == np.floor(column))).all():
+        return column.astype(np.int64)
+    return np.array([step(row[0]) for row in rows], dtype=np.int64)
 
 
 def _block_array(rec: dict, k: int, with_present: bool = False):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-NEG_INF = -(2**62)
-POS_INF = 2**62
+NEG_INF = -1  # below every step (steps are >= 0): a range is lo < step <= hi
+POS_INF = 2**63 - 1  # the largest step the rule allows (logbook.values.step), inclusive
 
 
 @dataclass(frozen=True)

@@ -249,3 +249,17 @@ def test_control_lines_never_break_the_poll(run_dir):
         interventions.validate("clip", [["max_norm", 0.3]])
     with pytest.raises(ValueError, match="unknown intervention"):
         interventions.validate(["stop"], {})
+
+
+def test_the_largest_step_is_stored_exactly(run_dir):
+    """2**63 - 1 passes the rule, so the store keeps it as itself (a float64 path rounded it up to 2**63,
+    and refused the line); a step past 2**53 is not rounded either. Found by the long fuzz run."""
+    log = next((run_dir / layout.SEGMENTS).glob("*/rank-00000.jsonl"))
+    big = [2**53 + 1, 2**63 - 1]
+    _append(log, {"k": "metrics", "names": ["tokens"], "rows": [[s, None, 1.0] for s in big]})
+    _append(log, {"k": "metrics", "names": ["tokens"], "rows": [[2**63, None, 1.0]]})
+    store = memory()
+    ingest(store, [run_dir])
+    assert sorted(queries.series(store, "run", "tokens").step) == big
+    assert _problems(store, "run") == {log.relative_to(run_dir).as_posix(): 1}
+    assert "2**63" in queries.ingest_problems(store, "run")[0]["examples"][0][1]
