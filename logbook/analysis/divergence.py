@@ -688,4 +688,13 @@ def incidents_from(frames: dict, config: DivergenceConfig | None = None) -> list
     for inc in hardware_from(frames["telemetry"], config):
         inc.superseded = inc.segment_id not in on_path
         out.append(inc)
+    if frames.get("fleet"):  # across ranks (analysis.stragglers); one incident per (kind, rank/device)
+        from logbook.analysis.stragglers import fleet_incidents
+
+        def key(i):
+            d = i.detail
+            return (i.kind, d.get("host"), d.get("device")) if "device" in d else (i.kind, d.get("rank"))
+
+        seen = {key(i) for i in out}
+        out += [inc for inc in fleet_incidents(frames["fleet"]) if key(inc) not in seen]
     return sorted(out, key=lambda i: (i.superseded, i.start_step, i.kind))
