@@ -695,6 +695,11 @@ def incidents_from(frames: dict, config: DivergenceConfig | None = None) -> list
             d = i.detail
             return (i.kind, d.get("host"), d.get("device")) if "device" in d else (i.kind, d.get("rank"))
 
-        seen = {key(i) for i in out}
-        out += [inc for inc in fleet_incidents(frames["fleet"]) if key(inc) not in seen]
+        seen = {key(i): i for i in out}
+        for inc in fleet_incidents(frames["fleet"]):
+            if key(inc) in seen:  # already found (the per-device detector): add what it lacks, e.g. the rank
+                for k, v in inc.detail.items():
+                    seen[key(inc)].detail.setdefault(k, v)
+            else:
+                out.append(inc)
     return sorted(out, key=lambda i: (i.superseded, i.start_step, i.kind))
