@@ -115,7 +115,7 @@ def _incident(kind, g: Grid, b0, b1, bd, peak_value, peak_b, baseline, detail, a
         float(peak_value),
         _step(g.x_hi[peak_b], first),
         severity,
-        "recovering" if b1 < g.cells.shape[1] - 1 else "transient",
+        "transient" if b1 < g.cells.shape[1] - 1 else "recovering",
         detail=detail,
     )
     inc.baseline, inc.detected_step, inc.suggested_action = float(baseline), _step(g.x_hi[bd], last), action

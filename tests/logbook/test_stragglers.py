@@ -9,6 +9,9 @@ nothing on the clean ranks.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -16,6 +19,7 @@ from benchmarks.fleet_run import write_fleet_run
 from logbook.analysis import stragglers
 from logbook.report import incidents
 from logbook.store import ingest, ranks
+from tests.logbook.proc_helpers import ROOT, child_env
 
 NODES, STEPS, HZ = 8, 150, 0.05  # 64 ranks; one telemetry sample per 20 s step
 FLEET_KINDS = {"straggler", "slow_node", "throttled_gpu", "device_silent"}
@@ -105,3 +109,17 @@ def test_a_device_is_silent_only_while_its_peers_report():
                         np.arange(12.0))  # fmt: skip
     (inc,) = stragglers.silent(g)
     assert (inc.detail["device"], inc.start_step, inc.end_step, inc.detail["last_seen_step"]) == ("gpu3", 4, 7, 3)
+
+
+def test_summary_names_where_each_fleet_incident_is(tmp_path):
+    run_dir = tmp_path / "fleet"
+    plant = ("straggler", "slow_node", "throttled_gpu", "silent_gpu")
+    t = write_fleet_run(run_dir, nodes=NODES, steps=120, telemetry_hz=HZ, plant=plant, seed=4, synchronous=True)
+    out = subprocess.run([sys.executable, "-m", "logbook", "summary", str(run_dir)], capture_output=True, text=True,
+                         env=child_env(), cwd=ROOT, check=True).stdout  # fmt: skip
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("    ") and " steps " in ln}
+    s, n, th, si = (t[k] for k in plant)
+    assert f"on rank {s['rank']} ({s['host']})" in lines["straggler"] and "transient" in lines["straggler"]
+    assert f"on {n['host']} (8 ranks)" in lines["slow_node"]
+    assert f"on {th['host']}/{th['device']} (rank {th['rank']})" in lines["throttled_gpu"]
+    assert f"on {si['host']}/{si['device']} (rank {si['rank']})" in lines["device_silent"]
