@@ -128,6 +128,10 @@ def fleet_frame(store: Store, run: str, bucket_steps: int = BUCKET_STEPS) -> dic
             span = (float(probe.x_lo[0]), float(probe.x_hi[-1]))
             nb = max(1, min(MAX_BUCKETS, math.ceil((span[1] - span[0] + 1) / bucket_steps)))
             out["compute"] = _grid(ranks.metric_view(store, run, "compute_s", buckets=nb, cell="min", top=0))
+    elif "step_time_s" in names:  # no compute_s (an older run): still map each device to its rank
+        probe = ranks.metric_view(store, run, "step_time_s", buckets=1, top=0)
+        if not probe.empty:
+            out["ranks"] = {"ranks": [int(r) for r in probe.rows["rank"]], "hosts": list(probe.rows["host"])}
     cad = fleet.telemetry_cadence(store, run, "sm_clock_mhz")
     if cad is not None and cad["devices"] >= FLEET_MIN_RANKS and math.isfinite(cad["period_s"]):
         dur = cad["t_hi"] - cad["t_lo"]
