@@ -21,7 +21,19 @@ Planted incidents (`plant`, each optional; steps scale with the run):
 - "overflow":  an overflow streak (fp16 loss-scale halvings, `overflow` events) of 5 steps at 40 %;
 - "straggler": one rank +15 % step time for 50 steps from 50 % of the run (the rank is `straggler_rank`,
                default the middle rank: neither rank 0 nor a node's local rank 0);
-- "slow_node": every rank of one node +8 % step time over the last quarter (off by default).
+- "slow_node": every rank of one node +8 % step time over the last quarter (off by default);
+- "throttled_gpu": one GPU thermally throttled from 30 % of the run to its end: SM clock -30 %, +18 degC,
+               power held at its cap, and its rank computes 12 % slower (off by default);
+- "silent_gpu": one GPU's telemetry stops at 50 % of the run while every other device reports on; its
+               rank trains on (off by default).
+
+`synchronous=True` makes the ranks behave as synchronous data-parallel training does: every rank waits
+for the slowest one, so `step_time_s` is the SAME on every rank (the slowest rank's compute plus a
+collective), and what tells the ranks apart is what the trainer logs next to it: `compute_s` (the
+rank's own work before it blocks on its peers) and `wait_s` (step_time_s - compute_s, time blocked in
+collectives). The telemetry follows: a GPU's power follows its busy fraction (compute_s / step_time_s),
+so the waiting ranks draw less than the culprit. `synchronous=False` (the default, kept for the views'
+tests) logs each rank's own time as step_time_s, as if no rank waited.
 `write_fleet_run` returns a dict describing what was planted (ranks, hosts, step ranges), so a test
 asserts against the truth it planted, never a hard-coded number.
 
@@ -46,11 +58,14 @@ if __package__ in (None, ""):
 from logbook.record import layout, records, segments  # noqa: E402
 from logbook.values import step as valid_step  # noqa: E402
 
-PLANTS = ("spike", "overflow", "straggler", "slow_node")
+PLANTS = ("spike", "overflow", "straggler", "slow_node", "throttled_gpu", "silent_gpu")
 DEFAULT_PLANT = ("spike", "overflow", "straggler")
 STRAGGLER_EXTRA = 0.15
 STRAGGLER_STEPS = 50
 SLOW_NODE_EXTRA = 0.08
+THROTTLE_EXTRA = 0.12  # a throttled GPU's rank computes this much slower
+THROTTLE_CLOCK = 0.70  # ... at this fraction of its SM clock
+COLLECTIVE_S = 0.02  # synchronous: the collective's own cost, per step, as a fraction of step_s
 TELEMETRY_NAMES = ["util_pct", "mem_used_gib", "power_w", "temp_c", "sm_clock_mhz", "energy_j"]
 # As trainer.telemetry.DECIMALS (the sampler's sensor resolutions); energy_j is kept exact.
 DECIMALS = {"util_pct": 0, "mem_used_gib": 3, "power_w": 1, "temp_c": 0, "sm_clock_mhz": 0}
@@ -80,6 +95,7 @@ def write_fleet_run(
     segment_id: str = "seg-fleet-0",
     name: str | None = None,
     closed: bool = True,
+    synchronous: bool = False,
 ) -> dict:
     """Write the run; returns what was planted: {"ranks", "nodes", "steps", "straggler": {...}, ...}."""
     nodes, gpus_per_node, steps, block = (int(v) for v in (nodes, gpus_per_node, steps, block))
@@ -121,8 +137,28 @@ def write_fleet_run(
         base[n * gpus_per_node : (n + 1) * gpus_per_node, s0:] *= 1 + SLOW_NODE_EXTRA
         truth["slow_node"] = {"host": hosts[n], "ranks": list(range(n * gpus_per_node, (n + 1) * gpus_per_node))}
         truth["slow_node"].update(first_step=s0, last_step=steps - 1)
+    taken = {truth.get("straggler", {}).get("rank")} | set(truth.get("slow_node", {}).get("ranks", []))
+    throttled = silent = None
+    if "throttled_gpu" in plant:
+        throttled = _pick(world, gpus_per_node, taken, frac=0.3, local=3)
+        taken.add(throttled)
+        s0 = int(steps * 0.3)
+        base[throttled, s0:] *= 1 + THROTTLE_EXTRA
+        node, g = divmod(throttled, gpus_per_node)
+        truth["throttled_gpu"] = {"rank": throttled, "host": hosts[node], "device": f"gpu{g}"}
+        truth["throttled_gpu"].update(first_step=s0, last_step=steps - 1)
+    if "silent_gpu" in plant:
+        silent = _pick(world, gpus_per_node, taken, frac=0.7, local=5)
+        node, g = divmod(silent, gpus_per_node)
+        truth["silent_gpu"] = {"rank": silent, "host": hosts[node], "device": f"gpu{g}"}
+        truth["silent_gpu"].update(first_step=steps // 2, last_step=steps - 1)
+    compute = base
+    if synchronous:  # everyone waits for the slowest rank, then pays the collective
+        step_all = base.max(axis=0) + COLLECTIVE_S * step_s
+        base = np.broadcast_to(step_all, base.shape)
     # a step ends when its slowest rank does (synchronous training): wall clock from the max
     step_end = start_time + np.cumsum(base.max(axis=0))
+    truth["synchronous"] = bool(synchronous)
     step_ids = np.arange(steps, dtype=np.int64)
 
     # ---- rank 0's training metrics
@@ -148,6 +184,8 @@ def write_fleet_run(
     lr = np.full(steps, 6e-5)
     m_names = ["loss", "ppl", "grad_norm", "clipped", "clip", "lr", "tokens", "tokens_per_s", "step_time_s"]
     m_names += ["loss_scale", "actv_norm"]
+    if synchronous:
+        m_names += ["compute_s", "wait_s"]
     rank0 = np.column_stack(
         [
             step_ids,
@@ -163,8 +201,10 @@ def write_fleet_run(
             base[0],
             scale,
             1.0 + 0.01 * rng.standard_normal(steps),
+            *([compute[0], base[0] - compute[0]] if synchronous else []),
         ]
     )
+    rank_names = ["step_time_s", "compute_s", "wait_s"] if synchronous else ["step_time_s"]
 
     # ---- telemetry samples (each node's local rank 0, for its GPUs)
     t_end = float(step_end[-1])
@@ -203,10 +243,13 @@ def write_fleet_run(
                     out.append(events[ev_i][1])
                     ev_i += 1
             else:
-                rows = _int_steps(np.column_stack([step_ids[b0:b1], step_end[b0:b1], base[rank, b0:b1]]).tolist())
-                out.append(_block(records.METRICS, ["step_time_s"], rows))
+                cols = [step_ids[b0:b1], step_end[b0:b1], base[rank, b0:b1]]
+                if synchronous:
+                    cols += [compute[rank, b0:b1], base[rank, b0:b1] - compute[rank, b0:b1]]
+                rows = _int_steps(np.column_stack(cols).tolist())
+                out.append(_block(records.METRICS, rank_names, rows))
         if local == 0 and n_samples:
-            out.extend(_telemetry(rng, node, gpus_per_node, t_samples, t_steps, base, truth))
+            out.extend(_telemetry(rng, node, gpus_per_node, t_samples, t_steps, compute, base, truth))
         if closed:
             close = {"k": records.CLOSE, "t": t_end, "reason": "completed", "exit_code": 0, "error": None}
             close.update(last_step=steps - 1, dropped_records=0, dropped_values=0, write_errors=0)
@@ -221,26 +264,56 @@ def _int_steps(rows: list) -> list:
     return rows
 
 
-def _telemetry(rng, node: int, gpus: int, t: np.ndarray, t_steps: np.ndarray, base, truth: dict) -> list[bytes]:
+def _pick(world: int, gpus: int, taken: set, *, frac: float, local: int) -> int:
+    """A rank near `frac` of the fleet at local index `local` (never a node's local rank 0), not taken."""
+    r = (int(world * frac) // gpus) * gpus + min(local, gpus - 1)
+    while r in taken or (gpus > 1 and r % gpus == 0):
+        r = (r + gpus) % world if world > gpus else (r + 1) % world
+    return r
+
+
+def _telemetry(rng, node, gpus, t, t_steps, compute, step_time, truth: dict) -> list[bytes]:
     """One node's NVML-like samples as compact node records (records.encode_telemetry, as the sampler writes
     them): columns util, mem, power, temp, clock, energy per GPU, rounded as trainer.telemetry.DECIMALS.
 
-    A slow rank's GPU draws less power and runs cooler while it lags (it waits less for nothing: it computes
-    longer at a lower clock), so the straggler shows in power and SM clock too."""
+    Asynchronous (legacy) model: a slow rank's GPU draws less power and runs cooler while it lags, so the
+    straggler shows in power and SM clock too. Synchronous model: a GPU's power follows its busy fraction
+    (compute_s / step_time_s): the ranks that wait for a straggler draw less than it does. A throttled
+    GPU runs at THROTTLE_CLOCK of its clock, hot, with its power held at a cap; a silent GPU's samples
+    stop at its first_step (absent, not NaN, from then on)."""
     n = len(t)
     dt = np.diff(t, prepend=t[0] - (t[1] - t[0] if n > 1 else 1.0))
-    cols = []
+    sync = truth.get("synchronous", False)
+    thr, sil = truth.get("throttled_gpu"), truth.get("silent_gpu")
+    cols, silent_cols = [], []
     for g in range(gpus):
         rank = node * gpus + g
-        slow = base[rank, t_steps] / np.median(base[:, t_steps], axis=0) - 1  # > 0 while this rank lags
         util = np.clip(97 + rng.standard_normal(n), 0, 100)
-        power = 400 + 10 * rng.standard_normal(n) - 600 * np.clip(slow, 0, None)
-        temp = 70 + 1.5 * rng.standard_normal(n) - 20 * np.clip(slow, 0, None)
-        clock = 1980 - 5 * np.abs(rng.standard_normal(n)) - 1500 * np.clip(slow, 0, None)
         mem = np.full(n, 71.5) + 0.05 * rng.standard_normal(n)
+        clock = 1980 - 5 * np.abs(rng.standard_normal(n))
+        if sync:
+            busy = compute[rank, t_steps] / step_time[rank, t_steps]
+            power = 120 + 300 * busy + 10 * rng.standard_normal(n)
+            temp = 55 + 18 * busy + 1.5 * rng.standard_normal(n)
+        else:
+            slow = compute[rank, t_steps] / np.median(compute[:, t_steps], axis=0) - 1  # > 0 while this rank lags
+            power = 400 + 10 * rng.standard_normal(n) - 600 * np.clip(slow, 0, None)
+            temp = 70 + 1.5 * rng.standard_normal(n) - 20 * np.clip(slow, 0, None)
+            clock = clock - 1500 * np.clip(slow, 0, None)
+        if thr and thr["rank"] == rank:
+            hot = t_steps >= thr["first_step"]
+            clock = np.where(hot, clock * THROTTLE_CLOCK, clock)
+            temp = np.where(hot, 89 + 0.8 * rng.standard_normal(n), temp)
+            power = np.where(hot, np.minimum(power, 330 + 2 * rng.standard_normal(n)), power)
         energy = np.round(np.cumsum(power * dt), 3)  # NVML counts mJ
+        if sil and sil["rank"] == rank:
+            silent_cols = range(len(cols), len(cols) + len(TELEMETRY_NAMES))
         cols += [util, mem, power, temp, clock, energy]
     values = np.column_stack(cols).tolist()
+    if silent_cols:
+        for i in np.flatnonzero(t_steps >= sil["first_step"]):
+            for j in silent_cols:
+                values[i][j] = None  # the GPU stopped reporting: no sample, not a NaN one
     devices = [f"gpu{g}" for g in range(gpus)]
     steps, t = t_steps.tolist(), t.tolist()
     out = []
@@ -262,6 +335,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--block", type=int, default=1, help="steps per metrics record (a flush)")
     ap.add_argument("--plant", default=",".join(DEFAULT_PLANT), help=f"comma-separated: {', '.join(PLANTS)} or none")
+    ap.add_argument("--synchronous", action="store_true", help="every rank waits for the slowest (logs compute_s)")
     a = ap.parse_args(argv)
     plant = () if a.plant in ("", "none") else tuple(p.strip() for p in a.plant.split(","))
     if a.run_dir.exists() and any(a.run_dir.iterdir()):
@@ -270,7 +344,7 @@ def main(argv=None) -> int:
     try:
         truth = write_fleet_run(
             a.run_dir, nodes=a.nodes, gpus_per_node=a.gpus_per_node, steps=a.steps, telemetry_hz=a.telemetry_hz,
-            step_s=a.step_s, seed=a.seed, plant=plant, block=a.block,
+            step_s=a.step_s, seed=a.seed, plant=plant, block=a.block, synchronous=a.synchronous,
         )  # fmt: skip
     except ValueError as exc:
         ap.error(str(exc))

@@ -33,6 +33,7 @@ from .config import TrainConfig, set_value
 from .faults import Faults, InjectedCrash
 from .precision import Precision, scale_events
 from .schedule import lr_at
+from .step_clock import StepClock
 
 
 def set_knob(cfg: TrainConfig, name: str, value) -> str:
@@ -108,6 +109,7 @@ class Trainer:
         self.channel = interventions.Channel(self.cfg.run_dir) if self.main else None
         self.poll_every = self.cfg.control.poll_every or (1 if parts.world == 1 else 10)
         self.handled: set = set()  # request ids already answered by this segment
+        self.clock = StepClock(parts.device)  # compute_s: this rank's own work, apart from waiting for peers
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Outcome:
@@ -121,6 +123,8 @@ class Trainer:
             if outcome is not None:
                 return outcome
             t0 = time.perf_counter()
+            clock = self.clock
+            clock.mark("start")
 
             spike = p.faults.active("spike", s)
             if spike:
@@ -150,6 +154,7 @@ class Trainer:
                 p.faults.fire(overflow, s)
                 to_backward = loss * float("inf")  # the gradients overflow for real
                 self.event("fault_injected", step=s, fault="overflow")
+            clock.mark("backward")
             prec.scale(to_backward).backward()
 
             # -- clip
@@ -158,6 +163,7 @@ class Trainer:
             # Sync point: one host read for all three. The loop needs it to skip non-finite
             # updates and count NaN losses; under fp16 the scaler syncs here anyway.
             gnorm, loss_val, actv = torch.stack([grad_norm.float(), loss.detach().float(), actv_norm]).tolist()
+            clock.mark("synced")
 
             # -- optimizer step (the scaler skips it on overflow)
             scale_before = scale_after = 1.0
@@ -175,6 +181,7 @@ class Trainer:
             self._faults_after(s)
 
             # -- metrics
+            clock.mark("end")
             dt = time.perf_counter() - t0
             self.step, self.tokens = s, self.tokens + tokens_per_step
             if s % cfg.log.every == 0:
@@ -216,11 +223,19 @@ class Trainer:
         run, p = self.p.run, self.p
         if p.world > 1 and self.cfg.log.enabled:
             # Sync point (log steps only): the cross-rank mean loss and activation norm, in one all-reduce.
+            t_sync = time.perf_counter()
             both = torch.tensor([loss_val, actv], device=p.device)
             dist.all_reduce(both)
             loss_val, actv = (both / p.world).tolist()
+            # a fast rank waits here for the slowest: the step ends for every rank at the same moment, so
+            # step_time_s (which includes this wait) is about equal across ranks, as in any synchronous run
+            dt += time.perf_counter() - t_sync
+        # per rank: step_time_s is about equal on every rank (all wait for the slowest); compute_s and
+        # wait_s tell them apart (trainer.step_clock)
+        compute = self.clock.compute_s()
+        own = {} if compute is None else {"compute_s": compute, "wait_s": max(0.0, dt - compute)}
         if not self.main:
-            run.log({"step_time_s": dt}, step=s)  # per rank, so a straggler shows
+            run.log({"step_time_s": dt, **own}, step=s)
             return
         tps = tokens_per_step / dt
         metrics = {
@@ -234,6 +249,7 @@ class Trainer:
             "tokens_per_s": tps,
             "step_time_s": dt,
             "actv_norm": actv,
+            **own,
         }
         if self.p.precision.scaler is not None:
             metrics["loss_scale"] = scale

@@ -32,7 +32,9 @@ import math
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+from logbook.analysis.incident import Incident  # noqa: F401 - defined there, re-exported here
 
 CONTEXT_KEYS = ("lr", "clip", "loss_scale", "grad_norm", "loss")
 
@@ -84,35 +86,6 @@ class DivergenceConfig:
     loss_scale_drop: float = 8.0  # a loss-scale fall by this factor (3 halvings) ...
     loss_scale_window: int = 100  # ... within max(this many steps, 2 intervals) is a collapse
     loss_scale_grace_steps: int = 100  # scales logged before this step are the scaler finding its level
-
-
-@dataclass
-class Incident:
-    kind: str  # loss_spike | grad_norm_spike | nonfinite | loss_scale_collapse | slow_divergence | straggler | ...
-    start_step: int
-    end_step: int
-    peak_value: float
-    peak_step: int
-    severity: str  # low | medium | high
-    classification: str  # transient | recovering | divergent
-    context: dict = field(default_factory=dict)  # lr, clip, loss_scale, grad_norm, loss just before start
-    metric: str | None = None
-    baseline: float | None = None
-    detail: dict = field(default_factory=dict)
-    detected_step: int | None = None  # the step at which the online detector raised it
-    suggested_action: str | None = None
-    segment_id: str | None = None
-    superseded: bool = False
-
-    def to_dict(self) -> dict:
-        def clean(v):
-            if isinstance(v, float) and not math.isfinite(v):
-                return None if math.isnan(v) else str(v)
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            return v
-
-        return {k: clean(v) for k, v in asdict(self).items()}
 
 
 def _severity(ratio: float, rule: SpikeRule) -> str:
@@ -688,4 +661,18 @@ def incidents_from(frames: dict, config: DivergenceConfig | None = None) -> list
     for inc in hardware_from(frames["telemetry"], config):
         inc.superseded = inc.segment_id not in on_path
         out.append(inc)
+    if frames.get("fleet"):  # across ranks (analysis.stragglers); one incident per (kind, rank/device)
+        from logbook.analysis.stragglers import fleet_incidents
+
+        def key(i):
+            d = i.detail
+            return (i.kind, d.get("host"), d.get("device")) if "device" in d else (i.kind, d.get("rank"))
+
+        seen = {key(i): i for i in out}
+        for inc in fleet_incidents(frames["fleet"]):
+            if key(inc) in seen:  # already found (the per-device detector): add what it lacks, e.g. the rank
+                for k, v in inc.detail.items():
+                    seen[key(inc)].detail.setdefault(k, v)
+            else:
+                out.append(inc)
     return sorted(out, key=lambda i: (i.superseded, i.start_step, i.kind))

@@ -62,6 +62,7 @@ def format_text(s: dict) -> str:
     for i in s["incidents"]:
         where = " (superseded)" if i["superseded"] else ""
         act = f"; suggested: {i['suggested_action']}" if i.get("suggested_action") else ""
+        where = _who(i.get("detail")) + where
         lines.append(
             f"    {i['kind']} steps {i['start_step']}..{i['end_step']}{where}: {i['severity']}, "
             f"{i['classification']}, peak {_g(i['peak_value'])} at {i['peak_step']}{act}"
@@ -98,3 +99,18 @@ def format_text(s: dict) -> str:
         for line_no, msg, snippet in p["examples"][:3]:
             lines.append(f"    line {line_no}: {msg}: {snippet[:80]}")
     return "\n".join(lines)
+
+
+def _who(d) -> str:
+    """Where an across-rank or hardware incident is: " on rank 33 (node0004)", " on node0002/gpu3 (rank 19)",
+    " on node0007 (8 ranks)"; "" for a run-wide incident."""
+    if not isinstance(d, dict):
+        return ""
+    host, device, rank, ranks = d.get("host"), d.get("device"), d.get("rank"), d.get("ranks")
+    if device is not None:
+        return f" on {host}/{device}" + (f" (rank {rank})" if rank is not None else "")
+    if rank is not None:
+        return f" on rank {rank}" + (f" ({host})" if host is not None else "")
+    if host is not None and isinstance(ranks, list):
+        return f" on {host} ({len(ranks)} ranks)"
+    return ""

@@ -9,11 +9,12 @@ thread and detect in a worker process (the detector is a Python loop that would 
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 
 from logbook.analysis.divergence import STEP_TIME_PREFIX, DivergenceConfig, Incident, incidents_from
-from logbook.store import queries
+from logbook.store import fleet, queries, ranks
 from logbook.store.database import Store
 
 SERIES = ("loss", "grad_norm", "loss_scale", "lr", "clip", "tokens_per_s")
@@ -93,6 +94,62 @@ def telemetry_frame(store: Store, run: str):
     return pd.concat(frames, ignore_index=True).sort_values(["wall_time", "name"], kind="stable")
 
 
+BUCKET_STEPS = 5  # across-rank detection: steps per bucket (2 buckets of persistence: found within ~15 steps)
+MAX_BUCKETS = 4000  # a longer run gets wider buckets (the grid stays <= ranks x MAX_BUCKETS)
+FLEET_MIN_RANKS = 3
+
+
+def _grid(view, steps=None) -> dict | None:
+    if view.empty:
+        return None
+    rows = view.rows
+    x_lo, x_hi = (view.x_lo, view.x_hi) if steps is None else (steps, steps)
+    return {
+        "cells": view.cells,
+        "labels": list(rows["label"]),
+        "hosts": list(rows["host"]),
+        "ranks": [None if r is None or r != r else int(r) for r in rows["rank"]],
+        "x_lo": x_lo,
+        "x_hi": x_hi,
+    }
+
+
+def fleet_frame(store: Store, run: str, bucket_steps: int = BUCKET_STEPS) -> dict:
+    """What across-rank detection (analysis.stragglers) reads, as per-bucket aggregates from
+    logbook.store.ranks: compute_s per rank (each bucket's MINIMUM: slow at every step of it), and per
+    device the SM clock (MAXIMUM: low all bucket long), temperature and power (medians' context), and a
+    presence grid for silence. Telemetry buckets are at least two sampling periods wide."""
+    out: dict = {}
+    names = set(queries.metric_names(store, run))
+    span = None
+    if "compute_s" in names:
+        probe = ranks.metric_view(store, run, "compute_s", buckets=1, top=0)
+        if not probe.empty and probe.cells.shape[0] >= FLEET_MIN_RANKS:
+            span = (float(probe.x_lo[0]), float(probe.x_hi[-1]))
+            nb = max(1, min(MAX_BUCKETS, math.ceil((span[1] - span[0] + 1) / bucket_steps)))
+            out["compute"] = _grid(ranks.metric_view(store, run, "compute_s", buckets=nb, cell="min", top=0))
+    elif "step_time_s" in names:  # no compute_s (an older run): still map each device to its rank
+        probe = ranks.metric_view(store, run, "step_time_s", buckets=1, top=0)
+        if not probe.empty:
+            out["ranks"] = {"ranks": [int(r) for r in probe.rows["rank"]], "hosts": list(probe.rows["host"])}
+    cad = fleet.telemetry_cadence(store, run, "sm_clock_mhz")
+    if cad is not None and cad["devices"] >= FLEET_MIN_RANKS and math.isfinite(cad["period_s"]):
+        dur = cad["t_hi"] - cad["t_lo"]
+        steps_n = (span[1] - span[0] + 1) if span else None
+        per_step = dur / steps_n if steps_n else cad["period_s"]
+        width = max(bucket_steps * per_step, 2.0 * cad["period_s"])
+        nb = max(1, min(MAX_BUCKETS, math.ceil(dur / width))) if width > 0 else 1
+        clock = ranks.telemetry_view(store, run, "sm_clock_mhz", buckets=nb, cell="max", top=0)
+        out["sm_clock"] = _grid(clock, clock.step)
+        out["presence"] = out["sm_clock"]
+        tnames = set(queries.telemetry_names(store, run))
+        for key, name, cell in (("temp", "temp_c", "min"), ("power", "power_w", "max")):
+            if name in tnames:
+                v = ranks.telemetry_view(store, run, name, buckets=nb, cell=cell, top=0)
+                out[key] = _grid(v, v.step)
+    return out
+
+
 def inputs(store: Store, run: str) -> dict:
     """Everything incident detection reads from the store, as plain frames. The split lets a caller
     read on one thread (DuckDB) and detect elsewhere: the dashboard runs incidents_from() in a worker
@@ -101,6 +158,7 @@ def inputs(store: Store, run: str) -> dict:
         "effective": run_frame(store, run, "effective"),
         "superseded": run_frame(store, run, "superseded"),
         "telemetry": telemetry_frame(store, run),
+        "fleet": fleet_frame(store, run),
     }
 
 
