@@ -186,6 +186,22 @@ def metric_points(recs: list[dict]) -> list[tuple[int, str, float]]:
 
 
 # ------------------------------------------------------------------ store inspection
+# Every table ingest writes: what two stores built from the same logs must hold alike.
+STORE_TABLES = (
+    "runs",
+    "segments",
+    "rank_logs",
+    "metrics",
+    "metric_tiles",
+    "events",
+    "telemetry",
+    "telemetry_tiles",
+    "annotation_ops",
+    "intervention_ops",
+    "ingest_files",
+)
+
+
 def store_snapshot_diff(path_a: Path, path_b: Path, tables: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
     """Per table: (rows in a, rows only in a, rows only in b), comparing as multisets (EXCEPT ALL).
 

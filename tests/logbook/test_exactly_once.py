@@ -19,19 +19,17 @@ from logbook.record import layout
 from logbook.store import open_store
 from logbook.store.ingest import ingest
 
-from .proc_helpers import cli, duplicate_metric_keys, metric_points, parse_bytes, parse_log, python, store_snapshot_diff
-
-TABLES = (
-    "runs",
-    "segments",
-    "rank_logs",
-    "metrics",
-    "metric_tiles",
-    "events",
-    "telemetry",
-    "annotation_ops",
-    "ingest_files",
+from .proc_helpers import (
+    STORE_TABLES,
+    cli,
+    duplicate_metric_keys,
+    metric_points,
+    parse_bytes,
+    parse_log,
+    python,
+    store_snapshot_diff,
 )
+
 CHUNK = 64 * 1024
 
 INGESTER = """
@@ -111,7 +109,7 @@ def clean_store(big_run, tmp_path_factory):
 
 
 def _assert_same_as_clean(path, clean):
-    diff = store_snapshot_diff(path, clean, TABLES)
+    diff = store_snapshot_diff(path, clean, STORE_TABLES)
     assert all(only_a == only_b == 0 for _, only_a, only_b in diff.values()), diff
     assert diff["metrics"][0] == 309990 and diff["events"][0] == 150 + 150 + 99 and diff["annotation_ops"][0] == 2
 

@@ -20,19 +20,7 @@ from logbook.record import layout
 from logbook.store import open_store, queries
 from logbook.store.ingest import ingest
 
-from .proc_helpers import parse_log, python, store_snapshot_diff
-
-TABLES = (
-    "runs",
-    "segments",
-    "rank_logs",
-    "metrics",
-    "metric_tiles",
-    "events",
-    "telemetry",
-    "telemetry_tiles",
-    "ingest_files",
-)
+from .proc_helpers import STORE_TABLES, parse_log, python, store_snapshot_diff
 
 
 def _record(run_dir, segment_id, rank, world, steps, *, resume_step=None, nan_at=None):
@@ -112,7 +100,7 @@ def test_a_store_that_reads_sealed_parquet_equals_one_built_from_the_logs(fleet,
         assert (again.files, again.records) == (2, len(live) + 1)
         cur = store.cursor()
         assert cur.execute("SELECT count(*) FROM metrics WHERE isnan(value)").fetchone()[0] == 1
-    diff = store_snapshot_diff(ref, tmp_path / "reader.duckdb", TABLES)
+    diff = store_snapshot_diff(ref, tmp_path / "reader.duckdb", STORE_TABLES)
     assert all(only_a == only_b == 0 for _, only_a, only_b in diff.values()), diff
     assert diff["metrics"][0] == 330 * 4 + 320 * 4 + 200 * 3 + 110 * 3
     # the malformed line stays a reported problem, from the manifest
@@ -212,7 +200,7 @@ def test_unusable_parquet_or_manifest_falls_back_to_the_logs(fleet, tmp_path):
         assert report.from_parquet == []
         problems = sorted(e.split("segment ")[1].split(" ")[0] for e in report.errors if "not usable" in e)
         assert problems == ["seg-0", "seg-1"], report.errors  # the hostile manifest is ignored, not reported
-    diff = store_snapshot_diff(ref, tmp_path / "fallback.duckdb", TABLES)
+    diff = store_snapshot_diff(ref, tmp_path / "fallback.duckdb", STORE_TABLES)
     assert all(only_a == only_b == 0 for _, only_a, only_b in diff.values()), diff
 
 
