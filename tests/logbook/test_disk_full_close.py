@@ -22,7 +22,7 @@ from logbook.store.ingest import ingest
 from .proc_helpers import metric_points, parse_log, python
 
 WRITER = """
-    import json, os, sys, warnings
+    import contextlib, json, os, sys, warnings
     import logbook
 
     warnings.simplefilter("always")  # every recorder warning on stderr at once: the test reads them
@@ -33,12 +33,10 @@ WRITER = """
         run.log({"loss": s * 0.5}, step=s)
     assert run.flush()
     fd = os.open(os.path.join(mount, "filler.bin"), os.O_WRONLY | os.O_CREAT)  # something else fills the disk
-    for chunk in (1 << 20, 1 << 12, 1):
-        try:
+    for chunk in (1 << 20, 1 << 12, 1):  # MiB, then KiB, then bytes: until not one more byte fits
+        with contextlib.suppress(OSError):  # ENOSPC ends each pass: that is the point
             while True:
                 os.write(fd, b"\\0" * chunk)
-        except OSError:
-            pass
     os.close(fd)
     for s in range(100, 200):
         run.log({"loss": s * 0.5}, step=s)
