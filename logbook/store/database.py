@@ -29,7 +29,8 @@ class Store:
         self.con = con
         self.path = path  # None for a private in-memory store
         self.note = note  # why this is a private store, if it is one
-        self.sealed_manifests: dict = {}  # (run dir, segment) -> file sizes its Parquet manifest was confirmed for
+        # (run dir, segment) -> the sizes its Parquet was confirmed for; (run dir, None): the run was checked whole
+        self.sealed_manifests: dict = {}
 
     @property
     def private(self) -> bool:

@@ -106,7 +106,10 @@ def ingest(
             bar.close()
     if seal:
         for run_id, run_dir in seen:
-            done, problems = sealed.seal(cur, run_id, run_dir, store.sealed_manifests)
+            touched = {
+                path.parent.name for rid, _, path, *_ in work if rid == run_id and layout.rank_of(path) is not None
+            }
+            done, problems = sealed.seal(cur, run_id, run_dir, store.sealed_manifests, touched)
             report.sealed.extend((run_id, s) for s in done)
             report.errors.extend(problems)
     return report

@@ -205,15 +205,26 @@ def _file_rows(cur, run_id: str, segment_id: str) -> list[tuple]:
     ).fetchall()
 
 
-def seal(cur, run_id: str, run_dir, known: dict) -> tuple[list[str], list[str]]:
+def seal(cur, run_id: str, run_dir, known: dict, touched: set | None = None) -> tuple[list[str], list[str]]:
     """Write the Parquet of every newly sealed segment of one run. Returns (sealed now, problems).
 
     `known` maps (run dir, segment) to the file sizes its manifest was last confirmed (or its writing
     last failed) for, so a follower that ingests every few seconds reads each manifest, and reports a
-    read-only run directory, once, not on every pass."""
+    read-only run directory, once, not on every pass. `touched`: the segments whose logs this ingest
+    pass read. Only they can have become sealed since the last pass, so a follower's pass looks at
+    them alone (none: no query at all); the first pass of a store over a run (`known` has no
+    (run dir, None) entry yet) looks at every segment, which seals what an earlier process left."""
     run_dir = Path(run_dir)
     done, problems = [], []
-    for segment_id in sealed_segments(cur, run_id):
+    run_key = (str(run_dir.resolve()), None)
+    if run_key in known and touched is not None:
+        if not touched:
+            return done, problems
+        candidates = [sid for sid in sealed_segments(cur, run_id) if sid in touched]
+    else:
+        candidates = sealed_segments(cur, run_id)
+    known[run_key] = True
+    for segment_id in candidates:
         files = _file_rows(cur, run_id, segment_id)
         sizes = {rel: size for rel, size, *_ in files}
         key = (str(run_dir.resolve()), segment_id)
@@ -352,9 +363,19 @@ def load(cur, run_id: str, run_dir, logs: list[Path], problems: list[str]) -> li
     Each segment loads in one transaction with its `ingest_files` rows, so the JSON ingest that follows
     skips its files (exactly once, as for a chunk). Returns the segments loaded."""
     run_dir = Path(run_dir)
+    # Segments the store holds any log of go on with their logs: one query, so a follower's pass costs
+    # neither a stat nor a manifest read per rank file of the segments it already has.
+    seen = {
+        row[0]
+        for row in cur.execute(
+            "SELECT DISTINCT split_part(rel_path, '/', 2) FROM ingest_files WHERE run_id = ? "
+            "AND starts_with(rel_path, ?) AND ends_with(rel_path, '.jsonl')",
+            [run_id, f"{layout.SEGMENTS}/"],
+        ).fetchall()
+    }
     by_segment: dict[str, dict[str, os.stat_result]] = {}
     for path in logs:
-        if layout.rank_of(path) is not None:
+        if layout.rank_of(path) is not None and path.parent.name not in seen:
             try:
                 by_segment.setdefault(path.parent.name, {})[path.relative_to(run_dir).as_posix()] = path.stat()
             except OSError:
@@ -366,13 +387,6 @@ def load(cur, run_id: str, run_dir, logs: list[Path], problems: list[str]) -> li
             continue
         if {f["path"]: f["size"] for f in manifest["files"]} != {rel: st.st_size for rel, st in stats.items()}:
             continue  # the segment's logs changed since it was sealed: read them
-        seen = cur.execute(
-            "SELECT count(*) FROM ingest_files WHERE run_id = ? AND starts_with(rel_path, ?) "
-            "AND ends_with(rel_path, '.jsonl')",
-            [run_id, f"{layout.SEGMENTS}/{segment_id}/"],
-        ).fetchone()[0]
-        if seen:
-            continue
         cur.execute("BEGIN TRANSACTION")
         try:
             _load_segment(cur, run_id, run_dir, segment_id, manifest, stats)

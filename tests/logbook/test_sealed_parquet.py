@@ -17,7 +17,7 @@ import pytest
 
 import logbook
 from logbook.record import layout
-from logbook.store import open_store, queries
+from logbook.store import open_store, queries, sealed
 from logbook.store.ingest import ingest
 
 from .proc_helpers import STORE_TABLES, parse_log, python, store_snapshot_diff
@@ -268,3 +268,28 @@ def test_segment_ids_that_differ_only_where_sql_like_has_a_wildcard(tmp_path):
         assert ingest(store, [run_dir]).from_parquet == [("run", "a_b")]
         loss = queries.series(store, "run", "loss", which="all")
         assert sorted(loss.groupby("segment_id").size().items()) == [("a-b", 80), ("a_b", 120)]
+
+
+def test_a_follower_pass_with_nothing_new_neither_seals_nor_reads_manifests(fleet, tmp_path, monkeypatch):
+    """The Parquet side of an ingest pass costs nothing when no log changed (a dashboard follows every
+    second): no manifest is read and nothing is sealed again. A store's first pass over a run still looks at
+    every segment, so it seals what an earlier process left unsealed."""
+    root, runs, _ = fleet
+    with open_store(None) as store:
+        first = ingest(store, runs, seal=True)  # the first pass: every sealed segment is written
+        assert sorted(first.sealed) == SEALED
+        for run in runs:  # remove what it wrote: a pass that looked would write it again
+            shutil.rmtree(run / ".midflight")
+        calls = []
+        for name in ("read_manifest", "sealed_segments"):  # count the real functions' calls
+            real = getattr(sealed, name)
+            monkeypatch.setattr(sealed, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+        again = ingest(store, runs, seal=True)
+        assert again.sealed == [] and again.files == 0 and again.errors == []
+        assert calls == []  # no manifest read, no sealed-segment query: the pass found nothing new
+        assert not (runs[0] / ".midflight").exists()
+        _record(runs[1], "seg-0", 0, 1, range(200, 210))  # one segment's log grows: that segment alone
+        grown = ingest(store, runs, seal=True)
+        assert grown.sealed == [("run-b", "seg-0")] and not (runs[0] / ".midflight").exists()
+    with open_store(None) as store:  # a new store's first pass seals the rest
+        assert sorted(ingest(store, runs, seal=True).sealed) == [("run-a", "seg-0"), ("run-a", "seg-1")]
