@@ -235,13 +235,7 @@ class Run:
         Values and names follow `log()`'s rules; `device` must be non-empty text and `step` an integer
         or None. Telemetry steps may go back (a sampler thread reads the step asynchronously).
         """
-        if type(device) is not str:
-            raise TypeError(f"run.telemetry(): device must be text, not {type(device).__name__} ({device!r:.80})")
-        if not device:
-            raise ValueError("run.telemetry(): device must not be empty")
-        values = dict(values) if type(values) is dict else _as_dict("run.telemetry()", values)
-        _check_names("run.telemetry()", values)
-        _check_values("run.telemetry()", values)
+        values = _device_sample("run.telemetry()", device, values)
         if step is not None and (type(step) is not int or not 0 <= step < STEP_LIMIT):
             step = _as_step("run.telemetry()", step)
         if self._finished or len(self._q) >= self.max_queue:
@@ -262,15 +256,7 @@ class Run:
             raise TypeError(f"run.telemetry_block() takes {{device: {{name: number}}}}, not {type(samples).__name__}")
         block = {}
         for device, values in samples.items():
-            if type(device) is not str:
-                what = f"{type(device).__name__} ({device!r:.80})"
-                raise TypeError(f"run.telemetry_block(): device must be text, not {what}")
-            if not device:
-                raise ValueError("run.telemetry_block(): device must not be empty")
-            values = dict(values) if type(values) is dict else _as_dict("run.telemetry_block()", values)
-            _check_names("run.telemetry_block()", values)
-            _check_values("run.telemetry_block()", values)
-            block[device] = values
+            block[device] = _device_sample("run.telemetry_block()", device, values)
         if decimals is not None:
             if not isinstance(decimals, Mapping):
                 raise TypeError(f"run.telemetry_block(): decimals must be {{name: int}}, not {type(decimals).__name__}")
@@ -676,6 +662,18 @@ def _as_dict(where: str, metrics) -> dict:
     if isinstance(metrics, Mapping):
         return dict(metrics)
     raise TypeError(f"{where} takes a dict of {{name: number}}, not {type(metrics).__name__} ({metrics!r:.80})")
+
+
+def _device_sample(where: str, device, values) -> dict:
+    """One device's telemetry sample, checked as `log()` checks metrics (TypeError / ValueError on misuse)."""
+    if type(device) is not str:
+        raise TypeError(f"{where}: device must be text, not {type(device).__name__} ({device!r:.80})")
+    if not device:
+        raise ValueError(f"{where}: device must not be empty")
+    values = dict(values) if type(values) is dict else _as_dict(where, values)
+    _check_names(where, values)
+    _check_values(where, values)
+    return values
 
 
 def _as_step(where: str, step) -> int:
