@@ -195,7 +195,7 @@ def _ingest_file(cur, run_id, path, rel, offset, st, report, bar, chunk_bytes) -
             return
         chunk = data.split(b"\n")[:-1]
 
-        def new_batch(refused=None, chunk=chunk, lines=lines):
+        def new_batch(refused=None, lines=lines):  # lines: this chunk's first line number
             return _Batch(run_id, segment_id, rank, lines, st.st_mtime, refused=refused)
 
         batch = new_batch()
@@ -379,7 +379,10 @@ class _Batch:
         """A telemetry block, per device (format <= 2) or a node block (format 3), as flat numpy columns.
 
         Both shapes go the same vectorised way (no Python object per point). A step must be a whole number
-        in [0, 2**63) or null, else the line is malformed (logbook.values' rule, checked on the column)."""
+        in [0, 2**63) or null, else the line is malformed (logbook.values' rule, checked on the column).
+        Unlike metrics steps, these are read through float64 only: exact below 2**53, and a step within
+        1,024 of 2**63 counts as out of range. A telemetry step is a sampler's view of the training step,
+        which no run comes near; metrics blocks, which are the history, take the exact path."""
         names = rec["names"]
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise ValueError("telemetry block has no names, or a name that is not text")
