@@ -144,7 +144,7 @@ class Source:
 
     def incidents(self, run: str) -> list:
         """The run's incidents: read here (DuckDB releases the GIL), detected in the worker process."""
-        return self.detector.incidents(incident_report.inputs(self.store, run))
+        return incident_report.incidents(self.store, run, detect=self.detector.incidents)
 
     def _bump(self, _report) -> None:
         with self._lock:

@@ -75,15 +75,12 @@ def cumulative(values) -> np.ndarray:
     the reset). NaN samples are skipped.
     """
     v = np.asarray(values, dtype=float)
-    out = np.empty(len(v))
-    total, prev = 0.0, 0.0
-    for i, x in enumerate(v):
-        if math.isfinite(x):
-            delta = x - prev if x >= prev else max(x, 0.0)
-            total += delta
-            prev = x
-        out[i] = total
-    return out
+    ok = np.isfinite(v)
+    x = v[ok]
+    prev = np.concatenate(([0.0], x[:-1]))
+    total = np.cumsum(np.where(x >= prev, x - prev, np.maximum(x, 0.0)))
+    last = np.cumsum(ok) - 1  # per sample: the last finite sample at or before it (-1: none yet)
+    return np.where(last >= 0, total[np.maximum(last, 0)] if len(total) else 0.0, 0.0)
 
 
 def energy_at(times, cum, t: float) -> float:
@@ -188,20 +185,33 @@ class Meter:
         return float(self.cum[-1]) if len(self.cum) else 0.0
 
 
+@dataclass
+class MeterTotal:
+    """What a segment's figures need of a Meter: whose it is and its total (kept in the store per segment)."""
+
+    segment_id: str
+    host: str
+    device: str
+    metered: bool
+    total: float
+
+
 def meters_from(samples: pd.DataFrame, *, metered: bool) -> list[Meter]:
     """One Meter per (segment, host, device) of one counter's samples (wall_time, segment_id, host, rank,
     device, value). A node has one sampler: when two ranks report a device, the lower rank's counter is
     kept, so two counters are never interleaved."""
     if samples.empty:
         return []
-    df = samples.assign(
-        host=[h if isinstance(h, str) else f"rank{r}" for h, r in zip(samples["host"], samples["rank"])]
-    )
+    host = samples["host"]
+    if host.isna().any():  # a rank without an open record: named by its rank
+        host = host.astype(object).where(host.notna(), "rank" + samples["rank"].astype(str))
+    df = samples.assign(host=host)
+    df = df[df["rank"] == df.groupby(["segment_id", "host", "device"])["rank"].transform("min")]
+    df = df.sort_values(["segment_id", "host", "device", "wall_time"], kind="stable")
     out = []
-    for (seg, host, dev), g in df.groupby(["segment_id", "host", "device"], sort=True):
-        g = g[g["rank"] == g["rank"].min()]
-        g = g.sort_values("wall_time", kind="stable")
-        out.append(Meter(seg, host, dev, metered, g["wall_time"].to_numpy(float), cumulative(g["value"])))
+    for (seg, host, dev), g in df.groupby(["segment_id", "host", "device"], sort=False):
+        cum = cumulative(g["value"].to_numpy(float))
+        out.append(Meter(seg, host, dev, metered, g["wall_time"].to_numpy(float), cum))
     return out
 
 
@@ -252,12 +262,13 @@ def best(row: dict) -> dict:
 
 def segment_rows(
     segments: list[tuple[str, bool]],
-    ms: list[Meter],
+    ms: list[Meter] | list[MeterTotal],
     times: dict[str, tuple[float, float]],
     plates: dict[str, dict],
     default_tdp_w: float = DEFAULT_TDP_W,
 ) -> list[dict]:
-    """One dict per (segment_id, effective) pair: metered_j, estimated_j, nameplate_j, energy_j (best), basis."""
+    """One dict per (segment_id, effective) pair: metered_j, estimated_j, nameplate_j, energy_j (best), basis.
+    ms: Meters or MeterTotals (only each one's segment, host, device, kind and total are read)."""
     out = []
     for seg, effective in segments:
         t0, t1 = times.get(seg, (math.nan, math.nan))

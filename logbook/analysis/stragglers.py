@@ -304,12 +304,13 @@ def device_rank(label: str, rank_hosts: dict) -> int | None:
 
 def fleet_incidents(inputs: dict, cfg: FleetConfig | None = None) -> list[Incident]:
     """Every across-rank incident from the report's fleet inputs: {"compute": grid, "sm_clock": grid,
-    "temp": grid, "power": grid, "presence": grid} (each a Grid.from_dict dict; any may be missing), and
+    "temp": grid, "power": grid, "presence": grid} (each a Grid.from_dict dict; any may be missing),
+    "compute_metric" (the metric of the compute grid: compute_s, or step_time_s for a run without it), and
     "ranks": {"ranks", "hosts"} where there is no compute grid to map devices to ranks from.
     A throttled GPU explains its rank's slowness: that rank's overlapping straggler incident is folded
     into the throttled_gpu incident (detail "rank_slower")."""
     cfg = cfg or FleetConfig()
-    grids = {k: Grid.from_dict(v) for k, v in inputs.items() if v is not None and k != "ranks"}
+    grids = {k: Grid.from_dict(v) for k, v in inputs.items() if v is not None and k not in ("ranks", "compute_metric")}
     out: list[Incident] = []
     compute = grids.get("compute")
     known = inputs.get("ranks") or ({"ranks": compute.ranks, "hosts": compute.hosts} if compute else None)
@@ -317,7 +318,7 @@ def fleet_incidents(inputs: dict, cfg: FleetConfig | None = None) -> list[Incide
     for r, h in sorted(zip(known["ranks"], known["hosts"]), key=lambda x: x[0]) if known else ():
         rank_hosts.setdefault(h, []).append(r)
     if compute is not None:
-        out += slow_ranks(compute, cfg)
+        out += slow_ranks(compute, cfg, metric=inputs.get("compute_metric", "compute_s"))
     for g in (grids.get("sm_clock"), grids.get("presence")):
         if g is not None:
             g.ranks = [device_rank(lab, rank_hosts) for lab in g.labels]

@@ -7,17 +7,39 @@ from __future__ import annotations
 import pandas as pd
 
 from logbook.analysis import energy
-from logbook.analysis.energy import DEFAULT_TDP_W, Meter
-from logbook.store import queries
+from logbook.analysis.energy import DEFAULT_TDP_W, Meter, MeterTotal
+from logbook.store import kept, queries
 from logbook.store.database import Store
 
 
-def meters(store: Store, run: str) -> list[Meter]:
-    """Every energy series of the run, one per (segment, host, device) and kind (metered or estimated)."""
+def meters(store: Store, run: str, segments: list[str] | None = None) -> list[Meter]:
+    """Every energy series of the run (or of these segments), one per (segment, host, device) and kind
+    (metered or estimated)."""
     out = []
     for name, metered in ((energy.METERED_NAME, True), (energy.ESTIMATE_NAME, False)):
-        out += energy.meters_from(queries.telemetry(store, run, name), metered=metered)
+        out += energy.meters_from(queries.counter_samples(store, run, name, segments=segments), metered=metered)
     return out
+
+
+def meter_totals(store: Store, run: str, segments: list[str]) -> list[MeterTotal]:
+    """Each meter's total energy, for these segments. A segment's totals are kept in the store with its
+    watermark (logbook.store.kept), so a finished segment is integrated once, and a live run re-reads
+    only the segments that grew since: its head."""
+    marks = kept.segment_watermarks(store, run)
+    out, todo = [], []
+    for seg in segments:
+        hit = kept.get(store, run, f"meters/{seg}", marks.get(seg, ""))
+        if hit is None:
+            todo.append(seg)
+        else:
+            out += [MeterTotal(seg, *row) for row in hit]
+    if not todo:
+        return out
+    fresh = [MeterTotal(m.segment_id, m.host, m.device, m.metered, m.total) for m in meters(store, run, todo)]
+    for seg in todo:
+        rows = [[m.host, m.device, m.metered, m.total] for m in fresh if m.segment_id == seg]
+        kept.put(store, run, f"meters/{seg}", marks.get(seg, ""), rows)
+    return out + fresh
 
 
 def nameplate(store: Store, run: str, default_tdp_w: float = DEFAULT_TDP_W) -> dict[str, dict]:
@@ -36,7 +58,7 @@ def segment_energy(store: Store, run: str, *, default_tdp_w: float = DEFAULT_TDP
     segs = queries.segments(store, run)
     return energy.segment_rows(
         list(zip(segs["segment_id"], segs["effective"])),
-        meters(store, run),
+        meter_totals(store, run, list(segs["segment_id"])),
         queries.segment_times(store, run),
         nameplate(store, run, default_tdp_w),
         default_tdp_w,

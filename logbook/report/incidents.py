@@ -8,40 +8,37 @@ thread and detect in a worker process (the detector is a Python loop that would 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pandas as pd
 
-from logbook.analysis.divergence import STEP_TIME_PREFIX, DivergenceConfig, Incident, incidents_from
-from logbook.store import fleet, queries, ranks
+from logbook.analysis.divergence import DivergenceConfig, Incident, incidents_from
+from logbook.store import fleet, kept, queries, ranks
 from logbook.store.database import Store
 
 SERIES = ("loss", "grad_norm", "loss_scale", "lr", "clip", "tokens_per_s")
+ONLINE_RANKS = 8  # up to this many ranks, each rank's step time also feeds the per-step detector
 
 
 def run_frame(store: Store, run: str, which: str = "effective"):
     """The detector's input table for a run, read through logbook.queries: one row per step with the
-    metrics of rank 0, step_time_s/<rank> for every rank, overflow counts (overflow events, and the
+    metrics of rank 0, step_time_s/<rank> for every rank of a small run (<= ONLINE_RANKS; a bigger fleet's
+    ranks are compared per bucket by fleet_frame instead), overflow counts (overflow events, and the
     count of an imported skipped_iterations event) and at_floor flags from events, and segment_id.
     which: "effective" or "superseded" (rows of every superseded branch together)."""
     names = set(queries.metric_names(store, run))
-    frame = None
-
-    def join(df, col):
-        nonlocal frame
-        df = df.drop_duplicates(["segment_id", "step"], keep="last")[["segment_id", "step", "value"]]
-        df = df.rename(columns={"value": col})
-        frame = df if frame is None else frame.merge(df, on=["segment_id", "step"], how="outer")
-
-    for name in SERIES:
-        if name in names:
-            join(queries.series(store, run, name, which=which), name)
+    per_rank = None
     if "step_time_s" in names:
         segs = queries.segments(store, run)
-        for r in range(int(segs["ranks"].max()) if len(segs) else 0):
-            join(queries.series(store, run, "step_time_s", rank=r, which=which), f"{STEP_TIME_PREFIX}{r}")
-    if frame is None:
+        world = int(segs["ranks"].max()) if len(segs) else 0
+        if world <= ONLINE_RANKS:
+            per_rank = ("step_time_s", list(range(world)))
+    wanted = [n for n in SERIES if n in names]
+    # step_table names a rank's column "step_time_s/<rank>": the detector's STEP_TIME_PREFIX
+    frame = queries.step_table(store, run, wanted, per_rank=per_rank, which=which) if wanted or per_rank else None
+    if frame is None or frame.empty:
         return pd.DataFrame(columns=["segment_id", "step"])
     ev = queries.events(store, run, kinds=["overflow", "skipped_iterations", "loss_scale_at_floor"])
     ev = ev[ev["step"].notna() & (ev["rank"].fillna(0) == 0)]
@@ -80,11 +77,16 @@ def _skipped(fields) -> int:
         return 1
 
 
-def telemetry_frame(store: Store, run: str):
-    """The telemetry samples hardware detection reads: throttling and ECC series, plus one liveness
-    series per device (all names of a sample arrive together), sorted by wall time."""
+def telemetry_frame(store: Store, run: str, *, sparse: bool = False):
+    """The telemetry samples hardware detection reads, sorted by wall time: throttling and ECC series, plus
+    one liveness series per device (all names of a sample arrive together).
+    sparse=True (a fleet, whose silent devices analysis.stragglers finds from presence per bucket): only the
+    samples around each change of the throttling and ECC series, and no liveness series; at 992 GPUs the
+    raw samples are tens of millions of rows, the changes a handful."""
     names = queries.telemetry_names(store, run)
     wanted = [n for n in ("throttle_reasons", "ecc_errors") if n in names]
+    if sparse:
+        return queries.telemetry_changes(store, run, wanted)
     alive = next((n for n in ("util_pct", "power_w", "temp_c") if n in names), None) or (names[0] if names else None)
     wanted += [alive] if alive is not None and alive not in wanted else []
     frames = [queries.telemetry(store, run, n).assign(name=n) for n in wanted]
@@ -122,15 +124,17 @@ def fleet_frame(store: Store, run: str, bucket_steps: int = BUCKET_STEPS) -> dic
     out: dict = {}
     names = set(queries.metric_names(store, run))
     span = None
-    if "compute_s" in names:
-        probe = ranks.metric_view(store, run, "compute_s", buckets=1, top=0)
+    # a rank's own work is compute_s; a run without it (an older trainer, an import) is judged on its
+    # step time, which tells ranks apart only where they do not wait for each other
+    metric = next((m for m in ("compute_s", "step_time_s") if m in names), None)
+    if metric is not None:
+        probe = ranks.metric_view(store, run, metric, buckets=1, top=0)
         if not probe.empty and probe.cells.shape[0] >= FLEET_MIN_RANKS:
             span = (float(probe.x_lo[0]), float(probe.x_hi[-1]))
             nb = max(1, min(MAX_BUCKETS, math.ceil((span[1] - span[0] + 1) / bucket_steps)))
-            out["compute"] = _grid(ranks.metric_view(store, run, "compute_s", buckets=nb, cell="min", top=0))
-    elif "step_time_s" in names:  # no compute_s (an older run): still map each device to its rank
-        probe = ranks.metric_view(store, run, "step_time_s", buckets=1, top=0)
-        if not probe.empty:
+            out["compute"] = _grid(ranks.metric_view(store, run, metric, buckets=nb, cell="min", top=0))
+            out["compute_metric"] = metric
+        elif not probe.empty:  # too few ranks to compare: still map each device to its rank
             out["ranks"] = {"ranks": [int(r) for r in probe.rows["rank"]], "hosts": list(probe.rows["host"])}
     cad = fleet.telemetry_cadence(store, run, "sm_clock_mhz")
     if cad is not None and cad["devices"] >= FLEET_MIN_RANKS and math.isfinite(cad["period_s"]):
@@ -154,14 +158,29 @@ def inputs(store: Store, run: str) -> dict:
     """Everything incident detection reads from the store, as plain frames. The split lets a caller
     read on one thread (DuckDB) and detect elsewhere: the dashboard runs incidents_from() in a worker
     process, because the detector is a Python loop (~13 µs a step) that would hold the server's GIL."""
+    fleet_inputs = fleet_frame(store, run)
     return {
         "effective": run_frame(store, run, "effective"),
         "superseded": run_frame(store, run, "superseded"),
-        "telemetry": telemetry_frame(store, run),
-        "fleet": fleet_frame(store, run),
+        "telemetry": telemetry_frame(store, run, sparse=bool(fleet_inputs.get("presence"))),
+        "fleet": fleet_inputs,
     }
 
 
-def incidents(store: Store, run: str, config: DivergenceConfig | None = None) -> list[Incident]:
-    """Every incident of a run (see incidents_from)."""
-    return incidents_from(inputs(store, run), config)
+def incidents(store: Store, run: str, config: DivergenceConfig | None = None, *, detect=None) -> list[Incident]:
+    """Every incident of a run (see incidents_from), kept in the store until the run's logs grow
+    (logbook.store.kept): a second summary, export or dashboard of an unchanged run does not detect again.
+    detect: what runs incidents_from on the inputs (the dashboard's worker process); a non-default
+    config is never kept."""
+    run_detect = detect or (lambda frames: incidents_from(frames, config))
+    if config is not None:
+        return run_detect(inputs(store, run))
+    return kept.cached(
+        store,
+        run,
+        "incidents",
+        kept.watermark(store, run),
+        lambda: run_detect(inputs(store, run)),
+        dump=lambda incs: [dataclasses.asdict(i) for i in incs],
+        load=lambda rows: [Incident(**row) for row in rows],
+    )

@@ -23,7 +23,7 @@ def branches(store: Store, run: str, *, default_tdp_w: float = DEFAULT_TDP_W) ->
         times=queries.segment_times(store, run),
         step_times=queries.step_wall_times(store, run),
         tokens=queries.series(store, run, queries.TOKENS_METRIC, which="all"),
-        meters=energy_report.meters(store, run),
+        meters=energy_report.meters(store, run, sorted({s.segment_id for s in spans})),
         plates=energy_report.nameplate(store, run, default_tdp_w),
         world_sizes={r.segment_id: (1 if missing(r.world_size) else int(r.world_size)) for r in info.itertuples()},
         gpus=queries.gpu_counts(store, run),

@@ -6,18 +6,20 @@ than the period is empty by chance, not because the device stopped. One aggregat
 
 from __future__ import annotations
 
+from logbook.store import schema
 from logbook.store.database import Store
 
 
 def telemetry_cadence(store: Store, run: str, name: str) -> dict | None:
     """{"devices", "samples", "t_lo", "t_hi", "period_s"} of one telemetry series of a run, or None if it
-    has none. period_s: the mean time between two samples of one device."""
+    has none. period_s: the mean time between two samples of one device. Read from the widest tiles
+    (a few rows per device however long the run), not from the samples."""
     row = (
         store.cursor()
         .execute(
-            """SELECT count(DISTINCT (rank, device)), count(*), min(wall_time), max(wall_time)
-           FROM telemetry WHERE run_id = ? AND name = ? AND isfinite(value)""",
-            [run, name],
+            """SELECT count(DISTINCT (rank, device)), sum(n), min(p_first.t), max(p_last.t)
+           FROM telemetry_tiles WHERE run_id = ? AND name = ? AND width = ?""",
+            [run, name, schema.TELEMETRY_TILES[-1]],
         )
         .fetchone()
     )

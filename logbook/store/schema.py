@@ -5,7 +5,7 @@ a store whose version differs is deleted and re-ingested (see store.py).
 Wall times are Unix seconds (DOUBLE); steps are BIGINT; metric rows are narrow.
 """
 
-SCHEMA_VERSION = 4  # 4: telemetry_tiles
+SCHEMA_VERSION = 5  # 4: telemetry_tiles; 5: kept_results
 TILE_SHIFT = 8  # metric_tiles cover 2**8 = 256 steps each
 # telemetry_tiles widths in seconds (docs/architecture.md, "Telemetry tiles"): a chart of W seconds in B buckets
 # reads the widest level no wider than W/B, so it reads at most ~64 x B tiles per series however long the run.
@@ -170,6 +170,16 @@ LEFT JOIN (SELECT * FROM intervention_ops WHERE op <> 'request'
            QUALIFY row_number() OVER (PARTITION BY run_id, intervention_id ORDER BY seq DESC) = 1) s
   ON s.run_id = r.run_id AND s.intervention_id = r.intervention_id
 WHERE r.op = 'request';
+
+-- results worked out from the logs (incidents, energy), kept with the ingest watermark they were computed at
+-- (logbook.store.kept): a result whose watermark still matches is not computed again
+CREATE TABLE kept_results (
+    run_id      VARCHAR NOT NULL,
+    what        VARCHAR NOT NULL,      -- "incidents", "energy/<segment>", ...
+    watermark   VARCHAR NOT NULL,      -- kept.watermark() of the run or segment when it was computed
+    value       VARCHAR NOT NULL,      -- Python json text (NaN and Infinity allowed)
+    PRIMARY KEY (run_id, what)
+);
 
 CREATE TABLE ingest_files (            -- exactly-once bookkeeping, updated in the same transaction as the rows
     run_id      VARCHAR NOT NULL,

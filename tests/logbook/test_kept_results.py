@@ -1,0 +1,141 @@
+"""Incidents and energy are worked out once per watermark and kept in the store (logbook.store.kept).
+
+A real Recorder writes a live run; a real DuckDB store ingests it. Kept results must be (1) used while
+the logs are unchanged, (2) worked out again as soon as the run grows, and (3) per segment for energy,
+so a finished segment is never integrated again while the head segment grows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import logbook
+from logbook.report import energy as energy_report
+from logbook.report import incidents as incident_report
+from logbook.store import ingest, kept
+from logbook.store.database import memory
+
+
+def _log(run, steps, rng, spike_at=None):
+    for s in steps:
+        loss = 3.0 * math.exp(0.01 * rng.standard_normal()) * (4.0 if s == spike_at else 1.0)
+        run.log({"loss": loss, "grad_norm": 0.5, "lr": 1e-4}, step=s)
+        # one GPU whose energy counter rises 300 J per step (a 300 W device at a 1 s step)
+        run.telemetry({"energy_j": 300.0 * (s + 1), "power_w": 300.0}, device="gpu0", step=s)
+
+
+def _kept_rows(store, run):
+    return dict(store.cursor().execute("SELECT what, watermark FROM kept_results WHERE run_id = ?", [run]).fetchall())
+
+
+def test_incidents_are_kept_until_the_run_grows(tmp_path):
+    rng = np.random.default_rng(0)
+    run_dir = tmp_path / "live"
+    run = logbook.init(run_dir, segment_id="a", flush_every=60)
+    _log(run, range(0, 300), rng, spike_at=200)
+    run.flush()
+    store, _ = ingest.open_run(run_dir, store_path=str(tmp_path / "s.duckdb"))
+    first = incident_report.incidents(store, "live")
+    assert [(i.kind, i.start_step) for i in first if i.kind == "loss_spike"] == [("loss_spike", 200)]
+    mark = kept.watermark(store, "live")
+    assert _kept_rows(store, "live")["incidents"] == mark
+
+    # unchanged logs: the kept value is what comes back (proved by editing it in place: a recomputation
+    # would find the spike again)
+    store.cursor().execute("UPDATE kept_results SET value = '[]' WHERE run_id = 'live' AND what = 'incidents'")
+    assert incident_report.incidents(store, "live") == []
+
+    # the run grows (a second spike is flushed): the watermark moves and detection runs again
+    _log(run, range(300, 500), rng, spike_at=420)
+    run.flush()
+    ingest.ingest(store, [run_dir])
+    assert kept.watermark(store, "live") != mark
+    again = incident_report.incidents(store, "live")
+    assert [i.start_step for i in again if i.kind == "loss_spike"] == [200, 420]
+    run.finish()
+
+    # and what is kept equals a fresh store's answer, field for field
+    fresh = memory()
+    ingest.ingest(fresh, [run_dir])
+    assert [i.to_dict() for i in incident_report.incidents(store, "live")] == [
+        i.to_dict() for i in incident_report.incidents(fresh, "live")
+    ]
+
+
+def test_energy_of_a_finished_segment_is_integrated_once(tmp_path):
+    rng = np.random.default_rng(1)
+    run_dir = tmp_path / "r"
+    a = logbook.init(run_dir, segment_id="a", flush_every=60)
+    _log(a, range(0, 100), rng)
+    a.finish()
+    b = logbook.init(run_dir, segment_id="b", resume_step=99, flush_every=60)
+    _log(b, range(100, 150), rng)
+    b.flush()
+    store, _ = ingest.open_run(run_dir, store_path=str(tmp_path / "s.duckdb"))
+
+    def metered():
+        return {r["segment_id"]: r["metered_j"] for r in energy_report.segment_energy(store, "r")}
+
+    assert metered() == {"a": 300.0 * 100, "b": 300.0 * 150}  # b's counter restarts its own series at 300 x 101
+    rows = _kept_rows(store, "r")
+    assert set(rows) >= {"meters/a", "meters/b"}
+
+    # a's kept total is used: changing it changes the figure (a re-integration would restore 30,000 J)
+    store.cursor().execute(
+        "UPDATE kept_results SET value = '[[\"' || (SELECT host FROM rank_logs WHERE segment_id = 'a' AND rank = 0)"
+        " || '\", \"gpu0\", true, 1.0]]' WHERE run_id = 'r' AND what = 'meters/a'"
+    )
+    assert metered()["a"] == 1.0
+
+    # the head grows: only b is integrated again, and its new total counts the new samples
+    _log(b, range(150, 200), rng)
+    b.finish()
+    ingest.ingest(store, [run_dir])
+    assert metered() == {"a": 1.0, "b": 300.0 * 200}
+    after = _kept_rows(store, "r")
+    assert after["meters/a"] == rows["meters/a"] and after["meters/b"] != rows["meters/b"]
+
+
+def test_a_fleet_reads_only_the_changes_of_throttle_and_ecc_series(tmp_path):
+    """report.incidents.telemetry_frame(sparse=True) reads the samples around each change (from the 64 s
+    tiles), not every sample: the hardware incidents must be exactly those of the full series."""
+    from benchmarks.fleet_run import write_fleet_run
+    from logbook.analysis import divergence
+    from logbook.record import layout, records
+
+    run_dir = tmp_path / "fleet"
+    write_fleet_run(run_dir, nodes=1, gpus_per_node=4, steps=400, telemetry_hz=0.2, plant=(), closed=False)
+    t0 = 1_780_000_000.0
+    times = [t0 + 5.0 * k for k in range(1600)]  # 8,000 s at 0.2 Hz: 125 tiles of 64 s per series
+    rows = []
+    for k in range(len(times)):
+        row = []
+        for g in range(4):
+            throttled = g == 1 and (300 <= k < 640 or 1000 <= k < 1003)  # 640: on a tile edge (t0 + 3,200 s)
+            ecc = 0 if g != 2 else (1 if k >= 700 else 0) + (2 if k >= 1500 else 0)
+            row += [4 if throttled else 0, ecc]
+        rows.append(row)
+    rec = records.encode_telemetry(["gpu0", "gpu1", "gpu2", "gpu3"], ["throttle_reasons", "ecc_errors"], times,
+                                   [k // 4 for k in range(len(times))], rows)  # fmt: skip
+    with open(layout.rank_file(run_dir, "seg-fleet-0", 0), "ab") as f:
+        f.write(rec)
+    store, _ = ingest.open_run(run_dir, store_path=str(tmp_path / "s.duckdb"))
+
+    full = incident_report.telemetry_frame(store, "fleet")
+    full = full[full["name"].isin(["throttle_reasons", "ecc_errors"])]
+    sparse = incident_report.telemetry_frame(store, "fleet", sparse=True)
+    assert len(full) == 2 * 4 * len(times) and len(sparse) < len(full) / 10
+
+    def found(frame):
+        return [i.to_dict() for i in divergence.hardware_from(frame, silence=False)]
+
+    got = found(sparse)
+    assert got == found(full)
+    assert [(i["kind"], i["detail"]["device"], i["start_step"], i["end_step"]) for i in got] == [
+        ("throttling", "gpu1", 75, 159),
+        ("ecc_errors", "gpu2", 175, 175),
+        ("throttling", "gpu1", 250, 250),
+        ("ecc_errors", "gpu2", 375, 375),
+    ]
