@@ -150,6 +150,16 @@ def meters(_src: Source, k: tuple, run: str) -> list:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
+def fleet_curves(_src: Source, k: tuple, run: str) -> pd.DataFrame:
+    return energy_report.fleet_curves(_src.store, run)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def gpu_counts(_src: Source, k: tuple, run: str) -> dict[str, int]:
+    return queries.gpu_counts(_src.store, run)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
 def step_energy(_src: Source, k: tuple, run: str) -> pd.DataFrame:
     return energy_report.step_energy(_src.store, run)
 

@@ -4,9 +4,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import context, data
+from app import bands, context, data
 from logbook.analysis import energy
 from logbook.present import figures, text
+
+BAND_BUCKETS = 300  # time buckets of the fleet power band
 
 ctx = context.context()
 context.require_run(ctx)
@@ -58,8 +60,23 @@ if busy:
     st.caption("Newer data is being added up; these totals are from the previous pass.")
 
 # --- over time
-ms = data.meters(ctx.src, ctx.k, ctx.run)
-if ms:
+devices = max(data.gpu_counts(ctx.src, ctx.k, ctx.run).values(), default=0)
+if devices > data.FEW:  # a fleet: one curve per segment, every device summed (992 lines read as none)
+    curves = data.fleet_curves(ctx.src, ctx.k, ctx.run)
+    lines = []
+    for (seg, metered), g in curves.groupby(["segment_id", "metered"], sort=False):
+        kind = "metered" if metered else "estimated"
+        name = f"{seg[-6:]}: {int(g['devices'].iat[0]):,} devices ({kind})"
+        x = g["wall_time"].to_numpy()
+        lines.append(figures.Line(name, x, g["energy_j"].to_numpy() / 1e6, np.zeros(len(x)), mode="lines"))
+    if lines:
+        st.plotly_chart(
+            figures.metric_figure("cumulative energy (MJ) per segment, all devices", lines, axis="time"),
+            key="energy:cum",
+            config={"displaylogo": False},
+        )
+else:
+    ms = data.meters(ctx.src, ctx.k, ctx.run)
     lines = []
     for mt in ms:
         x = mt.times
@@ -69,11 +86,12 @@ if ms:
         lines.append(
             figures.Line(name, thin["t"].to_numpy(), thin["v"].to_numpy() / 1000, thin["step"].to_numpy(), mode="lines")
         )
-    st.plotly_chart(
-        figures.metric_figure("cumulative energy (kJ) per device and segment", lines, axis="time"),
-        key="energy:cum",
-        config={"displaylogo": False},
-    )
+    if lines:
+        st.plotly_chart(
+            figures.metric_figure("cumulative energy (kJ) per device and segment", lines, axis="time"),
+            key="energy:cum",
+            config={"displaylogo": False},
+        )
 per_step = data.step_energy(ctx.src, ctx.k, ctx.run)
 if len(per_step):
     lines = []
@@ -89,8 +107,16 @@ if len(per_step):
     )
 pnames = set(data.telemetry_names(ctx.src, ctx.k, ctx.run))
 pname = "power_w" if "power_w" in pnames else "power_est_w" if "power_est_w" in pnames else None
-if pname:
-    df = data.telemetry(ctx.src, ctx.k, ctx.run, pname)
+if pname and devices > data.FEW:
+    view = data.telemetry_view(ctx.src, ctx.k, ctx.run, pname, BAND_BUCKETS)
+    lines, band_list = bands.telemetry_band(view, lambda s: s, on_time=True)
+    title = f"power (W) across {len(view.rows):,} devices: median, p5–p95, min–max, worst" + (
+        " (estimated)" if pname == "power_est_w" else " (NVML)"
+    )
+    fig = figures.metric_figure(title, lines, axis="time", bands=band_list)
+    st.plotly_chart(fig, key="energy:power", config={"displaylogo": False})
+elif pname:
+    df = data.telemetry_series(ctx.src, ctx.k, ctx.run, pname)
     lines = []
     for (host, dev), g in df.groupby(["host", "device"], dropna=False):
         g = figures.thin(g, "wall_time", "value")

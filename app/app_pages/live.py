@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import axis, context, data, forms, selection, zoom
+from app import axis, bands, context, data, forms, selection, zoom
 from logbook.analysis import incidents as triage
 from logbook.analysis.progress import ETA_WINDOW
 from logbook.present import figures, text
@@ -105,7 +105,9 @@ def training_charts(ctx: context.Ctx, marks: list, segs: pd.DataFrame) -> None:
         per_rank = [axis.line(ctx, "step_time_s", rank=r, label=f"rank {r}", mode="lines") for r in range(ranks)]
         specs.append(("step time per rank (s)", per_rank, {}))
     else:
-        specs.append(step_time_band(ctx, zr))
+        specs.append(rank_band(ctx, zr, "step_time_s", "step time"))
+        if "compute_s" in names:  # synchronous ranks all wait for the slowest: their own work tells them apart
+            specs.append(rank_band(ctx, zr, "compute_s", "compute before collectives"))
     cols = st.columns(2)
     for i, (title, lines, kw) in enumerate(specs):
         lines = [ln for ln in lines if ln is not None]
@@ -116,13 +118,12 @@ def training_charts(ctx: context.Ctx, marks: list, segs: pd.DataFrame) -> None:
             selection.chart(ctx, fig, key=f"live:chart:{i}")
 
 
-def step_time_band(ctx: context.Ctx, zr) -> tuple:
-    """Many ranks: the distribution across ranks per step bucket (median, p5-p95, min-max) and the worst
-    ranks' own lines, named, from one aggregate query (logbook.store.ranks) instead of one line per rank."""
-    view = data.metric_view(
-        ctx.src, ctx.k, ctx.run, "step_time_s", BAND_BUCKETS, x_range=zr if ctx.axis == "step" else None
-    )
-    title = f"step time across {len(view.rows):,} ranks (s): median, p5–p95, min–max, worst ranks"
+def rank_band(ctx: context.Ctx, zr, name: str, what: str) -> tuple:
+    """Many ranks: the distribution of a per-rank metric across ranks per step bucket (median, p5-p95,
+    min-max) and the worst ranks' own lines, named, from one aggregate query (logbook.store.ranks) instead
+    of one line per rank."""
+    view = data.metric_view(ctx.src, ctx.k, ctx.run, name, BAND_BUCKETS, x_range=zr if ctx.axis == "step" else None)
+    title = f"{what} across {len(view.rows):,} ranks (s): median, p5–p95, min–max, worst ranks"
     if view.empty:
         return title, [], {}
     b = view.band
@@ -130,37 +131,8 @@ def step_time_band(ctx: context.Ctx, zr) -> tuple:
     lines = [figures.Line("median", x, b["median"].to_numpy(), b["x_lo"].to_numpy(), colour="#1f77b4", mode="lines")]
     for o in view.outliers.head(WORST).itertuples():
         if o.vs_median > 0 and o.rank is not None:
-            lines.append(
-                axis.line(ctx, "step_time_s", rank=int(o.rank), label=f"rank {o.rank} ({o.host})", mode="lines")
-            )
-    return title, lines, {"bands": _bands(x, b)}
-
-
-def _bands(x, b: pd.DataFrame) -> list:
-    return [
-        figures.Band("min–max", x, b["min"].to_numpy(), b["max"].to_numpy(), opacity=0.12),
-        figures.Band("p5–p95", x, b["p5"].to_numpy(), b["p95"].to_numpy(), opacity=0.3),
-    ]
-
-
-def telemetry_band(ctx: context.Ctx, view) -> tuple[list, list]:
-    """Many devices: the distribution of the devices' per-bucket extremes, and the worst device's curve, named."""
-    b = view.band
-    steps = b["step"].ffill().bfill().fillna(0).to_numpy()
-    x = ((b["x_lo"] + b["x_hi"]) / 2).to_numpy() if ctx.axis == "time" else axis.step_mapper(ctx)(steps)
-    lines = [figures.Line("median", x, b["median"].to_numpy(), steps, colour="#1f77b4", mode="lines")]
-    if len(view.outliers):
-        worst = view.outliers.iloc[0]
-        i = list(view.rows["label"]).index(worst["label"])
-        keep = np.isfinite(view.cells[i])
-        y = view.cells[i][keep]
-        bx = ((view.x_lo + view.x_hi) / 2)[keep] if ctx.axis == "time" else None
-        if bx is None:
-            s = pd.Series(view.step).ffill().bfill().fillna(0).to_numpy()[keep]
-            bx = axis.step_mapper(ctx)(s)
-        ws = pd.Series(view.step).ffill().bfill().fillna(0).to_numpy()[keep]
-        lines.append(figures.Line(f"worst: {worst['label']}", bx, y, ws, colour="#d62728", mode="lines"))
-    return lines, _bands(x, b)
+            lines.append(axis.line(ctx, name, rank=int(o.rank), label=f"rank {o.rank} ({o.host})", mode="lines"))
+    return title, lines, {"bands": bands.distribution(x, b)}
 
 
 def system_charts(ctx: context.Ctx, marks: list) -> None:
@@ -173,9 +145,9 @@ def system_charts(ctx: context.Ctx, marks: list) -> None:
         if name is None:
             continue
         view = data.telemetry_view(ctx.src, ctx.k, ctx.run, name, BAND_BUCKETS)
-        lines, bands, many = [], [], len(view.rows) > data.FEW
+        lines, band_list, many = [], [], len(view.rows) > data.FEW
         if many:
-            lines, bands = telemetry_band(ctx, view)
+            lines, band_list = bands.telemetry_band(view, axis.step_mapper(ctx), on_time=ctx.axis == "time")
         else:
             df = data.telemetry_series(ctx.src, ctx.k, ctx.run, name)
             for (host, dev), g in df.groupby(["host", "device"], dropna=False):
@@ -185,7 +157,7 @@ def system_charts(ctx: context.Ctx, marks: list) -> None:
                 lines.append(figures.Line(f"{host}/{dev}", x, g["value"].to_numpy(), steps, mode="lines"))
         est = " (estimated)" if name.endswith("_est_w") else ""
         label = f"{title} ({unit}){est}" + (f", {len(view.rows):,} devices" if many else "")
-        fig = figures.metric_figure(label, lines, marks, axis=ctx.axis, x_range=zr, height=220, bands=bands)
+        fig = figures.metric_figure(label, lines, marks, axis=ctx.axis, x_range=zr, height=220, bands=band_list)
         with cols[shown % 2]:
             selection.chart(ctx, fig, key=f"live:sys:{name}")
         shown += 1

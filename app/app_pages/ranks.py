@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import axis, context, data
+from app import axis, bands, context, data
 from logbook.present import figures, text
 from logbook.values import optional_step
 
@@ -72,9 +72,10 @@ n_ranks = int(segs["ranks"].max()) if not segs.empty else 0
 st.caption(f"{n_ranks:,} ranks" + (f" on {len(set(h for h in segs['host'] if h))} header host(s)" if n_ranks else ""))
 if names:
     c1, c2 = st.columns([3, 2])
-    metric = c1.selectbox(
-        "metric", names, index=names.index("step_time_s") if "step_time_s" in names else 0, key="ranks:metric"
-    )
+    # synchronous ranks all wait for the slowest, so their step times match: their own work (compute_s,
+    # before the collectives) is what tells them apart, when the trainer logs it
+    first = next((n for n in ("compute_s", "step_time_s") if n in names), names[0])
+    metric = c1.selectbox("metric", names, index=names.index(first), key="ranks:metric")
     group = c2.radio("rows", ["rank", "node"], horizontal=True, key="ranks:group", help="node: the max over its ranks")
     view = data.metric_view(ctx.src, ctx.k, ctx.run, metric, BUCKETS, group=group)
     if view.empty:
@@ -112,11 +113,9 @@ if names:
             own = axis.line(ctx, metric, rank=rank, label=f"rank {rank}", colour="#d62728", mode="lines")
             lines = [figures.Line("median of all ranks", x, b["median"].to_numpy(), x, colour="#1f77b4", mode="lines")]
             lines += [own] if own is not None else []
-            bands = [
-                figures.Band("min–max", x, b["min"].to_numpy(), b["max"].to_numpy(), opacity=0.12),
-                figures.Band("p5–p95", x, b["p5"].to_numpy(), b["p95"].to_numpy(), opacity=0.3),
-            ]
-            fig = figures.metric_figure(f"{metric}: rank {rank} and the fleet", lines, bands=bands, height=300)
+            fig = figures.metric_figure(
+                f"{metric}: rank {rank} and the fleet", lines, bands=bands.distribution(x, b), height=300
+            )
             st.plotly_chart(fig, key="ranks:one", config={"displaylogo": False})
 else:
     st.info("No metrics in this run.")

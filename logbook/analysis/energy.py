@@ -215,6 +215,17 @@ def meters_from(samples: pd.DataFrame, *, metered: bool) -> list[Meter]:
     return out
 
 
+def summed_curve(ms: list[Meter], points: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cumulative energy of several meters together at `points` evenly spaced wall times over their
+    span (each meter interpolated, 0 before its first sample, flat after its last)."""
+    ms = [m for m in ms if len(m.times)]
+    if not ms:
+        return np.empty(0), np.empty(0)
+    lo, hi = min(float(m.times[0]) for m in ms), max(float(m.times[-1]) for m in ms)
+    grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
+    return grid, sum(np.interp(grid, m.times, m.cum, left=0.0) for m in ms)
+
+
 def nameplate(
     starts: pd.DataFrame, hosts: dict, world_sizes: dict, default_tdp_w: float = DEFAULT_TDP_W
 ) -> dict[str, dict]:

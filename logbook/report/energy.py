@@ -42,6 +42,33 @@ def meter_totals(store: Store, run: str, segments: list[str]) -> list[MeterTotal
     return out + fresh
 
 
+CURVE_POINTS = 400  # points of a segment's summed energy curve: a full-width chart's resolution
+
+
+def fleet_curves(store: Store, run: str, points: int = CURVE_POINTS) -> pd.DataFrame:
+    """Per segment and kind (metered / estimated), the cumulative energy of ALL its devices together at
+    `points` evenly spaced wall times: columns segment_id, metered, wall_time, energy_j, devices.
+    Why: a chart of 992 devices' counters is 992 lines nobody can read; their sum is the run's meter. Each
+    segment's curve is kept with its watermark (logbook.store.kept), so a finished segment is summed once."""
+    marks = kept.segment_watermarks(store, run)
+    segs = list(queries.segments(store, run)["segment_id"])
+    rows, todo = [], []
+    for seg in segs:
+        hit = kept.get(store, run, f"curve/{seg}/{points}", marks.get(seg, ""))
+        (rows.extend(hit) if hit is not None else todo.append(seg))
+    if todo:
+        ms = meters(store, run, todo)
+        for seg in todo:
+            mine = []
+            for flag in (True, False):
+                group = [m for m in ms if m.segment_id == seg and m.metered == flag]
+                grid, total = energy.summed_curve(group, points)
+                mine += [[seg, flag, float(t), float(e), len(group)] for t, e in zip(grid, total)]
+            kept.put(store, run, f"curve/{seg}/{points}", marks.get(seg, ""), mine)
+            rows += mine
+    return pd.DataFrame(rows, columns=["segment_id", "metered", "wall_time", "energy_j", "devices"])
+
+
 def nameplate(store: Store, run: str, default_tdp_w: float = DEFAULT_TDP_W) -> dict[str, dict]:
     """Per segment: {"watts", "devices", "source"} (see analysis.energy.nameplate)."""
     segs = queries.segments(store, run)

@@ -480,14 +480,14 @@ def step_wall_times(store: Store, run: str) -> pd.DataFrame:
 
 
 def gpu_counts(store: Store, run: str) -> dict[str, int]:
-    """GPUs that reported telemetry, per segment (distinct host x device)."""
+    """GPUs that reported telemetry, per segment (distinct host x device), from the widest tiles."""
     rows = (
         store.cursor()
         .execute(
             """SELECT t.segment_id, count(DISTINCT coalesce(r.host, 'rank' || t.rank::VARCHAR) || '/' || t.device)
-               FROM telemetry t LEFT JOIN rank_logs r USING (run_id, segment_id, rank)
-               WHERE t.run_id = ? AND t.device LIKE 'gpu%' GROUP BY t.segment_id""",
-            [run],
+               FROM telemetry_tiles t LEFT JOIN rank_logs r USING (run_id, segment_id, rank)
+               WHERE t.run_id = ? AND t.width = ? AND t.device LIKE 'gpu%' GROUP BY t.segment_id""",
+            [run, schema.TELEMETRY_TILES[-1]],
         )
         .fetchall()
     )

@@ -560,3 +560,37 @@ def test_ranks_page_follows_a_rank_link_and_refuses_a_bad_one(fleet_dir, monkeyp
     at.query_params["rank"] = "-1"
     at.run()
     assert not at.exception and any("?rank= must be a rank number" in w.value for w in at.warning)
+
+
+@pytest.fixture(scope="module")
+def sync_fleet_dir(tmp_path_factory):
+    """48 synchronous ranks: every rank waits for the slowest, so only compute_s tells the straggler apart."""
+    from benchmarks.fleet_run import write_fleet_run
+
+    root = tmp_path_factory.mktemp("sync")
+    truth = write_fleet_run(root / "fleet", nodes=6, gpus_per_node=8, steps=240, telemetry_hz=0.05, seed=3,
+                            synchronous=True)  # fmt: skip
+    return root, truth
+
+
+def test_synchronous_fleet_pages_show_each_ranks_own_work_and_the_fleets_energy(sync_fleet_dir, monkeypatch):
+    root, truth = sync_fleet_dir
+    monkeypatch.setenv(ENV_RUNS, str(root))
+    s = truth["straggler"]
+    at = start("live", run="fleet")
+    compute = [sp for sp in plotly_specs(at) if sp["layout"]["title"]["text"].startswith("compute before collectives")]
+    assert len(compute) == 1
+    assert f"rank {s['rank']} ({s['host']})" in [t.get("name") for t in compute[0]["data"]]
+
+    at.switch_page("app_pages/ranks.py").run()
+    assert not at.exception
+    assert at.selectbox(key="ranks:metric").value == "compute_s"
+    assert frame(at, "rank", "host")["rank"].iat[0] == s["rank"]
+
+    at.switch_page("app_pages/energy.py").run()
+    assert not at.exception
+    specs = {sp["layout"]["title"]["text"]: sp for sp in plotly_specs(at)}
+    cum = specs["cumulative energy (MJ) per segment, all devices"]
+    assert [t["name"] for t in cum["data"]] == ["leet-0: 48 devices (metered)"]  # one curve, not 48
+    power = next(sp for title, sp in specs.items() if title.startswith("power (W) across 48 devices"))
+    assert len(power["data"]) < 10  # a band, not 48 lines
