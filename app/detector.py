@@ -58,23 +58,27 @@ class Detector:
             [sys.executable, "-m", "app.detector"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env
         )
 
-    def incidents(self, frames: dict) -> list:
-        """incidents_from(frames), computed in the worker (in this process if the worker cannot be used)."""
+    def incidents(self, frames: dict, keep: dict | None = None) -> list:
+        """incidents_from(frames, keep=keep), computed in the worker (in this process if the worker cannot be
+        used); `keep` receives the worker's fed detector (report.incidents.LiveIncidents feeds it on)."""
         with self._lock:
             for _attempt in range(2):
                 if self._proc is None or self._proc.poll() is not None:
                     self._start()
                 try:
-                    _send(self._proc.stdin, frames)
+                    _send(self._proc.stdin, (frames, keep is not None))
                     status, value = _receive(self._proc.stdout)
                 except (OSError, EOFError, pickle.UnpicklingError):
                     self._proc.kill()
                     self._proc = None
                     continue
                 if status == "ok":
-                    return value
+                    found, kept = value
+                    if keep is not None:
+                        keep.update(kept)
+                    return found
                 raise RuntimeError(f"incident detection failed: {value}")
-        return divergence.incidents_from(frames)
+        return divergence.incidents_from(frames, keep=keep)
 
     def close(self) -> None:
         with self._lock:
@@ -93,11 +97,12 @@ def main() -> int:
     sys.stdout = sys.stderr  # nothing but answers may reach the pipe
     while True:
         try:
-            frames = _receive(inp)
+            frames, want = _receive(inp)
         except EOFError:
             return 0
         try:
-            _send(out, ("ok", divergence.incidents_from(frames)))
+            keep: dict | None = {} if want else None
+            _send(out, ("ok", (divergence.incidents_from(frames, keep=keep), keep)))
         except Exception as exc:  # a bad input must not kill the worker: report it to the page
             _send(out, ("error", f"{type(exc).__name__}: {exc}"))
 

@@ -138,13 +138,14 @@ class Source:
         self._version = 0
         self._lock = threading.Lock()
         self.detector = Detector()
+        self.live = incident_report.LiveIncidents(self.detector.incidents)  # a kept detector per live run
         self.followers = [Follower(self.store, r, on_ingest=self._bump, allow_empty=True) for r in roots]
         for f in self.followers:
             f.start()
 
     def incidents(self, run: str) -> list:
         """The run's incidents: read here (DuckDB releases the GIL), detected in the worker process."""
-        return incident_report.incidents(self.store, run, detect=self.detector.incidents)
+        return self.live.incidents(self.store, run)
 
     def _bump(self, _report) -> None:
         with self._lock:

@@ -28,6 +28,7 @@ is already a confirmed `loss_spike` (detail `evidence: ["loss_scale_collapse"]`)
 
 from __future__ import annotations
 
+import copy
 import math
 from bisect import bisect_left, insort
 from collections import deque
@@ -657,19 +658,36 @@ def hardware_from(telemetry, config: DivergenceConfig | None = None, *, silence:
     return det.incidents()
 
 
-def incidents_from(frames: dict, config: DivergenceConfig | None = None) -> list[Incident]:
+def incidents_from(frames: dict, config: DivergenceConfig | None = None, *, keep: dict | None = None) -> list[Incident]:
     """Every incident of a run from its inputs(): detection on the effective history, then on each
     superseded branch (fed with the effective history before the branch, so it has a baseline), marked
-    superseded; then hardware incidents (superseded when their segment is not on the effective path)."""
-    import pandas as pd
-
+    superseded; then hardware incidents (superseded when their segment is not on the effective path).
+    keep: a dict that receives the effective history's fed OnlineDetector ("detector", None without
+    history) and the superseded incidents ("superseded"), so a caller can feed the run's new steps to the
+    same detector later (report.incidents.LiveIncidents) instead of detecting over the whole history."""
     eff, sup = frames["effective"], frames["superseded"]
     out: list[Incident] = []
+    det = None
     if len(eff):
         owner = dict(zip(eff["step"], eff["segment_id"]))
-        for inc in detect(eff.drop(columns=["segment_id"]), config):
+        det = OnlineDetector(config)
+        feed(det, eff.drop(columns=["segment_id"]))
+        # the kept detector goes on being fed: what is returned now must not change with it
+        for inc in copy.deepcopy(det.incidents()) if keep is not None else det.incidents():
             inc.segment_id = owner.get(inc.start_step)
             out.append(inc)
+    branches = superseded_incidents(eff, sup, config)
+    if keep is not None:
+        keep.update(detector=det, superseded=copy.deepcopy(branches))
+    on_path = set(eff["segment_id"]) if len(eff) else set()
+    return with_device_incidents(out + branches, frames, on_path, config)
+
+
+def superseded_incidents(eff, sup, config: DivergenceConfig | None = None) -> list[Incident]:
+    """Each superseded branch's incidents, detected with the effective history before it as a baseline."""
+    import pandas as pd
+
+    out = []
     for seg, branch in sup.groupby("segment_id", sort=True) if len(sup) else ():
         first = int(branch["step"].min())
         prefix = eff[eff["step"] < first] if len(eff) else eff
@@ -677,7 +695,12 @@ def incidents_from(frames: dict, config: DivergenceConfig | None = None) -> list
         for inc in detect(both, config, segment_id=seg, superseded=True):
             if inc.start_step >= first:
                 out.append(inc)
-    on_path = set(eff["segment_id"]) if len(eff) else set()
+    return out
+
+
+def with_device_incidents(out: list[Incident], frames: dict, on_path: set, config=None) -> list[Incident]:
+    """`out` plus the hardware incidents of frames["telemetry"] and the across-rank ones of frames["fleet"]
+    (superseded when their segment is not in on_path), sorted as incidents_from returns them."""
     for inc in hardware_from(frames["telemetry"], config, silence=not frames.get("fleet", {}).get("presence")):
         inc.superseded = inc.segment_id not in on_path
         out.append(inc)

@@ -8,6 +8,7 @@ thread and detect in a worker process (the detector is a Python loop that would 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -22,12 +23,13 @@ SERIES = ("loss", "grad_norm", "loss_scale", "lr", "clip", "tokens_per_s")
 ONLINE_RANKS = 8  # up to this many ranks, each rank's step time also feeds the per-step detector
 
 
-def run_frame(store: Store, run: str, which: str = "effective"):
+def run_frame(store: Store, run: str, which: str = "effective", *, after: int | None = None):
     """The detector's input table for a run, read through logbook.queries: one row per step with the
     metrics of rank 0, step_time_s/<rank> for every rank of a small run (<= ONLINE_RANKS; a bigger fleet's
     ranks are compared per bucket by fleet_frame instead), overflow counts (overflow events, and the
     count of an imported skipped_iterations event) and at_floor flags from events, and segment_id.
-    which: "effective" or "superseded" (rows of every superseded branch together)."""
+    which: "effective" or "superseded" (rows of every superseded branch together). after: only the steps
+    after this one (a kept detector's new steps)."""
     names = set(queries.metric_names(store, run))
     per_rank = None
     if "step_time_s" in names:
@@ -37,11 +39,15 @@ def run_frame(store: Store, run: str, which: str = "effective"):
             per_rank = ("step_time_s", list(range(world)))
     wanted = [n for n in SERIES if n in names]
     # step_table names a rank's column "step_time_s/<rank>": the detector's STEP_TIME_PREFIX
-    frame = queries.step_table(store, run, wanted, per_rank=per_rank, which=which) if wanted or per_rank else None
+    frame = (
+        queries.step_table(store, run, wanted, per_rank=per_rank, which=which, after=after)
+        if wanted or per_rank
+        else None
+    )
     if frame is None or frame.empty:
         return pd.DataFrame(columns=["segment_id", "step"])
     ev = queries.events(store, run, kinds=["overflow", "skipped_iterations", "loss_scale_at_floor"])
-    ev = ev[ev["step"].notna() & (ev["rank"].fillna(0) == 0)]
+    ev = ev[ev["step"].notna() & (ev["rank"].fillna(0) == 0) & (ev["step"] > (-1 if after is None else after))]
     # a sparse log's overflows can sit at a step with no metric (fairseq's cascade after an epoch
     # summary): from their segment's first step here up to the next segment's, they get a row of their own
     first = frame.groupby("segment_id")["step"].min().sort_values()
@@ -184,3 +190,75 @@ def incidents(store: Store, run: str, config: DivergenceConfig | None = None, *,
         dump=lambda incs: [dataclasses.asdict(i) for i in incs],
         load=lambda rows: [Incident(**row) for row in rows],
     )
+
+
+class LiveIncidents:
+    """A growing run's incidents, with its effective history fed to a KEPT online detector: each call
+    reads and feeds only the steps logged since the last one, where `incidents()` detects over the
+    whole history again. The dashboard holds one (app.source): it is what keeps a live run of 150k steps
+    cheap to re-check every refresh.
+
+    The detector and the superseded branches' incidents are kept per run with the run's lineage: a new
+    segment, a rollback or anything else that changes which steps are effective starts over with a full
+    detection (`detect_full`, e.g. the dashboard's worker process, given the inputs and a `keep` dict).
+    Hardware and across-rank incidents come from bounded aggregates and are recomputed each call. The
+    newest step is held back until a later step arrives (a step can still be flushing on other ranks),
+    so a spike is reported at most one logged step late. A finished, unchanged run is answered from the
+    store's kept results (report.incidents.incidents) without feeding anything."""
+
+    def __init__(self, detect_full=None):
+        self.detect_full = detect_full or (lambda frames, keep: incidents_from(frames, keep=keep))
+        self._state: dict[str, dict] = {}
+
+    def incidents(self, store: Store, run: str) -> list[Incident]:
+        mark = kept.watermark(store, run)
+        hit = kept.get(store, run, "incidents", mark)
+        if hit is not None:
+            return [Incident(**row) for row in hit]
+        ranges = queries.effective_ranges(store, run)
+        lineage_key = (
+            tuple((r.segment_id, r.lo, r.hi) for r in ranges[:-1]),
+            (ranges[-1].segment_id, ranges[-1].lo) if ranges else None,
+            tuple(sorted(s.segment_id for s in queries.lineage_segments(store, run))),
+        )
+        state = self._state.get(run)
+        if state is None or state["lineage"] != lineage_key or state["detector"] is None:
+            found = self._full(store, run, lineage_key)
+        else:
+            found = self._grow(store, run, state, ranges)
+        kept.put(store, run, "incidents", mark, [dataclasses.asdict(i) for i in found])
+        return found
+
+    def _full(self, store: Store, run: str, lineage_key) -> list[Incident]:
+        frames = inputs(store, run)
+        eff = frames["effective"]
+        keep: dict = {}
+        if len(eff) and eff["step"].nunique() > 1 and queries.run_status(store, run) == "running":
+            frames["effective"] = eff[eff["step"] < eff["step"].max()]  # the newest step may still be flushing
+        found = self.detect_full(frames, keep)
+        self._state[run] = {
+            "lineage": lineage_key,
+            "detector": keep.get("detector"),
+            "superseded": keep.get("superseded", []),
+            "last": int(frames["effective"]["step"].max()) if len(frames["effective"]) else None,
+        }
+        return found
+
+    def _grow(self, store: Store, run: str, state: dict, ranges) -> list[Incident]:
+        from logbook.analysis.divergence import feed, with_device_incidents
+
+        new = run_frame(store, run, "effective", after=state["last"])
+        ready = new
+        if len(new) and queries.run_status(store, run) == "running":  # hold the newest step back (see above)
+            ready = new[new["step"] < new["step"].max()]
+        if len(ready):
+            feed(state["detector"], ready.drop(columns=["segment_id"]))
+            state["last"] = int(ready["step"].max())
+        out = copy.deepcopy(state["detector"].incidents())
+        for inc in out:
+            inc.segment_id = next((r.segment_id for r in ranges if r.lo < inc.start_step <= r.hi), None)
+        fleet_inputs = fleet_frame(store, run)
+        sparse = bool(fleet_inputs.get("presence"))
+        frames = {"telemetry": telemetry_frame(store, run, sparse=sparse), "fleet": fleet_inputs}
+        on_path = {r.segment_id for r in ranges}
+        return with_device_incidents(out + copy.deepcopy(state["superseded"]), frames, on_path)

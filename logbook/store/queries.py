@@ -187,14 +187,20 @@ def series(
 
 
 def step_table(
-    store: Store, run: str, names: list[str], *, per_rank: tuple[str, list[int]] | None = None, which: str = "effective"
+    store: Store,
+    run: str,
+    names: list[str],
+    *,
+    per_rank: tuple[str, list[int]] | None = None,
+    which: str = "effective",
+    after: int | None = None,
 ) -> pd.DataFrame:
     """Several metrics as ONE table, one row per (segment_id, step), a column per name (rank 0), in one query.
 
     per_rank: (name, ranks) adds a column "name/<rank>" per listed rank. A (segment, step, name) logged
-    twice keeps its last value (log order). Why one query: detection reads a dozen series and, on a small
-    fleet, every rank's step time; a query per series and a pandas merge each cost ~30 ms, which at 992
-    ranks was most of `summary`'s 3.5 minutes."""
+    twice keeps its last value (log order). after: only the steps after this one. Why one query:
+    detection reads a dozen series and, on a small fleet, every rank's step time; a query per series and
+    a pandas merge each cost ~30 ms, which at 992 ranks was most of `summary`'s 3.5 minutes."""
     cond, params = _range_filter(effective_ranges(store, run), which)
     cols, cparams = [], []
     for i, n in enumerate(names):
@@ -211,6 +217,8 @@ def step_table(
         wanted.append(pname)
     if not cols:
         return pd.DataFrame(columns=["segment_id", "step"])
+    if after is not None:
+        cond, params = f"{cond} AND m.step > ?", [*params, int(after)]
     sql = (
         f"SELECT m.segment_id, m.step, {', '.join(cols)} FROM metrics m "
         f"WHERE m.run_id = ? AND m.name IN (SELECT unnest(?::VARCHAR[])) AND {cond} "

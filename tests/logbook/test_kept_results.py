@@ -139,3 +139,46 @@ def test_a_fleet_reads_only_the_changes_of_throttle_and_ecc_series(tmp_path):
         ("throttling", "gpu1", 250, 250),
         ("ecc_errors", "gpu2", 375, 375),
     ]
+
+
+def test_a_live_run_feeds_only_its_new_steps_to_a_kept_detector(tmp_path):
+    """report.incidents.LiveIncidents: one full detection, then each call feeds the steps logged since;
+    a rollback starts over. At every stage the answer equals a full detection on a fresh store."""
+    from logbook.analysis import divergence
+
+    fulls = []
+
+    def full(frames, keep):
+        fulls.append(len(frames["effective"]))
+        return divergence.incidents_from(frames, keep=keep)
+
+    def fresh(run_dir):
+        store = memory()
+        ingest.ingest(store, [run_dir])
+        return [i.to_dict() for i in incident_report.incidents(store, run_dir.name)]
+
+    rng = np.random.default_rng(2)
+    run_dir = tmp_path / "grow"
+    run = logbook.init(run_dir, segment_id="a", flush_every=60)
+    store, _ = ingest.open_run(run_dir, store_path=str(tmp_path / "s.duckdb"))
+    live = incident_report.LiveIncidents(full)
+    for lo, hi, spike in ((0, 300, 200), (300, 420, None), (420, 520, 450), (520, 600, None)):
+        _log(run, range(lo, hi), rng, spike_at=spike)
+        run.flush()
+        ingest.ingest(store, [run_dir])
+        got = live.incidents(store, "grow")
+        # the newest step is held back while the run is live; everything before it is detected
+        assert [i.start_step for i in got if i.kind == "loss_spike"] == [s for s in (200, 450) if s < hi - 1]
+    assert len(fulls) == 1  # one full detection; later calls fed only new steps
+    run.finish()
+    ingest.ingest(store, [run_dir])
+    assert [i.to_dict() for i in live.incidents(store, "grow")] == fresh(run_dir)
+
+    # a rollback: segment b resumes from step 400, so 401..599 of a are superseded: a full detection again
+    b = logbook.init(run_dir, segment_id="b", resume_step=400, flush_every=60)
+    _log(b, range(401, 480), rng)
+    b.finish()
+    ingest.ingest(store, [run_dir])
+    got = live.incidents(store, "grow")
+    assert len(fulls) == 2 and [i.to_dict() for i in got] == fresh(run_dir)
+    assert any(i.superseded and i.start_step == 450 for i in got)  # a's spike, now on an abandoned branch
