@@ -67,17 +67,19 @@ REFERENCES = {
 
 
 # ----------------------------------------------------------------- pure arithmetic
-def cumulative(values) -> np.ndarray:
+def cumulative(values, start: float = 0.0) -> np.ndarray:
     """Reset-tolerant cumulative energy of one counter series (samples in time order).
 
     The first sample is the energy since the sampler started; each later sample adds its delta,
     or, when the counter went backwards (reset, restarted sampler), its own value (energy since
-    the reset). NaN samples are skipped.
+    the reset). NaN samples are skipped. start: the counter's value before these samples (a series
+    continued from its last kept value, so only new samples are read): the first sample adds its delta
+    from it.
     """
     v = np.asarray(values, dtype=float)
     ok = np.isfinite(v)
     x = v[ok]
-    prev = np.concatenate(([0.0], x[:-1]))
+    prev = np.concatenate(([float(start)], x[:-1]))
     total = np.cumsum(np.where(x >= prev, x - prev, np.maximum(x, 0.0)))
     last = np.cumsum(ok) - 1  # per sample: the last finite sample at or before it (-1: none yet)
     return np.where(last >= 0, total[np.maximum(last, 0)] if len(total) else 0.0, 0.0)
@@ -176,6 +178,7 @@ class Meter:
     metered: bool  # False for energy_est_j
     times: np.ndarray
     cum: np.ndarray
+    last: float = math.nan  # the counter's last finite reading (where a continued series starts from)
 
     def between(self, t0: float, t1: float) -> float:
         return max(0.0, energy_at(self.times, self.cum, t1) - energy_at(self.times, self.cum, t0))
@@ -194,12 +197,18 @@ class MeterTotal:
     device: str
     metered: bool
     total: float
+    last_t: float = math.nan  # the newest sample integrated, and its reading: where the next window starts
+    last: float = math.nan
 
 
-def meters_from(samples: pd.DataFrame, *, metered: bool) -> list[Meter]:
+def meters_from(
+    samples: pd.DataFrame, *, metered: bool, start: dict | None = None, after: dict | None = None
+) -> list[Meter]:
     """One Meter per (segment, host, device) of one counter's samples (wall_time, segment_id, host, rank,
     device, value). A node has one sampler: when two ranks report a device, the lower rank's counter is
-    kept, so two counters are never interleaved."""
+    kept, so two counters are never interleaved. For series that continue a kept integral: start
+    {(segment, host, device): the counter's reading before these samples} (see cumulative) and after
+    {(segment, host, device): wall time}: that series' samples up to then are already counted."""
     if samples.empty:
         return []
     host = samples["host"]
@@ -207,11 +216,18 @@ def meters_from(samples: pd.DataFrame, *, metered: bool) -> list[Meter]:
         host = host.astype(object).where(host.notna(), "rank" + samples["rank"].astype(str))
     df = samples.assign(host=host)
     df = df[df["rank"] == df.groupby(["segment_id", "host", "device"])["rank"].transform("min")]
+    if after:
+        done = pd.DataFrame([(*k, t) for k, t in after.items()], columns=["segment_id", "host", "device", "_after"])
+        df = df.merge(done, how="left", on=["segment_id", "host", "device"])
+        df = df[~(df["wall_time"] <= df["_after"])].drop(columns="_after")
     df = df.sort_values(["segment_id", "host", "device", "wall_time"], kind="stable")
     out = []
     for (seg, host, dev), g in df.groupby(["segment_id", "host", "device"], sort=False):
-        cum = cumulative(g["value"].to_numpy(float))
-        out.append(Meter(seg, host, dev, metered, g["wall_time"].to_numpy(float), cum))
+        v = g["value"].to_numpy(float)
+        cum = cumulative(v, (start or {}).get((seg, host, dev), 0.0))
+        fin = v[np.isfinite(v)]
+        last = float(fin[-1]) if len(fin) else math.nan
+        out.append(Meter(seg, host, dev, metered, g["wall_time"].to_numpy(float), cum, last))
     return out
 
 

@@ -22,24 +22,41 @@ def meters(store: Store, run: str, segments: list[str] | None = None) -> list[Me
 
 
 def meter_totals(store: Store, run: str, segments: list[str]) -> list[MeterTotal]:
-    """Each meter's total energy, for these segments. A segment's totals are kept in the store with its
-    watermark (logbook.store.kept), so a finished segment is integrated once, and a live run re-reads
-    only the segments that grew since: its head."""
+    """Each meter's total energy, for these segments, integrated window by window. A segment's totals are
+    kept in the store with its watermark (logbook.store.kept) and with each meter's newest sample and
+    reading: a finished segment is integrated once, and a segment that grew (a live run's head) reads only
+    the samples after its meters' newest kept one and adds their rises to the kept totals."""
     marks = kept.segment_watermarks(store, run)
-    out, todo = [], []
+    out = []
     for seg in segments:
-        hit = kept.get(store, run, f"meters/{seg}", marks.get(seg, ""))
-        if hit is None:
-            todo.append(seg)
+        mark = marks.get(seg, "")
+        before = kept.get_any(store, run, f"meters/{seg}")
+        if before is not None and before[0] == mark:
+            rows = before[1]
         else:
-            out += [MeterTotal(seg, *row) for row in hit]
-    if not todo:
-        return out
-    fresh = [MeterTotal(m.segment_id, m.host, m.device, m.metered, m.total) for m in meters(store, run, todo)]
-    for seg in todo:
-        rows = [[m.host, m.device, m.metered, m.total] for m in fresh if m.segment_id == seg]
-        kept.put(store, run, f"meters/{seg}", marks.get(seg, ""), rows)
-    return out + fresh
+            rows = _integrate(store, run, seg, before[1] if before is not None else [])
+            kept.put(store, run, f"meters/{seg}", mark, rows)
+        out += [MeterTotal(seg, *row) for row in rows]
+    return out
+
+
+def _integrate(store: Store, run: str, seg: str, rows: list) -> list:
+    """[host, device, metered, total, last_t, last] per meter of one segment: the kept `rows` carried
+    forward by each meter's samples after its newest integrated one (every sample when nothing is kept)."""
+    prior = {(h, d, m): (tot, t, v) for h, d, m, tot, t, v in rows}
+    newest = [t for _, t, _ in prior.values()]
+    since = min(newest) if newest and all(t == t for t in newest) else None  # NaN: integrate from scratch
+    out = dict(prior) if since is not None else {}
+    for name, metered in ((energy.METERED_NAME, True), (energy.ESTIMATE_NAME, False)):
+        mine = {(seg, h, d): v for (h, d, m), v in out.items() if m == metered}
+        samples = queries.counter_samples(store, run, name, segments=[seg], since=since)
+        start = {k: v for k, (_, _, v) in mine.items()}
+        after = {k: t for k, (_, t, _) in mine.items()}
+        for mt in energy.meters_from(samples, metered=metered, start=start, after=after):
+            tot0, _, last0 = mine.get((seg, mt.host, mt.device), (0.0, None, None))
+            last = float(mt.last) if mt.last == mt.last else last0
+            out[(mt.host, mt.device, metered)] = (tot0 + mt.total, float(mt.times[-1]), last)
+    return [[h, d, m, tot, t, v] for (h, d, m), (tot, t, v) in sorted(out.items())]
 
 
 CURVE_POINTS = 400  # points of a segment's summed energy curve: a full-width chart's resolution

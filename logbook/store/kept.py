@@ -70,6 +70,17 @@ def get(store: Store, run: str, what: str, mark: str):
     return None if row is None else json.loads(row[0])
 
 
+def get_any(store: Store, run: str, what: str) -> tuple[str, object] | None:
+    """(watermark, value) kept for (run, what) at whatever watermark, or None: for results that can be
+    carried forward from an older state (an energy integral over new samples only)."""
+    row = (
+        store.cursor()
+        .execute("SELECT watermark, value FROM kept_results WHERE run_id = ? AND what = ?", [run, what])
+        .fetchone()
+    )
+    return None if row is None else (row[0], json.loads(row[1]))
+
+
 def put(store: Store, run: str, what: str, mark: str, value) -> None:
     """Keep a value (anything json.dumps takes, NaN included) for (run, what) at this watermark."""
     text = json.dumps(value)

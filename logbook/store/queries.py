@@ -266,10 +266,16 @@ def event_counts(store: Store, run: str) -> dict[str, int]:
 
 
 def telemetry(
-    store: Store, run: str, name: str, *, device: str | None = None, segments: list[str] | None = None
+    store: Store,
+    run: str,
+    name: str,
+    *,
+    device: str | None = None,
+    segments: list[str] | None = None,
+    since: float | None = None,
 ) -> pd.DataFrame:
     """Device telemetry samples (GPU power, CPU utilisation, ...) as wall_time, step, device, host, value.
-    segments: only these segments' samples."""
+    segments: only these segments' samples; since: only samples after this wall time."""
     sql = """SELECT t.wall_time, t.step, t.device, r.host, t.rank, t.segment_id, t.value
              FROM telemetry t LEFT JOIN rank_logs r USING (run_id, segment_id, rank)
              WHERE t.run_id = ? AND t.name = ?"""
@@ -280,6 +286,9 @@ def telemetry(
     if segments is not None:
         sql += " AND t.segment_id IN (SELECT unnest(?::VARCHAR[]))"
         params.append(list(segments))
+    if since is not None:
+        sql += " AND t.wall_time > ?"
+        params.append(float(since))
     return _df(store.cursor(), sql + " ORDER BY t.wall_time", params)
 
 
@@ -287,14 +296,21 @@ COUNTER_RAW_LIMIT = 1_000_000  # above this many samples, a counter is read from
 
 
 def counter_samples(
-    store: Store, run: str, name: str, *, segments: list[str] | None = None, raw_limit: int = COUNTER_RAW_LIMIT
+    store: Store,
+    run: str,
+    name: str,
+    *,
+    segments: list[str] | None = None,
+    since: float | None = None,
+    raw_limit: int = COUNTER_RAW_LIMIT,
 ) -> pd.DataFrame:
     """A monotone counter's samples (energy_j), columns as `telemetry()`: every sample while the run has at
     most `raw_limit` of them, else the first, lowest, highest and last sample of each device's finest tile
     (64 s). A counter only rises between resets, so those four points, in time order, hold every rise and
     every reset of the tile: the sum of rises is exact (unless a device resets twice within one tile), and
     only the split of a tile's energy between the steps inside it becomes linear. 992 GPUs for a month at
-    1 Hz are 2.6 billion samples, and 160 million tile points."""
+    1 Hz are 2.6 billion samples, and 160 million tile points. since: only the samples after this wall
+    time (the next window of a kept integral)."""
     cur = store.cursor()
     only, oparams = "", []
     if segments is not None:
@@ -304,14 +320,17 @@ def counter_samples(
         [run, name, schema.TELEMETRY_TILES[-1], *oparams],
     ).fetchone()
     if n <= raw_limit:
-        return telemetry(store, run, name, segments=segments)
+        return telemetry(store, run, name, segments=segments, since=since)
+    w = schema.TELEMETRY_TILES[0]
+    t0 = -math.inf if since is None else float(since)
     sql = f"""SELECT DISTINCT c.p.t AS wall_time, c.p.step AS step, c.device, r.host, c.rank, c.segment_id,
                      c.p.value AS value
               FROM (SELECT segment_id, rank, device, unnest([p_first, p_min, p_max, p_last]) AS p
-                    FROM telemetry_tiles WHERE run_id = ? AND name = ? AND width = {schema.TELEMETRY_TILES[0]}{only}) c
+                    FROM telemetry_tiles WHERE run_id = ? AND name = ? AND width = {w}{only}
+                    AND tile >= floor(? / {w})) c
               LEFT JOIN rank_logs r ON r.run_id = ? AND r.segment_id = c.segment_id AND r.rank = c.rank
-              WHERE c.p IS NOT NULL ORDER BY wall_time"""
-    return _df(cur, sql, [run, name, *oparams, run])
+              WHERE c.p IS NOT NULL AND c.p.t > ? ORDER BY wall_time"""
+    return _df(cur, sql, [run, name, *oparams, t0, run, t0])
 
 
 SERIES_BUCKETS = 1000

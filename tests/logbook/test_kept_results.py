@@ -7,6 +7,7 @@ so a finished segment is never integrated again while the head segment grows.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -82,20 +83,35 @@ def test_energy_of_a_finished_segment_is_integrated_once(tmp_path):
     rows = _kept_rows(store, "r")
     assert set(rows) >= {"meters/a", "meters/b"}
 
-    # a's kept total is used: changing it changes the figure (a re-integration would restore 30,000 J)
-    store.cursor().execute(
-        "UPDATE kept_results SET value = '[[\"' || (SELECT host FROM rank_logs WHERE segment_id = 'a' AND rank = 0)"
-        " || '\", \"gpu0\", true, 1.0]]' WHERE run_id = 'r' AND what = 'meters/a'"
-    )
-    assert metered()["a"] == 1.0
+    # kept totals are used: a's is changed to 1 J and b's is raised by 1 MJ in place (a re-integration
+    # would restore 30,000 J, and lose the extra MJ)
+    for seg, total in (("a", 1.0), ("b", 45000.0 + 1e6)):
+        (value,) = (
+            store.cursor()
+            .execute("SELECT value FROM kept_results WHERE run_id = 'r' AND what = ?", [f"meters/{seg}"])
+            .fetchone()
+        )
+        (host, device, is_metered, _, last_t, last) = json.loads(value)[0]
+        row = [host, device, is_metered, total, last_t, last]
+        store.cursor().execute(
+            "UPDATE kept_results SET value = ? WHERE run_id = 'r' AND what = ?", [json.dumps([row]), f"meters/{seg}"]
+        )
+    assert metered() == {"a": 1.0, "b": 45000.0 + 1e6}
 
-    # the head grows: only b is integrated again, and its new total counts the new samples
+    # the head grows: b's kept integral is carried forward over its NEW samples only (its extra MJ stays),
+    # and a, unchanged, is not integrated again
     _log(b, range(150, 200), rng)
     b.finish()
     ingest.ingest(store, [run_dir])
-    assert metered() == {"a": 1.0, "b": 300.0 * 200}
+    assert metered() == {"a": 1.0, "b": 300.0 * 200 + 1e6}
     after = _kept_rows(store, "r")
     assert after["meters/a"] == rows["meters/a"] and after["meters/b"] != rows["meters/b"]
+    fresh = memory()
+    ingest.ingest(fresh, [run_dir])
+    assert {r["segment_id"]: r["metered_j"] for r in energy_report.segment_energy(fresh, "r")} == {
+        "a": 300.0 * 100,
+        "b": 300.0 * 200,
+    }
 
 
 def test_a_fleet_reads_only_the_changes_of_throttle_and_ecc_series(tmp_path):
