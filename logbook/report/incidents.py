@@ -173,20 +173,18 @@ def inputs(store: Store, run: str) -> dict:
     }
 
 
-def incidents(store: Store, run: str, config: DivergenceConfig | None = None, *, detect=None) -> list[Incident]:
+def incidents(store: Store, run: str, config: DivergenceConfig | None = None) -> list[Incident]:
     """Every incident of a run (see incidents_from), kept in the store until the run's logs grow
     (logbook.store.kept): a second summary, export or dashboard of an unchanged run does not detect again.
-    detect: what runs incidents_from on the inputs (the dashboard's worker process); a non-default
-    config is never kept."""
-    run_detect = detect or (lambda frames: incidents_from(frames, config))
+    A non-default config is never kept."""
     if config is not None:
-        return run_detect(inputs(store, run))
+        return incidents_from(inputs(store, run), config)
     return kept.cached(
         store,
         run,
         "incidents",
         kept.watermark(store, run),
-        lambda: run_detect(inputs(store, run)),
+        lambda: incidents_from(inputs(store, run)),
         dump=lambda incs: [dataclasses.asdict(i) for i in incs],
         load=lambda rows: [Incident(**row) for row in rows],
     )
@@ -226,14 +224,15 @@ class LiveIncidents:
             found = self._full(store, run, lineage_key)
         else:
             found = self._grow(store, run, state, ranges)
-        kept.put(store, run, "incidents", mark, [dataclasses.asdict(i) for i in found])
+        if not is_running(store, run):  # a live answer holds its newest step back: not the run's final one
+            kept.put(store, run, "incidents", mark, [dataclasses.asdict(i) for i in found])
         return found
 
     def _full(self, store: Store, run: str, lineage_key) -> list[Incident]:
         frames = inputs(store, run)
         eff = frames["effective"]
         keep: dict = {}
-        if len(eff) and eff["step"].nunique() > 1 and queries.run_status(store, run) == "running":
+        if len(eff) and eff["step"].nunique() > 1 and is_running(store, run):
             frames["effective"] = eff[eff["step"] < eff["step"].max()]  # the newest step may still be flushing
         found = self.detect_full(frames, keep)
         self._state[run] = {
@@ -249,7 +248,7 @@ class LiveIncidents:
 
         new = run_frame(store, run, "effective", after=state["last"])
         ready = new
-        if len(new) and queries.run_status(store, run) == "running":  # hold the newest step back (see above)
+        if len(new) and is_running(store, run):  # hold the newest step back (see above)
             ready = new[new["step"] < new["step"].max()]
         if len(ready):
             feed(state["detector"], ready.drop(columns=["segment_id"]))
@@ -262,3 +261,8 @@ class LiveIncidents:
         frames = {"telemetry": telemetry_frame(store, run, sparse=sparse), "fleet": fleet_inputs}
         on_path = {r.segment_id for r in ranges}
         return with_device_incidents(out + copy.deepcopy(state["superseded"]), frames, on_path)
+
+
+def is_running(store: Store, run: str) -> bool:
+    """Is the run still writing (its newest step may be incomplete on some ranks)?"""
+    return queries.run_status(store, run) == "running"
