@@ -16,9 +16,9 @@ from logbook.present.figures import from_axis
 def box_mode_toggle() -> bool:
     """Charts answer clicks (a point) by default; this switches them to box selection (a range).
 
-    Plotly reports no clicks while its drag mode is "select", so the two cannot be on at once, and a live
-    refresh redraws the figure, which resets a drag mode picked in the chart's own toolbar: hence a
-    server-side switch (the Live page also pauses its refresh while it is on, so a drag is not cut short).
+    Plotly reports no clicks while its drag mode is "select", so the two cannot be on at once: hence a
+    server-side switch, which the server knows about (the Live page pauses its refresh while it is on, so a
+    drag is not cut short).
     """
     return st.toggle(
         "Select ranges",
