@@ -2,15 +2,19 @@
 
 st.plotly_chart derives its element's identity from the figure (Streamlit 1.67:
 `key_as_main_identity=False`, the spec hashed in), so each refresh with new data mounts a new chart and
-the old one disappears before the new one is drawn. A v1 custom component with a `key` keeps its identity
-across argument changes (`key_as_main_identity={"name", "url"}`), so its iframe, and the Plotly plot in it,
-live as long as the element: each new figure is applied with `Plotly.react`, and the last image stays on
-screen until the new one is drawn. A click or a box selection comes back as the widget's value.
+the old one disappears until the new one is drawn. A components-v2 element with a `key` keeps its identity
+whatever its data (`key_as_main_identity=True`), and Streamlit calls its module again with the same
+parentElement: `app/chart_frontend/chart.js` applies each new figure to the plot already there with
+`Plotly.react`, so the last image stays on screen until the new one is drawn. It is drawn in the page
+itself (`isolate_styles=False`, no iframe), as st.plotly_chart is. A click or a box selection comes back
+as the `selection` trigger, which runs the `on_change` callback.
 
-The frontend is `app/chart_frontend/index.html` and the plotly.min.js that the installed plotly package
-ships: no CDN, the dashboard works offline. Streamlit serves a component's files only from inside its
-directory (symlinks that leave it are refused), so both are copied once into a cache directory named by
-a hash of their contents.
+plotly.js is the plotly.min.js that the installed plotly package ships: no CDN, the dashboard works
+offline. It is loaded once per page from the dashboard's own server: a v1 component (never drawn) whose
+directory holds a copy of it, since Streamlit serves a v1 component's files by URL and only from inside
+its directory (a symlink that leaves it is refused); the copy is made once, into a cache directory named
+by a hash of the file. (v2 serves files only from a packaged `asset_dir`; inlining 4.8 MB of JavaScript
+per chart, or one iframe with its own plotly.js per chart, cost seconds per page.)
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from pathlib import Path
 
 import plotly
 import plotly.io as pio
-import streamlit.components.v1 as components
+import streamlit as st
+import streamlit.components.v1 as components_v1
+import streamlit.components.v2 as components_v2
 
-NAME = "midflight_chart"  # the iframe's title ends with it: tests and benchmarks find the charts by it
-FRONTEND = Path(__file__).with_name("chart_frontend") / "index.html"
+NAME = "midflight_chart"  # the chart element's component name
+FILES = "midflight_files"  # the v1 component that serves plotly.min.js
+MODULE = Path(__file__).with_name("chart_frontend") / "chart.js"
 
 
 def plotly_js() -> Path:
@@ -41,17 +48,16 @@ def cache_root() -> Path:
 
 @functools.cache
 def frontend_dir() -> str:
-    """The component's directory: index.html and plotly.min.js, prepared once per content (temp + rename)."""
-    html, js = FRONTEND.read_bytes(), plotly_js()
-    digest = hashlib.sha256(html + js.read_bytes()).hexdigest()[:16]
+    """A directory holding plotly.min.js, prepared once per plotly.js version (temp + rename)."""
+    js = plotly_js()
+    digest = hashlib.sha256(js.read_bytes()).hexdigest()[:16]
     for root in (cache_root(), Path(tempfile.gettempdir()) / f"midflight-{os.getuid()}"):
-        target = root / f"chart-{digest}"
-        if (target / "index.html").is_file() and (target / "plotly.min.js").is_file():
+        target = root / f"plotly-{digest}"
+        if (target / "plotly.min.js").is_file():
             return str(target)
         try:
             root.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=".chart-", dir=root))
-            (work / "index.html").write_bytes(html)
+            work = Path(tempfile.mkdtemp(prefix=".plotly-", dir=root))
             shutil.copyfile(js, work / "plotly.min.js")
             try:
                 work.rename(target)
@@ -61,18 +67,30 @@ def frontend_dir() -> str:
                 return str(target)
         except OSError:
             continue  # an unwritable cache: try the next place
-    raise RuntimeError(f"cannot prepare the chart component in {cache_root()} or the temp directory")
+    raise RuntimeError(f"cannot prepare plotly.js for the charts in {cache_root()} or the temp directory")
+
+
+@functools.cache
+def module_js() -> str:
+    return MODULE.read_text()
 
 
 def spec_of(fig) -> str:
-    """The figure as JSON for Plotly.react, without plotly.py's default template (the component themes it)."""
+    """The figure as JSON for Plotly.react, without plotly.py's default template (the chart themes it)."""
     d = fig.to_plotly_json()
     d["layout"] = {k: v for k, v in d.get("layout", {}).items() if k != "template"}
     return pio.json.to_json_plotly(d)
 
 
+def plotly_js_url(files_name: str) -> str:
+    base = (st.get_option("server.baseUrlPath") or "").strip("/")
+    return "/" + "/".join(p for p in (base, "component", files_name, "plotly.min.js") if p)
+
+
 def plotly_chart(fig, *, key: str, on_change=None, config: dict | None = None):
-    """Draw `fig` in the element named `key`, updating the plot already there; returns the last selection
-    ({"selection": {"points": [...], "box": [...]}, "n": ...}) or None. `on_change` runs on a new selection."""
-    component = components.declare_component(NAME, path=frontend_dir())  # registers with this session's runtime
-    return component(spec=spec_of(fig), config=config or {}, key=key, on_change=on_change, default=None)
+    """Draw `fig` in the element named `key`, updating the plot already there. `on_change` runs on a click
+    or a box selection; it reads `st.session_state[key]["selection"]` ({"points": [...], "box": [...]})."""
+    files = components_v1.declare_component(FILES, path=frontend_dir())  # registers the URL with this runtime
+    chart = components_v2.component(NAME, js=module_js(), isolate_styles=False)
+    data = {"spec": spec_of(fig), "config": config or {}, "key": key, "plotly_js": plotly_js_url(files.name)}
+    return chart(key=key, data=data, on_selection_change=on_change or (lambda: None))

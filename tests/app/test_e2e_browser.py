@@ -189,9 +189,9 @@ def step_shown(page) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-# Every drawn Plotly plot on screen, in page order, whichever element holds it: st.plotly_chart draws in the
-# page, the in-place charts (app/live_chart.py) in a same-origin iframe. Each: the plot (gd), its top-left in
-# the page (x, y: for the mouse), its title. A plot of no size (a stale copy st.plotly_chart keeps) is left out.
+# Every drawn Plotly plot on screen, in page order: st.plotly_chart's and the in-place charts'
+# (app/live_chart.py), and any in a same-origin iframe. Each: the plot (gd), its top-left in the page (x, y:
+# for the mouse), its title. A plot of no size (a stale copy st.plotly_chart keeps) is left out.
 PLOTS = """const plots = () => { const out = [];
     const add = (doc, frame) => { for (const gd of doc.querySelectorAll('.js-plotly-plot')) {
         if (!gd._fullLayout || !gd.querySelector('.main-svg')) continue;
@@ -399,10 +399,10 @@ def test_a_zoom_survives_live_refreshes(page, server, trainer):
 
 
 # ----------------------------------------------------------------- no flicker; a constant series shows its value
-# each chart on screen: its title, the tag this test put on its plot element (null: a plot drawn since), and
-# the last x of its first line (on the step axis: the newest step it shows)
+# each chart drawn on screen (a chart with no data yet counts: it is drawn, empty): its title, the tag this
+# test put on its plot element (null: a plot drawn since), and the last x of its first trace (the newest step)
 SHOWN = plots_js(
-    """return plots().filter(p => p.gd.querySelector('.trace')).map(p => { const t = p.gd._fullData[0];
+    """return plots().map(p => { const t = p.gd._fullData[0];
         return [p.title, p.gd.__midflightTag || null, t && t.x.length ? Number(t.x[t.x.length - 1]) : null]; });"""
 )
 TAG = plots_js("plots().forEach(p => { p.gd.__midflightTag = p.title; });")

@@ -1,4 +1,5 @@
-"""The in-place chart's files (app/live_chart.py): prepared once from the installed plotly, served with no network."""
+"""The in-place chart (app/live_chart.py): plotly.js prepared once from the installed plotly and served by
+the dashboard itself, a module that loads nothing else, and the figure handed over without plotly.py's theme."""
 
 import json
 import re
@@ -18,10 +19,9 @@ def fresh(monkeypatch, tmp_path):
     live_chart.frontend_dir.cache_clear()
 
 
-def test_the_component_directory_holds_the_page_and_the_packaged_plotly_js(fresh):
+def test_the_served_directory_holds_a_copy_of_the_packaged_plotly_js(fresh):
     d = Path(live_chart.frontend_dir())
     assert d.parent == fresh / "cache" / "midflight"
-    assert (d / "index.html").read_bytes() == live_chart.FRONTEND.read_bytes()
     assert (d / "plotly.min.js").read_bytes() == live_chart.plotly_js().read_bytes()
     assert not (d / "plotly.min.js").is_symlink()  # Streamlit refuses a symlink that leaves the directory
     mtime = (d / "plotly.min.js").stat().st_mtime_ns
@@ -39,14 +39,20 @@ def test_an_unwritable_cache_falls_back_to_the_temp_directory(fresh, monkeypatch
     assert d.parent.parent == fresh / "tmp" and (d / "plotly.min.js").is_file()
 
 
-def test_the_page_loads_nothing_from_the_network():
-    html = live_chart.FRONTEND.read_text()
-    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", html)
-    assert refs == ["plotly.min.js"], refs
-    assert "http://" not in html and "https://" not in html and "import(" not in html
+def test_the_module_loads_nothing_from_the_network():
+    js = live_chart.module_js()
+    assert not re.findall(r"https?://", js)
+    assert not re.findall(r"\bimport\b|fetch\(|XMLHttpRequest", js)  # its one script is the URL it is given
+    assert "s.src = src" in js
 
 
-def test_the_spec_keeps_the_figure_and_leaves_the_theme_to_the_component():
+def test_plotly_js_is_asked_for_at_the_dashboards_own_component_route():
+    assert live_chart.plotly_js_url("app.live_chart.midflight_files") == (
+        "/component/app.live_chart.midflight_files/plotly.min.js"
+    )
+
+
+def test_the_spec_keeps_the_figure_and_leaves_the_theme_to_the_chart():
     fig = go.Figure(go.Scatter(x=[1, 2], y=[3.0, 4.0], customdata=[10, 20]))
     fig.update_layout(title={"text": "loss"}, height=240, dragmode="select")
     spec = json.loads(live_chart.spec_of(fig))

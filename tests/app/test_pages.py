@@ -73,8 +73,8 @@ def plotly_specs(at: AppTest) -> list[dict]:
     for e in at.main:
         if e.type == "plotly_chart":
             specs.append(json.loads(e.proto.spec))
-        elif e.type == "component_instance" and e.proto.component_name.endswith(live_chart.NAME):
-            specs.append(json.loads(json.loads(e.proto.json_args)["spec"]))
+        elif e.type == "bidi_component" and e.proto.component_name == live_chart.NAME:
+            specs.append(json.loads(json.loads(e.proto.json)["spec"]))
     return specs
 
 
