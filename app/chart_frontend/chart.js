@@ -44,13 +44,23 @@ function point(p) {  // the fields app/selection.py reads, in st.plotly_chart's 
   return { x: p.x, y: p.y, customdata: p.customdata, curve_number: p.curveNumber, point_index: p.pointIndex };
 }
 
+const PLOTS = (window.__midflightPlots = window.__midflightPlots || new Set());
+
+function sweep() {  // plots whose element left the page (another page, a chart no longer drawn): free them
+  for (const old of PLOTS) {
+    if (!old.isConnected) { PLOTS.delete(old); if (window.Plotly) window.Plotly.purge(old); }
+  }
+}
+
 export default function (component) {
   const { data, parentElement, setTriggerValue } = component;
+  sweep();  // not in a cleanup: Streamlit runs that before every render, and the plot must outlive renders
   let gd = parentElement.querySelector(".midflight-chart");
   if (!gd) {
     gd = document.createElement("div");
     gd.className = "midflight-chart";
     parentElement.appendChild(gd);
+    PLOTS.add(gd);
   }
   const fig = JSON.parse(data.spec);
   const layout = fig.layout || {};
