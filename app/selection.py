@@ -7,6 +7,7 @@ import functools
 
 import streamlit as st
 
+from app import live_chart
 from app.axis import x_to_step
 from app.context import Ctx, context_for
 from logbook.present.figures import from_axis
@@ -15,9 +16,9 @@ from logbook.present.figures import from_axis
 def box_mode_toggle() -> bool:
     """Charts answer clicks (a point) by default; this switches them to box selection (a range).
 
-    Plotly reports no clicks while its drag mode is "select", so the two cannot be on at once, and a live
-    refresh redraws the figure, which resets a drag mode picked in the chart's own toolbar: hence a
-    server-side switch (the Live page also pauses its refresh while it is on, so a drag is not cut short).
+    Plotly reports no clicks while its drag mode is "select", so the two cannot be on at once: hence a
+    server-side switch, which the server knows about (the Live page pauses its refresh while it is on, so a
+    drag is not cut short).
     """
     return st.toggle(
         "Select ranges",
@@ -27,19 +28,19 @@ def box_mode_toggle() -> bool:
 
 
 def chart(ctx: Ctx, fig, key: str) -> None:
-    """Render a figure; a click or a box selection becomes the pending selection (step or step range).
+    """Render a figure that updates in place (app.live_chart); a click or a box selection becomes the
+    pending selection (step or step range).
 
-    The selection is read in the on_select callback, not from the return value: Streamlit derives a
-    chart's identity from its figure, so on a live run the rerun that a click causes draws a chart with
-    new data, a new identity and no selection. The callback runs first, with the clicked chart's state.
+    The chart keeps its identity while its data change, so a live refresh redraws the plot already on
+    screen instead of mounting a new one (Streamlit's own st.plotly_chart remounts on every new figure).
+    The selection is read in the on_change callback, which runs before the rerun the click causes.
     """
     if st.session_state.get("box_mode"):
         fig.update_layout(dragmode="select", selectdirection="h")
-    st.plotly_chart(
+    live_chart.plotly_chart(
         fig,
         key=key,
-        on_select=functools.partial(_selected, ctx.run, ctx.axis, key),
-        selection_mode=("points", "box"),
+        on_change=functools.partial(_selected, ctx.run, ctx.axis, key),
         config={"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d"]},
     )
     if st.session_state.pop("_new_selection", False):
@@ -47,7 +48,7 @@ def chart(ctx: Ctx, fig, key: str) -> None:
 
 
 def _selected(run: str, axis: str, key: str) -> None:
-    """on_select callback: keep the chart's selection as the pending one (an empty one clears nothing)."""
+    """on_change callback: keep the chart's selection as the pending one (an empty one clears nothing)."""
     state = st.session_state.get(key)
     sel = _steps_of(context_for(run, axis), (state or {}).get("selection") or {})
     if sel is None:

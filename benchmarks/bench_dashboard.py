@@ -15,7 +15,8 @@ driven by Python playwright), so every clock below is Python's `time.time()`.
      * the Streamlit script run is over: `[data-testid=stApp]` has
        data-test-script-state="notRunning" and the page's <h1> title is there;
      * no element is stale (`[data-stale=true]`: left over from a previous run);
-     * every `[data-testid=stPlotlyChart]` has drawn its `.main-svg`, and there are at
+     * every chart (`[data-testid=stPlotlyChart]`, or `.midflight-chart`: an in-place
+       chart, app/live_chart.py) has drawn its `.main-svg`, and there are at
        least as many as the page showed in an untimed visit that stayed quiet for 2 s
        (a cold load can report "notRunning" with the title but no charts yet);
      * and this still holds 300 ms later (else the wait goes on).
@@ -101,7 +102,8 @@ NAMES = [
 # What the page reports about itself, read in one evaluate per poll.
 STATE_JS = """() => {
   const app = document.querySelector('[data-testid="stApp"]');
-  const charts = document.querySelectorAll('[data-testid="stPlotlyChart"]');
+  // st.plotly_chart's containers, and the in-place charts' plots (app/live_chart.py)
+  const charts = document.querySelectorAll('[data-testid="stPlotlyChart"], .midflight-chart');
   let drawn = 0;
   charts.forEach(c => { if (c.querySelector('.main-svg')) drawn++; });
   const h1 = document.querySelector('h1');

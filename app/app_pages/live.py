@@ -1,7 +1,8 @@
 """Live: the run's vital signs, refreshed in place every second while it runs (a fragment, no page reload).
 
 Zoom is a server-side range (box-select, then "Zoom to this range") that re-queries at
-full resolution, so it survives the refreshes that reset a Plotly zoom. Clicking a
+full resolution and survives refreshes. The charts update in place (app.live_chart), so a
+refresh never blanks them. Clicking a
 point opens the annotation form and pauses the refresh until it is saved or cancelled.
 """
 

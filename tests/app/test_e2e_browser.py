@@ -189,13 +189,36 @@ def step_shown(page) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
+# Every drawn Plotly plot on screen, in page order: st.plotly_chart's and the in-place charts'
+# (app/live_chart.py), and any in a same-origin iframe. Each: the plot (gd), its top-left in the page (x, y:
+# for the mouse), its title. A plot of no size (a stale copy st.plotly_chart keeps) is left out.
+PLOTS = """const plots = () => { const out = [];
+    const add = (doc, frame) => { for (const gd of doc.querySelectorAll('.js-plotly-plot')) {
+        if (!gd._fullLayout || !gd.querySelector('.main-svg')) continue;
+        const r = gd.getBoundingClientRect();
+        const f = frame ? frame.getBoundingClientRect() : {x: 0, y: 0, width: 1, height: 1};
+        if (!(r.width > 0 && r.height > 0 && f.width > 0 && f.height > 0)) continue;
+        const t = gd.querySelector('.gtitle');
+        out.push({gd, el: frame || gd, x: f.x + r.x, y: f.y + r.y, title: t ? t.textContent : '?'}); } };
+    add(document, null);
+    for (const f of document.querySelectorAll('iframe')) { let d = null; try { d = f.contentDocument; } catch (e) {}
+        if (d) add(d, f); }
+    return out.sort((a, b) => a.el.compareDocumentPosition(b.el) & Node.DOCUMENT_POSITION_FOLLOWING ? -1 : 1); };"""
+
+
+def plots_js(body: str, arg: str = "") -> str:
+    """A page function with `plots()` in scope."""
+    return f"({arg}) => {{ {PLOTS} {body} }}"
+
+
 def plot_traces(page, chart_index: int = 0) -> list[dict]:
-    """The data of the chart's drawn Plotly figure (the newest one, while a live refresh swaps it in)."""
+    """The data of the chart's drawn Plotly figure."""
     return page.evaluate(
-        """(i) => { const c = document.querySelectorAll('[data-testid="stPlotlyChart"]')[i]; if (!c) return [];
-        const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e.data && e.querySelector('.main-svg'));
-        const p = ps[ps.length - 1];
-        return p ? p._fullData.map(t => ({name: t.name, hovertext: t.hovertext || null})) : []; }""",
+        plots_js(
+            """const p = plots()[i];
+            return p ? p.gd._fullData.map(t => ({name: t.name, hovertext: t.hovertext || null})) : [];""",
+            "i",
+        ),
         chart_index,
     )
 
@@ -210,7 +233,7 @@ def test_every_page_loads_without_an_exception(page, server, path, run):
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.locator("h1").count() >= 1
     if path in ("live", "lineage"):
-        wait_for(lambda: page.locator(".js-plotly-plot .main-svg").count() > 0, 20, "a chart")
+        wait_for(lambda: page.evaluate(plots_js("return plots().length;")) > 0, 20, "a chart")
 
 
 def test_a_live_runs_new_steps_appear_within_2_seconds(page, server, trainer):
@@ -235,13 +258,13 @@ def test_a_live_runs_new_steps_appear_within_2_seconds(page, server, trainer):
 
 def test_click_a_point_of_a_live_run_then_save_creates_an_annotation_drawn_on_the_chart(page, server, trainer):
     open_page(page, server, "live", LIVE)  # live: the charts are redrawn every second while we click
-    where = """() => { const c = document.querySelector('[data-testid="stPlotlyChart"]'); if (!c) return null;
-        const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e._fullData); const gd = ps[ps.length - 1];
+    where = plots_js(
+        """const p = plots()[0], gd = p && p.gd;
         if (!gd || !gd._fullData[0] || gd._fullData[0].x.length < 100) return null;
         const t = gd._fullData[0], k = Math.floor(t.x.length * 0.6), fl = gd._fullLayout;
-        const r = gd.getBoundingClientRect();
-        return [r.x + fl.xaxis._offset + fl.xaxis.l2p(t.x[k]), r.y + fl.yaxis._offset + fl.yaxis.l2p(t.y[k]),
-                t.customdata[k]]; }"""
+        return [p.x + fl.xaxis._offset + fl.xaxis.l2p(t.x[k]), p.y + fl.yaxis._offset + fl.yaxis.l2p(t.y[k]),
+                t.customdata[k]];"""
+    )
     form = page.locator('[data-testid="stForm"]').first
 
     def click_a_point():  # a refresh that redraws the chart between hover and click swallows it: click again
@@ -300,24 +323,23 @@ def test_annotation_html_is_shown_inert(page, server):
     marks = [t for t in plot_traces(page, 1) if t["name"] == "annotations"]
     assert marks and any("&lt;script&gt;" in h for h in marks[0]["hovertext"])  # escaped for Plotly's hover
     # hover the annotation's marker: Plotly shows the text typed, as text
-    where = """() => { const c = document.querySelectorAll('[data-testid="stPlotlyChart"]')[1];
-        const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e._fullData); const gd = ps[ps.length - 1];
+    where = plots_js(
+        """const p = plots()[1], gd = p && p.gd;
         const t = gd && gd._fullData.find(t => t.name === 'annotations'); if (!t) return null;
-        const k = t.hovertext.findIndex(h => h.includes('pwned'));
-        const fl = gd._fullLayout, r = gd.getBoundingClientRect();
-        return [r.x + fl.xaxis._offset + fl.xaxis.l2p(t.x[k]), r.y + fl.yaxis2._offset + fl.yaxis2.l2p(t.y[k])]; }"""
+        const k = t.hovertext.findIndex(h => h.includes('pwned')), fl = gd._fullLayout;
+        return [p.x + fl.xaxis._offset + fl.xaxis.l2p(t.x[k]), p.y + fl.yaxis2._offset + fl.yaxis2.l2p(t.y[k])];"""
+    )
     x, y = wait_for(lambda: page.evaluate(where), 20, "the annotation marker's position")
     page.mouse.move(x, y)
-    hover_text = "() => [...document.querySelectorAll('.hoverlayer')].map(e => e.textContent).join(' ')"
+    hover_text = plots_js("return plots().map(p => (p.gd.querySelector('.hoverlayer') || {}).textContent).join(' ');")
     hover = wait_for(lambda: page.evaluate(hover_text).strip(), 10, "the hover label")
     assert "<script>window.__pwned=1</script>" in hover and "<b>bold</b>" in hover
-    assert page.evaluate("window.__pwned") is None  # neither the <script> nor the onerror handler ran
-    assert page.locator("b", has_text="bold").count() == 0  # no <b> element was made from the text
+    for frame in page.frames:  # the page and each chart's iframe
+        assert frame.evaluate("window.__pwned") is None  # neither the <script> nor the onerror handler ran
+        assert frame.locator("b", has_text="bold").count() == 0  # no <b> element was made from the text
 
 
-RANGES = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].map(c => {
-    const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e._fullLayout);
-    return ps.length ? ps[ps.length - 1]._fullLayout.xaxis.range : null; }).filter(r => r)"""
+RANGES = plots_js("return plots().map(p => p.gd._fullLayout.xaxis.range);")
 
 
 def zoomed_to(page) -> tuple[float, float]:
@@ -341,11 +363,12 @@ def test_a_box_selection_zooms_every_chart_of_the_run(page, server):
     page.get_by_text("Select ranges", exact=True).click()  # charts drag-select instead of answering clicks
     idle(page)
     box = page.evaluate(
-        """() => { const gd = [...document.querySelectorAll('.js-plotly-plot')].filter(e => e._fullLayout)[0];
-        const fl = gd._fullLayout, r = gd.getBoundingClientRect();
-        return [r.x + fl.xaxis._offset + fl.xaxis._length * 0.2, r.x + fl.xaxis._offset + fl.xaxis._length * 0.5,
-                r.y + fl.yaxis._offset + fl.yaxis._length * 0.3, r.y + fl.yaxis._offset + fl.yaxis._length * 0.7,
-                fl.dragmode]; }"""
+        plots_js(
+            """const p = plots()[0], fl = p.gd._fullLayout;
+            return [p.x + fl.xaxis._offset + fl.xaxis._length * 0.2, p.x + fl.xaxis._offset + fl.xaxis._length * 0.5,
+                    p.y + fl.yaxis._offset + fl.yaxis._length * 0.3, p.y + fl.yaxis._offset + fl.yaxis._length * 0.7,
+                    fl.dragmode];"""
+        )
     )
     assert box[4] == "select"
     page.mouse.move(box[0], box[2])
@@ -376,50 +399,56 @@ def test_a_zoom_survives_live_refreshes(page, server, trainer):
 
 
 # ----------------------------------------------------------------- no flicker; a constant series shows its value
-SHOWN = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].filter(c => {
-    const svg = c.querySelector('.main-svg'); if (!svg) return false;
-    const r = c.getBoundingClientRect(); return r.width > 0 && r.height > 0 && c.querySelector('.trace');
-    }).map(c => { const t = c.querySelector('.gtitle'); return t ? t.textContent : '?'; })"""
-
-
-@pytest.mark.skipif(
-    not os.environ.get("MIDFLIGHT_FLICKER_TEST"),
-    reason="issue 16 item 7 is open: Streamlit 1.67 derives a Plotly chart's identity from its figure, so each "
-    "live refresh remounts every chart and a loaded machine shows blanks (this test fails then); "
-    "MIDFLIGHT_FLICKER_TEST=1 runs it",
+# each chart drawn on screen (a chart with no data yet counts: it is drawn, empty): its title, the tag this
+# test put on its plot element (null: a plot drawn since), and the last x of its first trace (the newest step)
+SHOWN = plots_js(
+    """return plots().map(p => { const t = p.gd._fullData[0];
+        return [p.title, p.gd.__midflightTag || null, t && t.x.length ? Number(t.x[t.x.length - 1]) : null]; });"""
 )
-def test_live_refreshes_keep_every_chart_on_screen(page, server, trainer):
-    """While the page refreshes every second, no chart may vanish: sampled at 40 moments over ~15 s.
+TAG = plots_js("plots().forEach(p => { p.gd.__midflightTag = p.title; });")
 
-    A chart counts when its container has a size and a drawn trace. (Streamlit re-keys a Plotly element by
-    a hash of its figure, so every refresh mounts a new element and keeps the old one, hidden, in the DOM:
-    counting containers or `.main-svg` elements would count those too.)"""
+
+def test_live_refreshes_keep_every_chart_on_screen(page, server, trainer):
+    """While the page refreshes every second, every chart stays on screen and is updated in place.
+
+    Each plot on screen is tagged, then the page is sampled at 40 moments over ~15 s of refreshes: each
+    time every chart must be there, drawn by the tagged plot (the element on screen before the refreshes,
+    not one mounted since), and by the end the loss chart shows newer steps. A chart that a refresh replaces
+    (st.plotly_chart, whose identity is a hash of its figure) is blank from the new element's mount until
+    its first draw; how long depends on the machine's load, so sampling what is visible catches that only
+    sometimes, but a replaced element is caught every time."""
     open_page(page, server, "live", LIVE)
     wait_for(lambda: step_shown(page), 30, "the step in the Live header")
     wait_for(lambda: len(page.evaluate(SHOWN)) >= 8, 30, "the Live charts")
     time.sleep(3)
-    full = sorted(page.evaluate(SHOWN))
+    page.evaluate(TAG)
+    before = page.evaluate(SHOWN)
+    full = sorted(title for title, _, _ in before)
     assert len(full) >= 8 and len(set(full)) == len(full), full  # each chart once: no hidden copy counted
     first = step_shown(page)
     samples = []
     for i in range(40):
         time.sleep(0.1 + 0.37 * (i % 3))  # moments spread over the refresh cycle
-        samples.append(sorted(page.evaluate(SHOWN)))
+        samples.append(page.evaluate(SHOWN))
     assert (step_shown(page) or 0) > (first or 0) + 3, "the page did not refresh while sampled"
-    missing = [(i, sorted(set(full) - set(s))) for i, s in enumerate(samples) if s != full]
+    replaced = [(i, sorted(t for t, tag, _ in s if tag != t)) for i, s in enumerate(samples)]
+    replaced = [r for r in replaced if r[1]]
+    assert not replaced, f"charts drawn by a new plot element, not updated in place (sample, titles): {replaced}"
+    missing = [(i, sorted(set(full) - {t for t, _, _ in s})) for i, s in enumerate(samples)]
+    missing = [m for m in missing if m[1]]
     assert not missing, f"charts missing during refreshes (sample, titles): {missing}"
+    newest = {t: x for t, _, x in before}
+    grown = [t for t, _, x in samples[-1] if x is not None and newest[t] is not None and x > newest[t]]
+    assert "loss" in grown, f"the refreshes brought no new steps: {newest} -> {samples[-1]}"
 
 
 def test_a_constant_series_is_drawn_around_its_value(page, server):
     open_page(page, server, "live", CONST)
-    ticks = """() => { for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]')) {
-        const ps = [...c.querySelectorAll('.js-plotly-plot')].filter(e => e._fullLayout);
-        const gd = ps[ps.length - 1];
-        const t = c.querySelector('.gtitle');
-        if (!gd || !t || !t.textContent.startsWith('learning rate') || !c.getBoundingClientRect().height) continue;
-        const ax = gd._fullLayout.yaxis;
-        return {range: ax.range, ticks: [...c.querySelectorAll('.ytick text')].map(t => t.textContent)}; }
-        return null; }"""
+    ticks = plots_js(
+        """const p = plots().find(p => p.title.startsWith('learning rate')); if (!p) return null;
+        const ticks = [...p.gd.querySelectorAll('.ytick text')].map(t => t.textContent);
+        return {range: p.gd._fullLayout.yaxis.range, ticks: ticks};"""
+    )
     try:
         got = wait_for(lambda: page.evaluate(ticks), 30, "the learning-rate chart")
     except AssertionError:
@@ -472,12 +501,11 @@ def test_the_per_rank_view_of_a_512_rank_run_shows_the_planted_straggler(page, f
     url, truth = fleet_server
     s = truth["straggler"]
     open_page(page, url, "ranks", "fleet")
-    heat = """() => { const c = document.querySelector('[data-testid="stPlotlyChart"]'); if (!c) return null;
-        const ps = [...c.querySelectorAll('.js-plotly-plot')]
-            .filter(e => e._fullData && e.getBoundingClientRect().height);
-        const gd = ps[ps.length - 1]; if (!gd || gd._fullData[0].type !== 'heatmap') return null;
+    heat = plots_js(
+        """const p = plots()[0], gd = p && p.gd; if (!gd || gd._fullData[0].type !== 'heatmap') return null;
         const t = gd._fullData[0]; return {rows: t.y.length, z: t.z.map(r => Math.max(...r.filter(v => v !== null))),
-                y: t.y, drawn: !!c.querySelector('.hm, image')}; }"""
+                y: t.y, drawn: !!gd.querySelector('.hm, image')};"""
+    )
     got = wait_for(lambda: page.evaluate(heat), 60, "the step-time heatmap")
     assert got["rows"] == 512 and got["drawn"]
     hottest = max(range(512), key=lambda i: got["z"][i])

@@ -11,7 +11,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import logbook
-from app import data
+from app import data, live_chart
 from app.source import DEFAULT_ROOT, ENV_RUNS, roots_from
 from logbook.analysis import energy
 from logbook.record import annotations as ann_log
@@ -68,7 +68,14 @@ def metrics(at: AppTest) -> dict[str, str]:
 
 
 def plotly_specs(at: AppTest) -> list[dict]:
-    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+    """Every figure on the page: st.plotly_chart's and the in-place charts' (app.live_chart), in page order."""
+    specs = []
+    for e in at.main:
+        if e.type == "plotly_chart":
+            specs.append(json.loads(e.proto.spec))
+        elif e.type == "bidi_component" and e.proto.component_name == live_chart.NAME:
+            specs.append(json.loads(json.loads(e.proto.json)["spec"]))
+    return specs
 
 
 def frame(at: AppTest, *columns: str):
