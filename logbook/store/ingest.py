@@ -553,9 +553,9 @@ class _Batch:
         self.t_points += arr.shape[0] * len(devices) * k if present is None else int(present.sum())
 
     def _telemetry_samples(self) -> list:
-        """This chunk's telemetry as `telemetry_blocks` rows: one per device and name set, its ticks in time order.
-
-        [(names, device id, wall times [n], steps [n], has step [n], values [K * n] name-major, present or None)].
+        """This chunk's telemetry as `telemetry_blocks` rows: one per device, name set and aligned span of
+        schema.TELEMETRY_BLOCK_SECONDS, its ticks in time order. [(names, device id, wall times [n], steps [n],
+        has step [n], values [K * n] name-major, present or None, first and last finite wall time)].
         A device with no value at all (a silent GPU) has no row; an absent value of a present device is NULL."""
         out = []
         for (devices, names), blocks in self.t_blocks.items():
@@ -572,16 +572,24 @@ class _Batch:
             steps = arr[:, 1]
             has_step = ~np.isnan(steps)
             steps = np.where(has_step, steps, 0).astype(np.int64)
-            for d, device in enumerate(devices):
-                vals = arr[:, 2 + d * k : 2 + (d + 1) * k]
-                pres = None
-                if present is not None:
-                    pres = present[:, d * k : (d + 1) * k]
-                    if not pres.any():
-                        continue
-                    pres = None if pres.all() else pres.T.reshape(-1)
-                dev = self.devices.setdefault(device, len(self.devices))
-                out.append((names, dev, walls, steps, has_step, vals.T.reshape(-1), pres))
+            finite = np.isfinite(walls)
+            span = np.where(finite, np.floor(walls / schema.TELEMETRY_BLOCK_SECONDS), np.inf)
+            cuts = np.r_[0, np.flatnonzero(span[1:] != span[:-1]) + 1, len(walls)]
+            for a, z in zip(cuts[:-1], cuts[1:]):  # one block per aligned span (schema.TELEMETRY_BLOCK_SECONDS)
+                w = walls[a:z][finite[a:z]]
+                t_lo, t_hi = (float(w[0]), float(w[-1])) if len(w) else (None, None)
+                for d, device in enumerate(devices):
+                    vals = arr[a:z, 2 + d * k : 2 + (d + 1) * k]
+                    pres = None
+                    if present is not None:
+                        pres = present[a:z, d * k : (d + 1) * k]
+                        if not pres.any():
+                            continue
+                        pres = None if pres.all() else pres.T.reshape(-1)
+                    dev = self.devices.setdefault(device, len(self.devices))
+                    out.append(
+                        (names, dev, walls[a:z], steps[a:z], has_step[a:z], vals.T.reshape(-1), pres, t_lo, t_hi)
+                    )
         return out
 
     def _telemetry_tiles(self) -> list:
@@ -729,8 +737,8 @@ def _flush(cur, batches: list) -> None:
         if b.t_points:
             samples = b._telemetry_samples()
             dremap = np.array([devices.setdefault(d, len(devices)) for d in b.devices], dtype=np.int32)
-            for nms, dev, wall, step, has_step, value, present in samples:
-                t_parts.append((r, s, b.rank, dremap[dev], nms, wall, step, has_step, value, present))
+            for nms, dev, wall, step, has_step, value, present, t_lo, t_hi in samples:
+                t_parts.append((r, s, b.rank, dremap[dev], nms, wall, step, has_step, value, present, t_lo, t_hi))
             for width, tile, tdev, tname, n, parts in b._telemetry_tiles():
                 remap = np.array([names.setdefault(x, len(names)) for x in b.names], dtype=np.int32)
                 dremap = np.array([devices.setdefault(d, len(devices)) for d in b.devices], dtype=np.int32)
@@ -770,6 +778,8 @@ def _flush(cur, batches: list) -> None:
         cols.update(
             device=pa.DictionaryArray.from_arrays(np.array([p[3] for p in t_parts], np.int32), list(devices)),
             names_id=pa.array([names_ids[p[4]] for p in t_parts], pa.int32()),
+            t_lo=pa.array([p[10] for p in t_parts], pa.float64()),
+            t_hi=pa.array([p[11] for p in t_parts], pa.float64()),
             wall_times=pa.ListArray.from_arrays(pa.array(ticks), pa.array(np.concatenate([p[5] for p in t_parts]))),
             steps=pa.ListArray.from_arrays(
                 pa.array(ticks), pa.array(np.concatenate([p[6] for p in t_parts]), pa.int64(), mask=~has_step)
@@ -902,7 +912,7 @@ _METRICS_SQL = (
 )
 _TELEMETRY_SQL = (
     "INSERT INTO telemetry_blocks SELECT run_id::VARCHAR, segment_id::VARCHAR, rank, device::VARCHAR, names_id, "
-    "wall_times, steps, vals FROM _mf_tel"
+    "t_lo, t_hi, wall_times, steps, vals FROM _mf_tel"
 )
 
 

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from logbook.record import layout
+from logbook.store.schema import TELEMETRY_BLOCK_SECONDS
 
 FORMAT = 1  # bump (and the directory, v<FORMAT>) on any change that is not a pure addition
 MANIFEST_DIR = "_sealed"  # '_' prefix: Spark, Dask and pyarrow skip it when they read a table's directory
@@ -409,19 +410,22 @@ def _load_telemetry(cur, run_id: str, segment_id: str, path: Path) -> int:
     """A sealed segment's narrow telemetry rows into `telemetry_blocks` (schema.py). Returns the points loaded.
 
     The points of one device at one time and step are a tick, its names (in order) its name set; the ticks of
-    one device and name set are one block, in time order, its values name-major."""
+    one device and name set in one aligned span of schema.TELEMETRY_BLOCK_SECONDS are one block, in time
+    order, its values name-major."""
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE _mf_sealed_tel AS "
         "WITH pts AS (SELECT rank, device, step, wall_time, name, value, "
         "  row_number() OVER tick AS pos, list(name) OVER (tick ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED "
         "  FOLLOWING) AS names FROM read_parquet(?, hive_partitioning = false) WHERE segment_id = ? "
         "  WINDOW tick AS (PARTITION BY rank, device, step, wall_time ORDER BY name, value)) "
-        "SELECT rank, device, names, "
+        "SELECT rank, device, names, min(wall_time) FILTER (WHERE isfinite(wall_time)) AS t_lo, "
+        "  max(wall_time) FILTER (WHERE isfinite(wall_time)) AS t_hi, "
         "  list(wall_time ORDER BY wall_time, step) FILTER (WHERE pos = 1) AS wall_times, "
         "  list(step ORDER BY wall_time, step) FILTER (WHERE pos = 1) AS steps, "
         "  list(value ORDER BY pos, wall_time, step) AS vals "
-        "FROM pts GROUP BY rank, device, names",
-        [str(path), segment_id],
+        "FROM pts GROUP BY rank, device, names, "
+        "  CASE WHEN isfinite(wall_time) THEN floor(wall_time / ?) END",
+        [str(path), segment_id, TELEMETRY_BLOCK_SECONDS],
     )
     try:
         cur.execute(
@@ -430,7 +434,8 @@ def _load_telemetry(cur, run_id: str, segment_id: str, path: Path) -> int:
             "FROM (SELECT DISTINCT t.names FROM _mf_sealed_tel t ANTI JOIN telemetry_names n ON t.names = n.names)"
         )
         cur.execute(
-            "INSERT INTO telemetry_blocks SELECT ?, ?, t.rank, t.device, n.names_id, t.wall_times, t.steps, t.vals "
+            "INSERT INTO telemetry_blocks SELECT ?, ?, t.rank, t.device, n.names_id, t.t_lo, t.t_hi, t.wall_times, "
+            "t.steps, t.vals "
             "FROM _mf_sealed_tel t JOIN telemetry_names n ON t.names = n.names",
             [run_id, segment_id],
         )
