@@ -7,7 +7,8 @@ prints, side by side, for the same NVML-like readings (N nodes x 8 GPUs x 6 name
 - bytes per point in the logs: format 2 as the sampler wrote it (one record per GPU per 0.5 s flush,
   values as NVML gives them: whole numbers as floats, power in mW/1000, memory as bytes/2**30) against
   format 3 (one record per node per 5 s, values at the sensor's resolution: trainer.telemetry.DECIMALS);
-- the store's bytes per point (DuckDB file with telemetry and telemetry_tiles, after CHECKPOINT);
+- the store's bytes per point (DuckDB file with telemetry and telemetry_tiles, after CHECKPOINT: the file's
+  size, and its used blocks, which leave out blocks freed by earlier transactions);
 - the ingest rate (points/s) of each, into a fresh store, tiles included.
 
     python benchmarks/bench_telemetry.py --nodes 4 --hours 1
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
     points = a.nodes * GPUS * len(NAMES) * ticks
     tmp = Path(tempfile.mkdtemp(prefix="bench-telemetry-"))
     print(f"{a.nodes} nodes x {GPUS} GPUs x {len(NAMES)} names at 1 Hz for {a.hours:g} h: {points:,} points")
-    print(f"{'format':<34} {'log B/point':>12} {'store B/point':>14} {'ingest points/s':>16}")
+    print(f"{'format':<34} {'log B/point':>12} {'store B/point':>14} {'used B/point':>14} {'ingest points/s':>16}")
     try:
         for label, compact in (("2: one record per GPU per flush", False), ("3: node record, 5 ticks", True)):
             run = tmp / ("new" if compact else "old") / "bench"
@@ -193,8 +194,13 @@ def main(argv=None) -> int:
                 report = ingest(store, [run])
                 dt = time.perf_counter() - t0
                 assert report.malformed == 0 and report.telemetry_points == points, report.describe()
-                store.cursor().execute("CHECKPOINT")
-            print(f"{label:<34} {size / points:>12.2f} {db.stat().st_size / points:>14.2f} {points / dt:>16,.0f}")
+                cur = store.cursor()
+                cur.execute("CHECKPOINT")
+                (used,) = cur.execute("SELECT used_blocks * block_size FROM pragma_database_size()").fetchone()
+            print(
+                f"{label:<34} {size / points:>12.2f} {db.stat().st_size / points:>14.2f} {used / points:>14.2f}"
+                f" {points / dt:>16,.0f}"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -255,7 +255,7 @@ def telemetry_series(
         "WHERE run_id = ? AND name = ? AND width = ? AND p_last.t >= ? AND p_first.t <= ?",
         [x0, x1, run, name, schema.TELEMETRY_TILES[-1], x0, x1],
     ).fetchone()
-    raw = """SELECT segment_id, rank, device, wall_time AS t, step, value FROM telemetry
+    raw = """SELECT segment_id, rank, device, wall_time AS t, step, value FROM telemetry_spans
              WHERE run_id = ? AND name = ?"""
     fits = [] if lo is None else [w for w in schema.TELEMETRY_TILES if w <= (hi - lo) / buckets]
     if not fits:  # few samples per bucket (or only samples without a wall time): the raw rows

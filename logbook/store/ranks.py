@@ -196,7 +196,7 @@ def telemetry_view(
     host = "coalesce(r.host, 'rank ' || c.rank::VARCHAR)"
     key = f"{host} || '/' || c.device" if group == "device" else host
     agg = "max(c.hi)" if cell == "max" else "min(c.lo)"
-    raw = "SELECT segment_id, rank, device, wall_time AS x, value AS hi, value AS lo, step FROM telemetry"
+    raw = "SELECT segment_id, rank, device, wall_time AS x, value AS hi, value AS lo, step FROM telemetry_spans"
     raw_cond = (  # block_t_lo/hi: only the telemetry blocks that overlap the window are unnested (schema.py)
         "run_id = ? AND name = ? AND isfinite(value) AND wall_time BETWEEN ? AND ? "
         "AND block_t_hi >= ? AND block_t_lo <= ?"

@@ -102,8 +102,9 @@ CREATE TABLE events (
 -- rank, device, step, time, name, value per point) cost ~19 B and ~1 us each to store; here the keys are
 -- stored once per block, a tick's time and step once for all its names, and each name's values sit
 -- together, so DuckDB's ALP/bitpacking packs a series of readings at the sensor's resolution into a byte
--- or two. Readers use the view `telemetry` (one row per point, the table it replaced in schema 5); a read of
--- a time window adds `block_t_hi >= lo AND block_t_lo <= hi`, which DuckDB pushes down to the blocks.
+-- or two. Readers use the view `telemetry` (one row per point: the table it replaced in schema 5); a read of
+-- a time window uses `telemetry_spans` (the same rows plus their block's span) and adds
+-- `block_t_hi >= lo AND block_t_lo <= hi`, which DuckDB pushes down to the blocks.
 CREATE TABLE telemetry_names (
     names_id    INTEGER PRIMARY KEY,
     names       VARCHAR[] NOT NULL     -- a block's names, in the order of its values
@@ -122,7 +123,7 @@ CREATE TABLE telemetry_blocks (
     vals        DOUBLE[] NOT NULL      -- n x len(names), name-major; NULL: no sample (not a NaN one)
 );
 
-CREATE VIEW telemetry AS
+CREATE VIEW telemetry_spans AS
 SELECT run_id, segment_id, rank, device, step, wall_time, name, value, block_t_lo, block_t_hi
 FROM (SELECT b.run_id, b.segment_id, b.rank, b.device, b.t_lo AS block_t_lo, b.t_hi AS block_t_hi,
              unnest(flatten(list_transform(n.names, lambda x: b.steps))) AS step,
@@ -131,6 +132,9 @@ FROM (SELECT b.run_id, b.segment_id, b.rank, b.device, b.t_lo AS block_t_lo, b.t
              unnest(b.vals) AS value
       FROM telemetry_blocks b JOIN telemetry_names n USING (names_id))
 WHERE value IS NOT NULL;
+
+CREATE VIEW telemetry AS
+SELECT run_id, segment_id, rank, device, step, wall_time, name, value FROM telemetry_spans;
 
 -- M4 summary of telemetry per device, name and wall-time tile, at each width of TELEMETRY_TILES (64 s and
 -- 4096 s), kept in step with `telemetry` by ingest (same transaction). A chart of a month at 1 Hz reads
