@@ -808,7 +808,18 @@ def _flush(cur, batches: list) -> None:
                 names=["t", "step", "value"],
                 mask=pa.array(~valid),
             )
-        _insert(cur, "_mf_ttiles", pa.table(cols), [], _TEL_TILES_SQL)
+        key = [np.concatenate([np.full(len(p[4]), p[i]) for p in tile_parts]) for i in (0, 1, 2)]
+        key += [
+            cols["width"],
+            cols["tile"],
+            np.concatenate([p[5] for p in tile_parts]),
+            np.concatenate([p[6] for p in tile_parts]),
+        ]
+        order = np.lexsort(key)
+        unique = not (len(order) > 1 and np.logical_and.reduce([np.diff(k[order]) == 0 for k in key]).any())
+        # unique keys (the rule: a chunk holds one file, and a device's name appears in one name set of it):
+        # merge only the tiles an earlier chunk began, and insert the rest as they are
+        _insert(cur, "_mf_ttiles", pa.table(cols), [], *(_TEL_TILES_FAST if unique else [_TEL_TILES_SQL]))
     if e_parts:
         cols = keys(e_parts, lambda p: len(p[3]))
         ev = [e for p in e_parts for e in p[3]]
@@ -969,6 +980,16 @@ SELECT run_id, segment_id, rank, device, name, width, tile, sum(n),
        arg_min(p_min, p_min.value), arg_max(p_max, p_max.value), arg_min(p_nan, p_nan.t)
 FROM merged GROUP BY run_id, segment_id, rank, device, name, width, tile
 """
+
+_TEL_KEY = "run_id, segment_id, rank, device, name, width, tile"
+_TEL_TILES_FAST = [
+    "CREATE OR REPLACE TEMP TABLE _mf_tt AS SELECT run_id::VARCHAR AS run_id, segment_id::VARCHAR AS segment_id, "
+    "rank, device::VARCHAR AS device, name::VARCHAR AS name, width, tile, n, p_first, p_last, p_min, p_max, p_nan "
+    "FROM _mf_ttiles",
+    _TEL_TILES_SQL.replace("FROM _mf_ttiles)", f"FROM _mf_tt SEMI JOIN telemetry_tiles USING ({_TEL_KEY}))"),
+    f"INSERT INTO telemetry_tiles SELECT * FROM _mf_tt ANTI JOIN telemetry_tiles USING ({_TEL_KEY})",
+    "DROP TABLE _mf_tt",
+]
 
 _HANDLERS = {
     (records.METRICS, True): _Batch._metrics,
