@@ -354,14 +354,14 @@ def telemetry_series(
         "WHERE run_id = ? AND name = ? AND width = ? AND p_last.t >= ? AND p_first.t <= ?",
         [x0, x1, run, name, schema.TELEMETRY_TILES[-1], x0, x1],
     ).fetchone()
-    raw = """SELECT segment_id, rank, device, wall_time AS t, step, value FROM telemetry
+    raw = """SELECT segment_id, rank, device, wall_time AS t, step, value FROM telemetry_spans
              WHERE run_id = ? AND name = ?"""
     fits = [] if lo is None else [w for w in schema.TELEMETRY_TILES if w <= (hi - lo) / buckets]
     if not fits:  # few samples per bucket (or only samples without a wall time): the raw rows
         sql, params = raw, [run, name]
         if x_range is not None:
-            sql += " AND wall_time BETWEEN ? AND ?"
-            params += [x0, x1]
+            sql += " AND wall_time BETWEEN ? AND ? AND block_t_hi >= ? AND block_t_lo <= ?"
+            params += [x0, x1, x0, x1]
     else:
         w = fits[-1]
         width = math.ceil((hi - lo) / buckets / w) * w
@@ -380,8 +380,11 @@ def telemetry_series(
                    WHERE p IS NOT NULL"""
         params = [run, name, t_lo, t_hi]
         if x_range is not None:
-            cand += f" UNION ALL {raw} AND wall_time BETWEEN ? AND ? AND NOT (wall_time >= ? AND wall_time < ?)"
-            params += [run, name, lo, hi, t_lo * w, (t_hi + 1) * w]
+            cand += (
+                f" UNION ALL {raw} AND wall_time BETWEEN ? AND ? AND block_t_hi >= ? AND block_t_lo <= ?"
+                " AND NOT (wall_time >= ? AND wall_time < ?)"
+            )
+            params += [run, name, lo, hi, lo, hi, t_lo * w, (t_hi + 1) * w]
         sql = f"""
             WITH b AS (SELECT segment_id, rank, device, t, value, {{'t': t, 'step': step, 'value': value}} AS p,
                               CAST(floor((t - ?) / ?) AS BIGINT) AS bucket FROM ({cand})),

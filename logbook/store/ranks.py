@@ -196,8 +196,11 @@ def telemetry_view(
     host = "coalesce(r.host, 'rank ' || c.rank::VARCHAR)"
     key = f"{host} || '/' || c.device" if group == "device" else host
     agg = "max(c.hi)" if cell == "max" else "min(c.lo)"
-    raw = "SELECT segment_id, rank, device, wall_time AS x, value AS hi, value AS lo, step FROM telemetry"
-    raw_cond = "run_id = ? AND name = ? AND isfinite(value) AND wall_time BETWEEN ? AND ?"
+    raw = "SELECT segment_id, rank, device, wall_time AS x, value AS hi, value AS lo, step FROM telemetry_spans"
+    raw_cond = (  # block_t_lo/hi: only the telemetry blocks that overlap the window are unnested (schema.py)
+        "run_id = ? AND name = ? AND isfinite(value) AND wall_time BETWEEN ? AND ? "
+        "AND block_t_hi >= ? AND block_t_lo <= ?"
+    )
     if fits:  # whole tiles per bucket: tile extremes inside the window, raw rows only in its ragged edges
         w = fits[-1]
         width = math.ceil(width / w) * w
@@ -213,11 +216,11 @@ def telemetry_view(
         params = [run, name, t_lo, t_hi]
         if x_range is not None:
             sources += f" UNION ALL {raw} WHERE {raw_cond} AND NOT (wall_time >= ? AND wall_time < ?)"
-            params += [run, name, lo, hi, t_lo * w, (t_hi + 1) * w]
+            params += [run, name, lo, hi, lo, hi, t_lo * w, (t_hi + 1) * w]
     else:
         origin = lo
         sources = f"{raw} WHERE {raw_cond}"
-        params = [run, name, lo, hi]
+        params = [run, name, lo, hi, lo, hi]
     nb = max(1, math.ceil((hi - origin) / width + 1e-12)) if fits else buckets
     sql = f"""
         WITH c AS ({sources})

@@ -5,11 +5,14 @@ a store whose version differs is deleted and re-ingested (see store.py).
 Wall times are Unix seconds (DOUBLE); steps are BIGINT; metric rows are narrow.
 """
 
-SCHEMA_VERSION = 5  # 4: telemetry_tiles; 5: kept_results
+SCHEMA_VERSION = 6  # 6: kept_results; 5: raw telemetry stored as series (telemetry_blocks), `telemetry` a view; 4: telemetry_tiles
 TILE_SHIFT = 8  # metric_tiles cover 2**8 = 256 steps each
 # telemetry_tiles widths in seconds (docs/architecture.md, "Telemetry tiles"): a chart of W seconds in B buckets
 # reads the widest level no wider than W/B, so it reads at most ~64 x B tiles per series however long the run.
 TELEMETRY_TILES = (64, 4096)
+# A telemetry block (telemetry_blocks) covers at most one aligned span of this many seconds, so a zoomed read
+# unnests only the blocks its window touches (their t_lo/t_hi prune the rest).
+TELEMETRY_BLOCK_SECONDS = 4096
 
 DDL = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -94,16 +97,44 @@ CREATE TABLE events (
     fields      JSON
 );
 
-CREATE TABLE telemetry (
+-- Raw telemetry, stored as series: one row per device, name set (`telemetry_names`) and ingested chunk,
+-- holding that device's ticks in time order and, name by name, their values. Narrow rows (run, segment,
+-- rank, device, step, time, name, value per point) cost ~19 B and ~1 us each to store; here the keys are
+-- stored once per block, a tick's time and step once for all its names, and each name's values sit
+-- together, so DuckDB's ALP/bitpacking packs a series of readings at the sensor's resolution into a byte
+-- or two. Readers use the view `telemetry` (one row per point: the table it replaced in schema 5); a read of
+-- a time window uses `telemetry_spans` (the same rows plus their block's span) and adds
+-- `block_t_hi >= lo AND block_t_lo <= hi`, which DuckDB pushes down to the blocks.
+CREATE TABLE telemetry_names (
+    names_id    INTEGER PRIMARY KEY,
+    names       VARCHAR[] NOT NULL     -- a block's names, in the order of its values
+);
+
+CREATE TABLE telemetry_blocks (
     run_id      VARCHAR NOT NULL,
     segment_id  VARCHAR NOT NULL,
     rank        INTEGER NOT NULL,
     device      VARCHAR NOT NULL,      -- "gpu0", "gpu1", ... (NVML index) or "cpu"
-    step        BIGINT,
-    wall_time   DOUBLE,
-    name        VARCHAR NOT NULL,
-    value       DOUBLE
+    names_id    INTEGER NOT NULL,
+    t_lo        DOUBLE,                -- the first and last finite wall time (NULL if none): for pruning
+    t_hi        DOUBLE,
+    wall_times  DOUBLE[] NOT NULL,     -- n ticks, in time order
+    steps       BIGINT[] NOT NULL,     -- n: the step at each tick, or NULL
+    vals        DOUBLE[] NOT NULL      -- n x len(names), name-major; NULL: no sample (not a NaN one)
 );
+
+CREATE VIEW telemetry_spans AS
+SELECT run_id, segment_id, rank, device, step, wall_time, name, value, block_t_lo, block_t_hi
+FROM (SELECT b.run_id, b.segment_id, b.rank, b.device, b.t_lo AS block_t_lo, b.t_hi AS block_t_hi,
+             unnest(flatten(list_transform(n.names, lambda x: b.steps))) AS step,
+             unnest(flatten(list_transform(n.names, lambda x: b.wall_times))) AS wall_time,
+             unnest(flatten(list_transform(n.names, lambda x: list_transform(b.wall_times, lambda t: x)))) AS name,
+             unnest(b.vals) AS value
+      FROM telemetry_blocks b JOIN telemetry_names n USING (names_id))
+WHERE value IS NOT NULL;
+
+CREATE VIEW telemetry AS
+SELECT run_id, segment_id, rank, device, step, wall_time, name, value FROM telemetry_spans;
 
 -- M4 summary of telemetry per device, name and wall-time tile, at each width of TELEMETRY_TILES (64 s and
 -- 4096 s), kept in step with `telemetry` by ingest (same transaction). A chart of a month at 1 Hz reads

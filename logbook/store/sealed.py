@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from logbook.record import layout
+from logbook.store.schema import TELEMETRY_BLOCK_SECONDS
 
 FORMAT = 1  # bump (and the directory, v<FORMAT>) on any change that is not a pure addition
 MANIFEST_DIR = "_sealed"  # '_' prefix: Spark, Dask and pyarrow skip it when they read a table's directory
@@ -405,18 +406,60 @@ def load(cur, run_id: str, run_dir, logs: list[Path], problems: list[str]) -> li
     return loaded
 
 
+def _load_telemetry(cur, run_id: str, segment_id: str, path: Path) -> int:
+    """A sealed segment's narrow telemetry rows into `telemetry_blocks` (schema.py). Returns the points loaded.
+
+    The points of one device at one time and step are a tick, its names (in order) its name set; the ticks of
+    one device and name set in one aligned span of schema.TELEMETRY_BLOCK_SECONDS are one block, in time
+    order, its values name-major."""
+    cur.execute(
+        "CREATE OR REPLACE TEMP TABLE _mf_sealed_tel AS "
+        "WITH pts AS (SELECT rank, device, step, wall_time, name, value, "
+        "  row_number() OVER tick AS pos, list(name) OVER (tick ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED "
+        "  FOLLOWING) AS names FROM read_parquet(?, hive_partitioning = false) WHERE segment_id = ? "
+        "  WINDOW tick AS (PARTITION BY rank, device, step, wall_time ORDER BY name, value)) "
+        "SELECT rank, device, names, min(wall_time) FILTER (WHERE isfinite(wall_time)) AS t_lo, "
+        "  max(wall_time) FILTER (WHERE isfinite(wall_time)) AS t_hi, "
+        "  list(wall_time ORDER BY wall_time, step) FILTER (WHERE pos = 1) AS wall_times, "
+        "  list(step ORDER BY wall_time, step) FILTER (WHERE pos = 1) AS steps, "
+        "  list(value ORDER BY pos, wall_time, step) AS vals "
+        "FROM pts GROUP BY rank, device, names, "
+        "  CASE WHEN isfinite(wall_time) THEN floor(wall_time / ?) END",
+        [str(path), segment_id, TELEMETRY_BLOCK_SECONDS],
+    )
+    try:
+        cur.execute(
+            "INSERT INTO telemetry_names SELECT (SELECT coalesce(max(names_id), 0) FROM telemetry_names) "
+            "+ row_number() OVER (ORDER BY names), names "
+            "FROM (SELECT DISTINCT t.names FROM _mf_sealed_tel t ANTI JOIN telemetry_names n ON t.names = n.names)"
+        )
+        cur.execute(
+            "INSERT INTO telemetry_blocks SELECT ?, ?, t.rank, t.device, n.names_id, t.t_lo, t.t_hi, t.wall_times, "
+            "t.steps, t.vals "
+            "FROM _mf_sealed_tel t JOIN telemetry_names n ON t.names = n.names",
+            [run_id, segment_id],
+        )
+        (got,) = cur.execute("SELECT coalesce(sum(len(vals)), 0) FROM _mf_sealed_tel").fetchone()
+    finally:
+        cur.execute("DROP TABLE IF EXISTS _mf_sealed_tel")
+    return int(got)
+
+
 def _load_segment(cur, run_id, run_dir, segment_id, manifest, stats) -> None:
     for table, (schema, _) in TABLES.items():
         path = part_path(run_dir, table, segment_id)
         cols = [c for c in schema.names if c not in ("run_id", "segment_id")]
         verb = "INSERT OR REPLACE" if table in ("segments", "rank_logs") else "INSERT"
         # run_id is the directory's name now (a run may have been moved or copied under another name)
-        (got,) = cur.execute(
-            f"{verb} INTO {table} (run_id, segment_id, {', '.join(cols)}) "
-            f"SELECT ?, ?, {', '.join(cols)} FROM read_parquet(?, hive_partitioning = false) "
-            "WHERE segment_id = ?",
-            [run_id, segment_id, str(path), segment_id],
-        ).fetchone()
+        if table == "telemetry":  # narrow rows in the Parquet, wide samples in the store (schema.py)
+            got = _load_telemetry(cur, run_id, segment_id, path)
+        else:
+            (got,) = cur.execute(
+                f"{verb} INTO {table} (run_id, segment_id, {', '.join(cols)}) "
+                f"SELECT ?, ?, {', '.join(cols)} FROM read_parquet(?, hive_partitioning = false) "
+                "WHERE segment_id = ?",
+                [run_id, segment_id, str(path), segment_id],
+            ).fetchone()
         if got != manifest["rows"][table]:  # a part replaced or cut since the manifest was written
             raise ValueError(f"{table} holds {got} rows of this segment, its manifest says {manifest['rows'][table]}")
     files = manifest["files"]

@@ -100,8 +100,11 @@ def test_m4_keeps_a_single_spike_and_a_nan_among_10m_points():
     cur = store.cursor()
     for path in ("raw rows", "ingest-time tiles"):
         if path == "ingest-time tiles":  # build the tiles exactly as ingest does, from the same rows
-            cur.execute("CREATE TEMP VIEW _mf_metrics AS SELECT step, name, value, wall_time FROM metrics")
-            cur.execute(ingest_mod._TILES_SQL, ["big", "s", 0])
+            cur.execute(
+                "CREATE TEMP VIEW _mf_metrics AS SELECT run_id, segment_id, rank, step, name, value, wall_time "
+                "FROM metrics"
+            )
+            cur.execute(ingest_mod._TILES_SQL)
             assert cur.execute("SELECT sum(n) FROM metric_tiles").fetchone()[0] == n
         down = queries.series(store, "big", "loss", buckets=1000)
         assert len(down) <= 5 * 1000, path
