@@ -319,6 +319,8 @@ def counter_samples(
         f"SELECT coalesce(sum(n), 0) FROM telemetry_tiles WHERE run_id = ? AND name = ? AND width = ?{only}",
         [run, name, schema.TELEMETRY_TILES[-1], *oparams],
     ).fetchone()
+    if n == 0:  # no such counter: do not unpack every telemetry block to find that out
+        return pd.DataFrame(columns=["wall_time", "step", "device", "host", "rank", "segment_id", "value"])
     if n <= raw_limit:
         return telemetry(store, run, name, segments=segments, since=since)
     w = schema.TELEMETRY_TILES[0]
