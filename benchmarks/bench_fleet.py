@@ -181,7 +181,11 @@ def measure_size(a, work: Path, steps: int, browser) -> dict:
         if ok(st[key]) and key == "summary":
             res["detection"] = judge(json.loads(out.read_text()), truth)
     if browser is not None and not a.skip_pages:
-        res["pages"] = pages(a, browser, run_dir, work, truth)
+        try:
+            res["pages"] = pages(a, browser, run_dir, work, truth)
+        except Exception as exc:  # a server that never came up, a browser that died: reported, the rest kept
+            note(f"page loads failed: {type(exc).__name__}: {exc}")
+            res["pages_error"] = f"{type(exc).__name__}: {exc}"
     res["run_dir"] = run_dir
     return res
 
@@ -270,8 +274,8 @@ def live_lag(a, browser, size: dict, work: Path) -> dict:
         r = dash.measure_lag(
             browser, work, 1.0, a.lag_samples, writer=w, root=size["run_dir"], timeout=a.timeout_page, each_step=True
         )
-    except TimeoutError as exc:
-        note(f"live lag: {exc}")
+    except Exception as exc:  # the Live page never rendered, or the server never came up
+        note(f"live lag: {type(exc).__name__}: {exc}")
         return {"lags": [], "load": float("nan"), "append_s": w.append_s, "error": str(exc)}
     r["append_s"] = w.append_s
     return r
@@ -469,6 +473,8 @@ def report(a, sizes: list[dict], lag: dict | None) -> dict:
 
 def page_text(a, size: dict, page: str, kind: str):
     xs = page_full(size.get("pages"), page, kind)
+    if size.get("pages_error"):
+        return "failed: " + size["pages_error"][:60]
     if not xs:
         return "skipped"
     m = median_ok(xs)
@@ -478,6 +484,8 @@ def page_text(a, size: dict, page: str, kind: str):
 def page_met(size: dict, page: str, kind: str, goal: float):
     """The median first render <= goal, every load counted (a load past its timeout: not met)."""
     xs = page_full(size.get("pages"), page, kind)
+    if size.get("pages_error"):
+        return False
     if not xs:
         return None
     return all(x == x for x in xs) and median_ok(xs) <= goal
@@ -538,14 +546,20 @@ def found_ok(k: dict | None):
 
 def ranks_text(size: dict) -> str:
     pages_ = size.get("pages")
+    if size.get("pages_error"):
+        return "failed"
     if not pages_:
         return "skipped"
-    return str(pages_["_ranks_worst"])
+    return str(pages_["_ranks_worst"] or "no outlier shown")
 
 
 def ranks_ok(size: dict):
     pages_, truth = size.get("pages"), size["truth"]
-    if not pages_ or "straggler" not in truth:
+    if "straggler" not in truth:
+        return None
+    if size.get("pages_error"):
+        return False
+    if not pages_:
         return None
     w = pages_["_ranks_worst"] or ""
     return w.startswith(f"Worst: rank {truth['straggler']['rank']} ") and pages_["_ranks_errors"] == 0
