@@ -486,6 +486,7 @@ def measure_lag(
     root: Path | None = None,
     timeout: float = 120.0,
     each_step: bool = False,
+    window_s: float | None = None,
 ) -> dict:
     """Lag from a step's logging to its number in the Live header, for `samples` new steps.
 
@@ -496,7 +497,10 @@ def measure_lag(
     Each new value the header shows gives one lag, that of the step it shows (the page's freshness when
     it updates). With `each_step`, it gives one lag for every step logged since the previous value: how
     long until the page showed that step or a later one, so steps an update skips over count with their
-    full wait (what a person watching a slow page sees)."""
+    full wait (what a person watching a slow page sees). `window_s`: how long to watch for the samples
+    (default: samples x 4 refresh periods + 60 s). Besides the lags it returns when watching began and
+    ended ("t_start", "t_end") and the last step seen ("last_seen"), so a caller can count the steps
+    never shown."""
     if writer is None:
         root = tmp / f"live-{refresh_s:g}"
         root.mkdir()
@@ -520,7 +524,8 @@ def measure_lag(
                 load = wait_full_render(page, t0, timeout=timeout)
                 bar = progress(samples, f"live lag (refresh {refresh_s:g} s)")
                 last = None
-                deadline = time.time() + samples * max(refresh_s, w.every) * 4 + 60
+                t_start = time.time()
+                deadline = t_start + (window_s if window_s is not None else samples * max(refresh_s, w.every) * 4 + 60)
                 while len(lags) < samples and time.time() < deadline:
                     try:
                         text = page.evaluate(STEP_JS)
@@ -537,6 +542,7 @@ def measure_lag(
                         last = step
                     time.sleep(0.05)
                 bar.close()
+                t_end = time.time()
             finally:
                 ctx.close()
     finally:
@@ -544,7 +550,8 @@ def measure_lag(
         loop.join(timeout=5)
         w.finish()
     gaps = np.diff(seen_steps) if len(seen_steps) > 1 else np.array([0])
-    return {"lags": lags, "load": load["full"], "steps_per_update": float(np.median(gaps))}
+    return {"lags": lags, "load": load["full"], "steps_per_update": float(np.median(gaps)), "t_start": t_start,
+            "t_end": t_end, "last_seen": seen_steps[-1] if seen_steps else None}  # fmt: skip
 
 
 # ----------------------------------------------------------------- main

@@ -272,12 +272,16 @@ def live_lag(a, browser, size: dict, work: Path) -> dict:
     w = FleetWriter(LiveFleet(size["run_dir"], size["truth"]), a.lag_every)
     try:
         r = dash.measure_lag(
-            browser, work, 1.0, a.lag_samples, writer=w, root=size["run_dir"], timeout=a.timeout_page, each_step=True
-        )
+            browser, work, 1.0, a.lag_samples, writer=w, root=size["run_dir"], timeout=a.timeout_page, each_step=True,
+            window_s=a.timeout_lag,
+        )  # fmt: skip
     except Exception as exc:  # the Live page never rendered, or the server never came up
         note(f"live lag: {type(exc).__name__}: {exc}")
         return {"lags": [], "load": float("nan"), "append_s": w.append_s, "error": str(exc)}
     r["append_s"] = w.append_s
+    # steps logged while the page was watched and never shown: waited at least until the watch ended
+    late = r["last_seen"] if r["last_seen"] is not None else -1
+    r["unshown"] = [r["t_end"] - t for s, t in w.logged.items() if t >= r["t_start"] and s > late]
     return r
 
 
@@ -398,7 +402,11 @@ def report(a, sizes: list[dict], lag: dict | None) -> dict:
     b_store = store[-1] / points[-1]
     rate = points[-1] / stages["ingest"][-1]  # nan if ingest did not finish
     lags = sorted(lag["lags"]) if lag else []
-    p95 = float(np.percentile(lags, 95)) if lags else float("nan")
+    unshown = (lag or {}).get("unshown") or []
+    # a step never shown counts with the wait it had when watching ended (a lower bound): then so is p95
+    every = sorted(lags + unshown)
+    p95 = float(np.percentile(every, 95)) if every else float("nan")
+    p95_lower = bool(unshown) and p95 >= min(unshown)
     grows = f"projected to {a.project_to:,} steps"
     rows = [
         ["logs, bytes per telemetry point", f"<= {GOAL['log_b_per_tel_point']:g}", b_tel,
@@ -427,9 +435,8 @@ def report(a, sizes: list[dict], lag: dict | None) -> dict:
         ["Ranks & devices first render s, warm", "loads", page_text(a, big, "ranks", "warm"), p_rw,
          yes(page_met(big, "ranks", "warm", float("inf")))],
         ["Ranks & devices names the straggler", "yes", ranks_text(big), "-", yes(ranks_ok(big))],
-        ["live lag p95 s (while the run writes)", f"<= {GOAL['lag_p95_s']:g}",
-         p95 if lags else ("skipped" if lag is None else "no step seen"), "-",
-         yes(met(p95, GOAL["lag_p95_s"]) if lags else (None if lag is None else False))],
+        ["live lag p95 s (while the run writes)", f"<= {GOAL['lag_p95_s']:g}", lag_text(lag, p95, p95_lower), "-",
+         yes(None if lag is None else (met(p95, GOAL["lag_p95_s"]) or False))],
     ]  # fmt: skip
     if len(sizes) < 2:  # one size: nothing to project
         rows = [[*r[:3], "-", r[4]] for r in rows]
@@ -462,13 +469,26 @@ def report(a, sizes: list[dict], lag: dict | None) -> dict:
         )
     if lag is not None:
         ap = lag.get("append_s") or [float("nan")]
+        p50 = float(np.percentile(every, 50)) if every else float("nan")
         print(
-            f"live lag: {len(lags)} steps seen, p50 {np.percentile(lags, 50) if lags else float('nan'):.2f} s, "
-            f"p95 {p95:.2f} s, max {max(lags) if lags else float('nan'):.2f} s; Live's first render while writing "
-            f"{lag.get('load') or float('nan'):.2f} s; one step on every rank took {np.median(ap) * 1e3:.0f} ms to "
-            f"append (median), one step every {a.lag_every:g} s\n"
+            f"live lag: {len(lags)} steps shown, {len(unshown)} written and never shown while watched (counted with "
+            f"their wait so far); p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(every, default=float('nan')):.2f} s; "
+            f"Live's first render while writing {lag.get('load') or float('nan'):.2f} s; one step on every rank took "
+            f"{np.median(ap) * 1e3:.0f} ms to append (median), one step every {a.lag_every:g} s\n"
         )
     return {"rows": rows}
+
+
+def lag_text(lag: dict | None, p95: float, lower: bool) -> str | float:
+    if lag is None:
+        return "skipped"
+    if lag.get("error"):
+        return "failed: " + lag["error"][:60]
+    if p95 != p95:
+        return "no step written while watched"
+    if lower:
+        return f">= {p95:.2f} ({len(lag['unshown'])} steps never shown)"
+    return p95
 
 
 def page_text(a, size: dict, page: str, kind: str):
@@ -585,6 +605,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout-ingest", type=float, default=3600.0, help="seconds before ingest counts as not met")
     ap.add_argument("--timeout-summary", type=float, default=600.0, help="seconds for one summary")
     ap.add_argument("--timeout-page", type=float, default=60.0, help="seconds for one page's first render")
+    ap.add_argument("--timeout-lag", type=float, default=120.0, help="seconds to watch the Live page for new steps")
     ap.add_argument("--skip-pages", action="store_true", help="no browser: no page loads, no live lag")
     ap.add_argument("--skip-lag", action="store_true", help="no live lag")
     ap.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one, removed)")
