@@ -292,7 +292,7 @@ def incidents_value(metrics: list[str]) -> str | None:
 def time_to_incidents(page, t0: float, timeout: float = 300.0) -> float | None:
     """Reload /live every second until the header's "open incidents" is no longer "…"; seconds from t0."""
     while time.time() - t0 < timeout:
-        r = wait_full_render(page, time.time(), settle=0.0)
+        r = wait_full_render(page, time.time(), timeout=max(1.0, min(120.0, t0 + timeout - time.time())), settle=0.0)
         v = incidents_value(r["metrics"])
         if v is not None and v != "…":
             return time.time() - t0
@@ -301,8 +301,21 @@ def time_to_incidents(page, t0: float, timeout: float = 300.0) -> float | None:
     return None
 
 
-def measure_site(browser, root: Path, label: str, pages: list[str], cold: int, warm: int, tmp: Path) -> dict:
-    """{page: {"cold": [results], "warm": [results]}} plus "_incidents_s", "_server_start_s" and "_charts"."""
+def measure_site(
+    browser,
+    root: Path,
+    label: str,
+    pages: list[str],
+    cold: int,
+    warm: int,
+    tmp: Path,
+    timeout: float = 60.0,
+    incidents_timeout: float = 300.0,
+) -> dict:
+    """{page: {"cold": [results], "warm": [results]}} plus "_incidents_s", "_server_start_s" and "_charts".
+
+    A load that has not rendered in `timeout` s counts as failed (full = nan); the scan's wait for the
+    header's incident count gives up after `incidents_timeout` s (None)."""
     res: dict = {p: {"cold": [], "warm": []} for p in pages}
     starts, expected = [], {}
     bar = progress(len(pages) * (cold + warm + 1) + 1, f"page loads ({label})")
@@ -310,24 +323,32 @@ def measure_site(browser, root: Path, label: str, pages: list[str], cold: int, w
     # warm: one server; time-to-incidents from its first /live visit, then per page one untimed visit that
     # settles for 2 s (it fixes how many charts the page has: a load counts as full only with all of them)
     with Server(root, log) as srv:
-        starts.append(srv.wait_healthy())
+        starts.append(srv.wait_healthy(max(90.0, timeout)))
         ctx = new_context(browser)
         try:
             page = ctx.new_page()
             t0 = time.time()
             page.goto(srv.url + "live", wait_until="commit")
-            wait_full_render(page, t0, settle=2.0)
-            incid = time_to_incidents(page, t0)
+            try:
+                wait_full_render(page, t0, timeout=max(120.0, timeout), settle=2.0)
+                incid = time_to_incidents(page, t0, timeout=incidents_timeout)
+            except TimeoutError as exc:  # a page that never settles: its timed loads below say so too
+                note(f"{label} /live, untimed first visit: {exc}")
+                incid = None
             bar.update(1)
             for p in pages:
                 t0 = time.time()
                 page.goto(srv.url + p, wait_until="commit")
-                expected[p] = wait_full_render(page, t0, settle=2.0)["charts"]
+                try:
+                    expected[p] = wait_full_render(page, t0, timeout=max(120.0, timeout), settle=2.0)["charts"]
+                except TimeoutError as exc:
+                    note(f"{label} /{p}, untimed visit: {exc}")
+                    expected[p] = 0
                 bar.update(1)
                 for _ in range(warm):
                     t0 = time.time()
                     page.reload(wait_until="commit")
-                    res[p]["warm"].append(try_render(page, t0, expected[p], f"{label} /{p} warm"))
+                    res[p]["warm"].append(try_render(page, t0, expected[p], f"{label} /{p} warm", timeout))
                     bar.update(1)
         finally:
             ctx.close()
@@ -335,13 +356,13 @@ def measure_site(browser, root: Path, label: str, pages: list[str], cold: int, w
     for _ in range(cold):
         for p in pages:
             with Server(root, log) as srv:
-                starts.append(srv.wait_healthy())
+                starts.append(srv.wait_healthy(max(90.0, timeout)))
                 ctx = new_context(browser)
                 try:
                     page = ctx.new_page()
                     t0 = time.time()
                     page.goto(srv.url + p, wait_until="commit")
-                    res[p]["cold"].append(try_render(page, t0, expected[p], f"{label} /{p} cold"))
+                    res[p]["cold"].append(try_render(page, t0, expected[p], f"{label} /{p} cold", timeout))
                 finally:
                     ctx.close()
             bar.update(1)
@@ -432,6 +453,12 @@ class LiveWriter:
         self.run.log(vals, step=i)
         self.step += 1
 
+    def flush(self) -> None:
+        self.run.flush()
+
+    def finish(self) -> None:
+        self.run.finish()
+
 
 def _writer_loop(w: LiveWriter) -> None:
     """One step every w.every seconds until stopped (a background thread of this process)."""
@@ -449,14 +476,40 @@ def parse_step(text: str | None) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def measure_lag(browser, tmp: Path, refresh_s: float, samples: int, every: float = 0.2) -> dict:
-    root = tmp / f"live-{refresh_s:g}"
-    root.mkdir()
-    w = LiveWriter(root / "live-run", every=every)
+def measure_lag(
+    browser,
+    tmp: Path,
+    refresh_s: float,
+    samples: int,
+    every: float = 0.2,
+    writer=None,
+    root: Path | None = None,
+    timeout: float = 120.0,
+    each_step: bool = False,
+    window_s: float | None = None,
+) -> dict:
+    """Lag from a step's logging to its number in the Live header, for `samples` new steps.
+
+    By default a LiveWriter (one rank through the real Recorder) writes a fresh run; a caller may pass
+    its own `writer` (log_one(), flush(), finish(), `logged`, `every`, `stop_evt`, as LiveWriter) and the
+    `root` the server opens. `timeout`: seconds for the Live page's first render.
+
+    Each new value the header shows gives one lag, that of the step it shows (the page's freshness when
+    it updates). With `each_step`, it gives one lag for every step logged since the previous value: how
+    long until the page showed that step or a later one, so steps an update skips over count with their
+    full wait (what a person watching a slow page sees). `window_s`: how long to watch for the samples
+    (default: samples x 4 refresh periods + 60 s). Besides the lags it returns when watching began and
+    ended ("t_start", "t_end") and the last step seen ("last_seen"), so a caller can count the steps
+    never shown."""
+    if writer is None:
+        root = tmp / f"live-{refresh_s:g}"
+        root.mkdir()
+        writer = LiveWriter(root / "live-run", every=every)
+    w = writer
     for _ in range(10):  # a few steps on disk before the server looks
         w.log_one()
-        time.sleep(every)
-    w.run.flush()
+        time.sleep(w.every)
+    w.flush()
     loop = threading.Thread(target=_writer_loop, args=(w,), daemon=True)
     loop.start()
     lags, seen_steps = [], []
@@ -468,10 +521,11 @@ def measure_lag(browser, tmp: Path, refresh_s: float, samples: int, every: float
                 page = ctx.new_page()
                 t0 = time.time()
                 page.goto(srv.url + "live", wait_until="commit")
-                load = wait_full_render(page, t0)
+                load = wait_full_render(page, t0, timeout=timeout)
                 bar = progress(samples, f"live lag (refresh {refresh_s:g} s)")
                 last = None
-                deadline = time.time() + samples * max(refresh_s, every) * 4 + 60
+                t_start = time.time()
+                deadline = t_start + (window_s if window_s is not None else samples * max(refresh_s, w.every) * 4 + 60)
                 while len(lags) < samples and time.time() < deadline:
                     try:
                         text = page.evaluate(STEP_JS)
@@ -481,20 +535,23 @@ def measure_lag(browser, tmp: Path, refresh_s: float, samples: int, every: float
                     step = parse_step(text)
                     if step is not None and step != last and step in w.logged:
                         if last is not None:  # the first value was already on the page when we started
-                            lags.append(now - w.logged[step])
+                            new = [s for s in range(last + 1, step + 1) if s in w.logged] if each_step else [step]
+                            lags.extend(now - w.logged[s] for s in new)
                             seen_steps.append(step)
-                            bar.update(1)
+                            bar.update(len(new))
                         last = step
                     time.sleep(0.05)
                 bar.close()
+                t_end = time.time()
             finally:
                 ctx.close()
     finally:
         w.stop_evt.set()
         loop.join(timeout=5)
-        w.run.finish()
+        w.finish()
     gaps = np.diff(seen_steps) if len(seen_steps) > 1 else np.array([0])
-    return {"lags": lags, "load": load["full"], "steps_per_update": float(np.median(gaps))}
+    return {"lags": lags, "load": load["full"], "steps_per_update": float(np.median(gaps)), "t_start": t_start,
+            "t_end": t_end, "last_seen": seen_steps[-1] if seen_steps else None}  # fmt: skip
 
 
 # ----------------------------------------------------------------- main

@@ -96,8 +96,11 @@ def write_fleet_run(
     name: str | None = None,
     closed: bool = True,
     synchronous: bool = False,
+    on_rank=None,
 ) -> dict:
-    """Write the run; returns what was planted: {"ranks", "nodes", "steps", "straggler": {...}, ...}."""
+    """Write the run; returns what was planted: {"ranks", "nodes", "steps", "straggler": {...}, ...}, and what
+    was written: "points" and "bytes" ({"metrics", "telemetry"} points; {"logs", "telemetry"} bytes).
+    `on_rank(rank)` is called after each rank's file is written (a progress bar)."""
     nodes, gpus_per_node, steps, block = (int(v) for v in (nodes, gpus_per_node, steps, block))
     if nodes < 1 or gpus_per_node < 1 or block < 1:
         raise ValueError("nodes, gpus_per_node and block must be >= 1")
@@ -228,6 +231,8 @@ def write_fleet_run(
     }
     segments.write_header(run_dir, header)
 
+    n_points = {"metrics": 0, "telemetry": 0}
+    n_bytes = {"logs": 0, "telemetry": 0}
     for rank in range(world):
         node, local = divmod(rank, gpus_per_node)
         out = []
@@ -248,14 +253,100 @@ def write_fleet_run(
                     cols += [compute[rank, b0:b1], base[rank, b0:b1] - compute[rank, b0:b1]]
                 rows = _int_steps(np.column_stack(cols).tolist())
                 out.append(_block(records.METRICS, rank_names, rows))
+        n_points["metrics"] += steps * (len(m_names) if rank == 0 else len(rank_names))
         if local == 0 and n_samples:
-            out.extend(_telemetry(rng, node, gpus_per_node, t_samples, t_steps, compute, base, truth))
+            tel = _telemetry(rng, node, gpus_per_node, t_samples, t_steps, compute, base, truth)
+            out.extend(tel)
+            n_bytes["telemetry"] += sum(len(r) for r in tel)
+            n_points["telemetry"] += n_samples * gpus_per_node * len(TELEMETRY_NAMES)
+            if silent is not None and silent // gpus_per_node == node:  # its samples stop: no points
+                n_points["telemetry"] -= int((t_steps >= truth["silent_gpu"]["first_step"]).sum()) * len(
+                    TELEMETRY_NAMES
+                )
         if closed:
             close = {"k": records.CLOSE, "t": t_end, "reason": "completed", "exit_code": 0, "error": None}
             close.update(last_step=steps - 1, dropped_records=0, dropped_values=0, write_errors=0)
             out.append(records.encode(close))
-        layout.rank_file(run_dir, segment_id, rank).write_bytes(b"".join(out))
+        data = b"".join(out)
+        n_bytes["logs"] += len(data)
+        layout.rank_file(run_dir, segment_id, rank).write_bytes(data)
+        if on_rank is not None:
+            on_rank(rank)
+    # what was written, counted as it was written: a benchmark's bytes per point divide these
+    truth.update(points=n_points, bytes=n_bytes, t_end=t_end, step_s=step_s, telemetry_hz=telemetry_hz)
+    truth.update(gpus_per_node=gpus_per_node, metric_names=m_names, rank_names=rank_names)
     return truth
+
+
+class LiveFleet:
+    """A written fleet run that goes on, for live-lag benchmarks: a new segment resumed from the run's last
+    step (as a restart from the last checkpoint would be), to which `append()` writes the next step for
+    every rank, as their Recorders' flushes would: rank 0's training metrics, every rank's step_time_s
+    (and compute_s / wait_s when synchronous), and one telemetry tick of each node's GPUs from its local
+    rank 0. Times are the wall clock, so the run is live; the step is on disk when append() returns.
+    `close()` ends the segment as a finished run ends it."""
+
+    def __init__(self, run_dir: Path, truth: dict, *, segment_id: str = "seg-fleet-live", seed: int = 1):
+        self.run_dir, self.truth, self.segment_id = Path(run_dir), truth, segment_id
+        self.world, self.gpus = truth["ranks"], truth["gpus_per_node"]
+        self.step = truth["steps"]  # the parent ends at steps - 1: its last checkpoint
+        self.rng = np.random.default_rng(seed)
+        parent = segments.read_header(layout.segment_dir(self.run_dir, truth["segment"]) / layout.SEGMENT_HEADER)
+        header = dict(parent, segment=segment_id, parent=truth["segment"], resume_step=truth["steps"] - 1)
+        header.update(reason="benchmark: the fleet run goes on", start_time=time.time())
+        segments.write_header(self.run_dir, header)
+        now = time.time()
+        for rank in range(self.world):
+            opened = {"k": records.OPEN, "v": records.FORMAT_VERSION, "run": header["run"], "segment": segment_id}
+            opened.update(rank=rank, local_rank=rank % self.gpus, world=self.world, pid=5000 + rank, t=now)
+            opened["host"] = truth["hosts"][rank // self.gpus]
+            self._append(rank, records.encode(opened))
+        self.energy = np.zeros(self.world)
+
+    def _append(self, rank: int, data: bytes) -> None:
+        with open(layout.rank_file(self.run_dir, self.segment_id, rank), "ab") as f:
+            f.write(data)
+
+    def append(self) -> int:
+        """Write step `self.step` on every rank; returns it."""
+        i, t, step_s = self.step, time.time(), self.truth["step_s"]
+        sync = self.truth["synchronous"]
+        compute = step_s * (1 + 0.01 * self.rng.standard_normal(self.world))
+        step_time = np.full(self.world, compute.max() * (1 + COLLECTIVE_S)) if sync else compute
+        loss = 2.0 + 0.02 * self.rng.standard_normal()
+        tokens = 2048 * 1024
+        named = {
+            "loss": loss, "ppl": float(np.exp(loss)), "grad_norm": 1.0, "clipped": 0.0, "clip": 1.0, "lr": 6e-5,
+            "tokens": (i + 1) * tokens, "tokens_per_s": tokens / step_time[0], "step_time_s": step_time[0],
+            "loss_scale": 65536.0, "actv_norm": 1.0, "compute_s": compute[0], "wait_s": step_time[0] - compute[0],
+        }  # fmt: skip
+        names = self.truth["metric_names"]
+        self._append(0, _block(records.METRICS, names, [[i, t, *(float(named[n]) for n in names)]]))
+        for rank in range(1, self.world):
+            row = [i, t, float(step_time[rank])]
+            if sync:
+                row += [float(compute[rank]), float(step_time[rank] - compute[rank])]
+            self._append(rank, _block(records.METRICS, self.truth["rank_names"], [row]))
+        if self.truth["telemetry_hz"] > 0:
+            devices = [f"gpu{g}" for g in range(self.gpus)]
+            power = 120 + 300 * compute / step_time + 10 * self.rng.standard_normal(self.world)
+            self.energy += power * step_s
+            for node in range(self.world // self.gpus):
+                vals = []
+                for g in range(self.gpus):
+                    r = node * self.gpus + g
+                    vals += [97.0, 71.5, float(power[r]), 70.0, 1980.0, round(float(self.energy[r]), 3)]
+                rec = records.encode_telemetry(devices, TELEMETRY_NAMES, [t], [i], [vals], decimals=DECIMALS)
+                self._append(node * self.gpus, rec)
+        self.step += 1
+        return i
+
+    def close(self) -> None:
+        t = time.time()
+        for rank in range(self.world):
+            close = {"k": records.CLOSE, "t": t, "reason": "completed", "exit_code": 0, "error": None}
+            close.update(last_step=self.step - 1, dropped_records=0, dropped_values=0, write_errors=0)
+            self._append(rank, records.encode(close))
 
 
 def _int_steps(rows: list) -> list:
