@@ -52,9 +52,10 @@ def run_frame(store: Store, run: str, which: str = "effective", *, after: int | 
     # summary): from their segment's first step here up to the next segment's, they get a row of their own
     first = frame.groupby("segment_id")["step"].min().sort_values()
     upto = pd.Series([*first.iloc[1:], float("inf")][: len(first)], index=first.index, dtype="float64")
-    inside = ev["step"].between(ev["segment_id"].map(first), ev["segment_id"].map(upto), inclusive="left")
-    extra = ev[inside & (ev.kind != "loss_scale_at_floor")]
-    extra = extra[["segment_id", "step"]].drop_duplicates()
+    extra = ev.iloc[:0]
+    if len(ev):  # (an empty selection maps to text, which `between` cannot compare)
+        inside = ev["step"].between(ev["segment_id"].map(first), ev["segment_id"].map(upto), inclusive="left")
+        extra = ev[inside & (ev.kind != "loss_scale_at_floor")][["segment_id", "step"]].drop_duplicates()
     if len(extra):
         extra = extra.merge(frame[["segment_id", "step"]], how="left", indicator=True)
         extra = extra.loc[extra["_merge"] == "left_only", ["segment_id", "step"]].astype({"step": "int64"})

@@ -198,3 +198,17 @@ def test_a_live_run_feeds_only_its_new_steps_to_a_kept_detector(tmp_path):
     got = live.incidents(store, "grow")
     assert len(fulls) == 2 and [i.to_dict() for i in got] == fresh(run_dir)
     assert any(i.superseded and i.start_step == 450 for i in got)  # a's spike, now on an abandoned branch
+
+
+def test_new_steps_after_the_last_overflow_are_read(tmp_path):
+    """run_frame(after=N) with every overflow event at or before N: the kept detector's next read (it
+    raised a TypeError, which crashed the Live page of any run that had overflowed)."""
+    from benchmarks.fleet_run import write_fleet_run
+
+    truth = write_fleet_run(tmp_path / "ov", nodes=1, steps=100, plant=("overflow",))
+    store, _ = ingest.open_run(tmp_path / "ov", store_path=str(tmp_path / "s.duckdb"))
+    last_overflow = truth["overflow"]["last_step"]
+    frame = incident_report.run_frame(store, "ov", after=last_overflow + 1)
+    assert list(frame["step"]) == list(range(last_overflow + 2, 100))
+    assert frame["overflow"].sum() == 0
+    assert incident_report.run_frame(store, "ov", after=0)["overflow"].sum() > 0
