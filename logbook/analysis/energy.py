@@ -231,6 +231,19 @@ def meters_from(
     return out
 
 
+def totals_rows(totals: pd.DataFrame, *, metered: bool) -> list[list]:
+    """[host, device, metered, total, last_t, last] per meter from a store's per-(rank, device) counter
+    totals (queries.counter_totals), named and chosen as meters_from does: a rank without a host is
+    "rank<N>", and of two ranks reporting one device the lower rank's counter counts."""
+    out: dict = {}
+    for r in totals.itertuples():
+        host = r.host if isinstance(r.host, str) else f"rank{r.rank}"
+        key = (r.segment_id, host, r.device)
+        if key not in out or r.rank < out[key][0]:
+            out[key] = (r.rank, [host, r.device, metered, float(r.total), float(r.last_t), float(r.last)])
+    return [row for _, row in out.values()]
+
+
 def summed_curve(ms: list[Meter], points: int) -> tuple[np.ndarray, np.ndarray]:
     """The cumulative energy of several meters together at `points` evenly spaced wall times over their
     span (each meter interpolated, 0 before its first sample, flat after its last)."""

@@ -12,12 +12,13 @@ from logbook.store import kept, queries
 from logbook.store.database import Store
 
 
-def meters(store: Store, run: str, segments: list[str] | None = None) -> list[Meter]:
+def meters(store: Store, run: str, segments: list[str] | None = None, *, coarse: bool = False) -> list[Meter]:
     """Every energy series of the run (or of these segments), one per (segment, host, device) and kind
-    (metered or estimated)."""
+    (metered or estimated). coarse: a long fleet's counters from their 4096 s tiles (queries.counter_samples)."""
     out = []
     for name, metered in ((energy.METERED_NAME, True), (energy.ESTIMATE_NAME, False)):
-        out += energy.meters_from(queries.counter_samples(store, run, name, segments=segments), metered=metered)
+        samples = queries.counter_samples(store, run, name, segments=segments, coarse=coarse)
+        out += energy.meters_from(samples, metered=metered)
     return out
 
 
@@ -46,7 +47,12 @@ def _integrate(store: Store, run: str, seg: str, rows: list) -> list:
     prior = {(h, d, m): (tot, t, v) for h, d, m, tot, t, v in rows}
     newest = [t for _, t, _ in prior.values()]
     since = min(newest) if newest and all(t == t for t in newest) else None  # NaN: integrate from scratch
-    out = dict(prior) if since is not None else {}
+    if since is None:  # the whole segment: summed in the query layer, one row per device
+        out = []
+        for name, metered in ((energy.METERED_NAME, True), (energy.ESTIMATE_NAME, False)):
+            out += energy.totals_rows(queries.counter_totals(store, run, name, [seg]), metered=metered)
+        return sorted(out)
+    out = dict(prior)
     for name, metered in ((energy.METERED_NAME, True), (energy.ESTIMATE_NAME, False)):
         mine = {(seg, h, d): v for (h, d, m), v in out.items() if m == metered}
         samples = queries.counter_samples(store, run, name, segments=[seg], since=since)
@@ -74,7 +80,7 @@ def fleet_curves(store: Store, run: str, points: int = CURVE_POINTS) -> pd.DataF
         hit = kept.get(store, run, f"curve/{seg}/{points}", marks.get(seg, ""))
         (rows.extend(hit) if hit is not None else todo.append(seg))
     if todo:
-        ms = meters(store, run, todo)
+        ms = meters(store, run, todo, coarse=True)  # a curve of `points` over hours: 68-minute tiles suffice
         for seg in todo:
             mine = []
             for flag in (True, False):

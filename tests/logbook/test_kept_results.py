@@ -212,3 +212,23 @@ def test_new_steps_after_the_last_overflow_are_read(tmp_path):
     assert list(frame["step"]) == list(range(last_overflow + 2, 100))
     assert frame["overflow"].sum() == 0
     assert incident_report.run_frame(store, "ov", after=0)["overflow"].sum() > 0
+
+
+def test_counter_totals_from_the_widest_tiles_equal_the_sum_over_every_sample(tmp_path):
+    """queries.counter_totals past its raw limit reads 4096 s tiles' four points per device; the totals must
+    equal analysis.energy's integral over every raw sample."""
+    from benchmarks.fleet_run import write_fleet_run
+    from logbook.analysis import energy
+    from logbook.store import queries
+
+    run_dir = tmp_path / "e"
+    write_fleet_run(run_dir, nodes=1, gpus_per_node=4, steps=1000, telemetry_hz=0.2, plant=())
+    store, _ = ingest.open_run(run_dir, store_path=str(tmp_path / "s.duckdb"))
+    tiles = queries.counter_totals(store, "e", "energy_j", ["seg-fleet-0"], raw_limit=0)
+    raw = queries.counter_totals(store, "e", "energy_j", ["seg-fleet-0"])
+    by_meter = {(m.host, m.device): m.total for m in energy.meters_from(queries.telemetry(store, "e", "energy_j"),
+                                                                           metered=True)}  # fmt: skip
+    for frame in (tiles, raw):
+        got = {(r[0], r[1]): r[3] for r in energy.totals_rows(frame, metered=True)}
+        assert got.keys() == by_meter.keys()
+        assert all(abs(got[k] - by_meter[k]) <= 1e-9 * by_meter[k] for k in got), (got, by_meter)
