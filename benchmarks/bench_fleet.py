@@ -260,8 +260,8 @@ class FleetWriter:
         self.fleet.append()
         self.append_s.append(time.time() - t)
 
-    def flush(self) -> None:  # every append is on disk when it returns
-        pass
+    def flush(self) -> None:
+        return None  # every append is on disk when it returns
 
     def finish(self) -> None:
         self.fleet.close()
