@@ -280,6 +280,17 @@ def test_click_a_point_of_a_live_run_then_save_creates_an_annotation_drawn_on_th
         return step
 
     wait_for(click_a_point, 60, "the annotation form after clicking a point of the live chart", every=0.5)
+    # a retried click can still arrive after the form opened (the chart was redrawn under the first one):
+    # the newest selection re-opens the form, so wait until the selected step has held for 2 s
+    held = {"text": None, "since": time.time()}
+
+    def settled():
+        now = page.get_by_text("Selected step").inner_text()
+        if now != held["text"]:
+            held.update(text=now, since=time.time())
+        return time.time() - held["since"] >= 2.0
+
+    wait_for(settled, 20, "the selection to settle", every=0.2)
     step = int(page.get_by_text("Selected step").inner_text().split("step ")[1])
     text = f"e2e note at step {step}"
     form.locator("textarea").fill(text)
