@@ -16,7 +16,7 @@ import math
 import pandas as pd
 
 from logbook.analysis.divergence import DivergenceConfig, Incident, incidents_from
-from logbook.store import fleet, kept, queries, ranks
+from logbook.store import fleet, kept, lineage, queries, ranks
 from logbook.store.database import Store
 
 SERIES = ("loss", "grad_norm", "loss_scale", "lr", "clip", "tokens_per_s")
@@ -165,13 +165,18 @@ def inputs(store: Store, run: str) -> dict:
     """Everything incident detection reads from the store, as plain frames. The split lets a caller
     read on one thread (DuckDB) and detect elsewhere: the dashboard runs incidents_from() in a worker
     process, because the detector is a Python loop (~13 µs a step) that would hold the server's GIL."""
-    fleet_inputs = fleet_frame(store, run)
     return {
         "effective": run_frame(store, run, "effective"),
         "superseded": run_frame(store, run, "superseded"),
-        "telemetry": telemetry_frame(store, run, sparse=bool(fleet_inputs.get("presence"))),
-        "fleet": fleet_inputs,
+        **device_inputs(store, run),
     }
+
+
+def device_inputs(store: Store, run: str) -> dict:
+    """What hardware and across-rank detection read: {"telemetry", "fleet"}. On a fleet (a presence grid
+    to judge silence from), telemetry is read sparse: only the changes of the throttle and ECC series."""
+    fleet_inputs = fleet_frame(store, run)
+    return {"telemetry": telemetry_frame(store, run, sparse=bool(fleet_inputs.get("presence"))), "fleet": fleet_inputs}
 
 
 def incidents(store: Store, run: str, config: DivergenceConfig | None = None) -> list[Incident]:
@@ -214,26 +219,28 @@ class LiveIncidents:
         hit = kept.get(store, run, "incidents", mark)
         if hit is not None:
             return [Incident(**row) for row in hit]
-        ranges = queries.effective_ranges(store, run)
+        segs = queries.lineage_segments(store, run)
+        ranges = lineage.effective_ranges(segs)
         lineage_key = (
             tuple((r.segment_id, r.lo, r.hi) for r in ranges[:-1]),
             (ranges[-1].segment_id, ranges[-1].lo) if ranges else None,
-            tuple(sorted(s.segment_id for s in queries.lineage_segments(store, run))),
+            tuple(sorted(s.segment_id for s in segs)),
         )
+        running = queries.run_status(store, run) == "running"  # its newest step may still be flushing
         state = self._state.get(run)
         if state is None or state["lineage"] != lineage_key or state["detector"] is None:
-            found = self._full(store, run, lineage_key)
+            found = self._full(store, run, lineage_key, running)
         else:
-            found = self._grow(store, run, state, ranges)
-        if not is_running(store, run):  # a live answer holds its newest step back: not the run's final one
+            found = self._grow(store, run, state, ranges, running)
+        if not running:  # a live answer holds its newest step back: not the run's final one
             kept.put(store, run, "incidents", mark, [dataclasses.asdict(i) for i in found])
         return found
 
-    def _full(self, store: Store, run: str, lineage_key) -> list[Incident]:
+    def _full(self, store: Store, run: str, lineage_key, running: bool) -> list[Incident]:
         frames = inputs(store, run)
         eff = frames["effective"]
         keep: dict = {}
-        if len(eff) and eff["step"].nunique() > 1 and is_running(store, run):
+        if len(eff) and eff["step"].nunique() > 1 and running:
             frames["effective"] = eff[eff["step"] < eff["step"].max()]  # the newest step may still be flushing
         found = self.detect_full(frames, keep)
         self._state[run] = {
@@ -244,12 +251,12 @@ class LiveIncidents:
         }
         return found
 
-    def _grow(self, store: Store, run: str, state: dict, ranges) -> list[Incident]:
+    def _grow(self, store: Store, run: str, state: dict, ranges, running: bool) -> list[Incident]:
         from logbook.analysis.divergence import feed, with_device_incidents
 
         new = run_frame(store, run, "effective", after=state["last"])
         ready = new
-        if len(new) and is_running(store, run):  # hold the newest step back (see above)
+        if len(new) and running:  # hold the newest step back (see above)
             ready = new[new["step"] < new["step"].max()]
         if len(ready):
             feed(state["detector"], ready.drop(columns=["segment_id"]))
@@ -257,13 +264,5 @@ class LiveIncidents:
         out = copy.deepcopy(state["detector"].incidents())
         for inc in out:
             inc.segment_id = next((r.segment_id for r in ranges if r.lo < inc.start_step <= r.hi), None)
-        fleet_inputs = fleet_frame(store, run)
-        sparse = bool(fleet_inputs.get("presence"))
-        frames = {"telemetry": telemetry_frame(store, run, sparse=sparse), "fleet": fleet_inputs}
         on_path = {r.segment_id for r in ranges}
-        return with_device_incidents(out + copy.deepcopy(state["superseded"]), frames, on_path)
-
-
-def is_running(store: Store, run: str) -> bool:
-    """Is the run still writing (its newest step may be incomplete on some ranks)?"""
-    return queries.run_status(store, run) == "running"
+        return with_device_incidents(out + copy.deepcopy(state["superseded"]), device_inputs(store, run), on_path)
