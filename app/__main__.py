@@ -1,25 +1,28 @@
-"""Launch the dashboard: `python -m app [PATH ...] [--demo] [--port N] [--address HOST]`.
+"""Launch the dashboard: `midflight dashboard [PATH ...] [--demo] [--port N] [--address HOST]`.
 
 PATH is a run directory or a folder of runs (default: sample_runs/). --demo also starts
 a short live CPU training run with injected faults (2 ranks under torchrun) in
 runs/live-demo, so the live page, incidents and interventions have something to do.
-Streamlit runs from the repository root so that .streamlit/config.toml (localhost
-only, no usage statistics, XSRF on, no tracebacks) applies.
+Streamlit gets the safe defaults of app/streamlit_config.toml (localhost only, no usage
+statistics, XSRF on, no tracebacks) as command-line options, so they hold wherever it runs
+from, an installed package included; `.streamlit/config.toml` links to the same file.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from midflight.app import HOME, SAMPLE_RUNS, child_env
+
+SERVER_CONFIG = HOME / "app" / "streamlit_config.toml"
 DEMO_STEPS = 3000
 
 
@@ -27,7 +30,8 @@ def demo_command(run_dir: Path, steps: int = DEMO_STEPS) -> list[str]:
     """The live demo: the trainer's tiny OPT preset on 2 CPU ranks, fp16, meeting OPT-175B's troubles."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=2",
-        "-m", "trainer", "--model", "tiny", "--steps", str(steps), "--run-dir", str(run_dir), "--name", "live-demo",
+        "-m", "midflight.trainer", "--model", "tiny", "--steps", str(steps), "--run-dir", str(run_dir),
+        "--name", "live-demo",
         "--precision", "fp16", "--fsdp", "fsdp2", "--data.seq_len=64", "--data.batch_size=8",
         "--checkpoint.every=50", "--log.print_every=50", "--telemetry.hz=2", "--precision.growth_interval=100",
         "--inject", "overflow@150-152", "--inject", "spike@300", "--inject", "crash@420",
@@ -35,16 +39,28 @@ def demo_command(run_dir: Path, steps: int = DEMO_STEPS) -> list[str]:
     ]  # fmt: skip
 
 
+def server_options(path: Path) -> list[str]:
+    """Every setting of a Streamlit config file as `--section.key=value` options (later options override them)."""
+    with open(path, "rb") as f:
+        config = tomllib.load(f)
+    out = []
+    for section, values in config.items():
+        for key, value in values.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            out.append(f"--{section}.{key}={text}")
+    return out
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="midflight dashboard", description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="*", type=Path, help="run directories or folders of runs (default: sample_runs/)")
     ap.add_argument("--demo", action="store_true", help="also start a live CPU demo run with injected faults")
-    ap.add_argument("--demo-dir", type=Path, default=ROOT / "runs" / "live-demo", help="where the demo run writes")
+    ap.add_argument("--demo-dir", type=Path, default=Path("runs") / "live-demo", help="where the demo run writes")
     ap.add_argument("--demo-steps", type=int, default=DEMO_STEPS)
     ap.add_argument("--port", type=int, default=8501)
     ap.add_argument("--address", default="127.0.0.1", help="bind address (default: localhost only)")
     args = ap.parse_args(argv)
-    paths = args.paths or [ROOT / "sample_runs"]
+    paths = args.paths or [SAMPLE_RUNS]
     for p in paths:
         if not p.is_dir():
             ap.error(f"{str(p)!r} does not exist or is not a folder (give a run directory or a folder of runs)")
@@ -71,7 +87,7 @@ def wait_healthy(port: int, server: subprocess.Popen, timeout: float = 3600.0) -
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a SIGTERM stops the children too (finally below)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     children: list[subprocess.Popen] = []
     roots = list(args.paths)
     if args.demo:
@@ -83,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         children.append(
             subprocess.Popen(
                 demo_command(demo, args.demo_steps),
-                cwd=ROOT,
                 env={**env, "OMP_NUM_THREADS": "1"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -91,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"midflight: live demo run training in {demo} (its output: {log.name})", flush=True)
     cmd = [
-        sys.executable, "-m", "app.serve", "run", str(ROOT / "app" / "streamlit_app.py"),
-        "--server.port", str(args.port), "--server.address", args.address, "--",
+        sys.executable, "-m", "midflight.app.serve", "run", str(HOME / "app" / "streamlit_app.py"),
+        *server_options(SERVER_CONFIG), "--server.port", str(args.port), "--server.address", args.address, "--",
     ]  # fmt: skip
     for r in roots:
         cmd += ["--runs", str(r)]
-    children.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
+    children.append(subprocess.Popen(cmd, env=env))
     try:
         if wait_healthy(args.port, children[-1]):  # after the first ingest, which app.serve does before starting
             shown = "localhost" if args.address in ("127.0.0.1", "localhost") else args.address

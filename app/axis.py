@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from app import data
-from app.context import Ctx
-from app.zoom import zoom
-from logbook.present.figures import Line
-from logbook.present.markers import Marker, run_markers
+from midflight.app import data
+from midflight.app.context import Ctx
+from midflight.app.zoom import zoom
+from midflight.logbook.present.figures import Line
+from midflight.logbook.present.markers import Marker, run_markers
 
 
 def _axis_curve(ctx: Ctx, run: str) -> tuple[np.ndarray, np.ndarray]:

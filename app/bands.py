@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from logbook.present import figures
+from midflight.logbook.present import figures
 
 
 def distribution(x, b: pd.DataFrame) -> list:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import data
-from app.source import Source, roots_from, take_preloaded
+from midflight.app import data
+from midflight.app.source import Source, roots_from, take_preloaded
 
 AXES = {"step": "step", "tokens": "tokens", "time": "wall time"}
 
@@ -60,7 +60,7 @@ def context() -> Ctx:
 def require_run(ctx: Ctx) -> None:
     if not ctx.run:
         st.info(
-            "No run yet: point the dashboard at a run folder (`python -m app PATH`), or wait for a live run to log."
+            "No run yet: point the dashboard at a run folder (`midflight dashboard PATH`), or wait for a run to log."
         )
         st.stop()
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app.source import Source
-from logbook import exporters
-from logbook.report import energy as energy_report
-from logbook.report import progress as progress_report
-from logbook.report import summary
-from logbook.report import timeline as timeline_report
-from logbook.report import wasted as wasted_report
-from logbook.store import queries, ranks
+from midflight.app.source import Source
+from midflight.logbook import exporters
+from midflight.logbook.report import energy as energy_report
+from midflight.logbook.report import progress as progress_report
+from midflight.logbook.report import summary
+from midflight.logbook.report import timeline as timeline_report
+from midflight.logbook.report import wasted as wasted_report
+from midflight.logbook.store import queries, ranks
 
 # M4 buckets per trace (each keeps up to 4 points: first, last, min, max). About one bucket per pixel
 # column is visually lossless (Jugel et al., M4, VLDB 2014) and no spike is lost at any count; more only

@@ -3,7 +3,7 @@
 The detector is a Python loop (~13 µs a step: ~13 s for 1M steps). Run on a thread of the
 Streamlit server, it starved the page threads (a cold Live page took 19 s instead of 5).
 The server reads the detector's inputs from its store (DuckDB releases the GIL) and sends
-them, pickled, to one long-lived `python -m app.detector` process over its stdin; the
+them, pickled, to one long-lived `midflight dashboard.detector` process over its stdin; the
 incidents come back on its stdout. A plain subprocess, not multiprocessing: "spawn"
 re-imports the parent's __main__, which inside Streamlit is the page script itself.
 
@@ -12,17 +12,15 @@ Frames on the pipe: an 8-byte little-endian length, then a pickle.
 
 from __future__ import annotations
 
-import os
 import pickle
 import struct
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
-from logbook.analysis import divergence
+from midflight.app import child_env
+from midflight.logbook.analysis import divergence
 
-ROOT = Path(__file__).resolve().parents[1]
 _HEAD = struct.Struct("<Q")
 
 
@@ -53,9 +51,11 @@ class Detector:
         self._start()
 
     def _start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "app.detector"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env
+            [sys.executable, "-m", "midflight.app.detector"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_env(),
         )
 
     def incidents(self, frames: dict, keep: dict | None = None) -> list:

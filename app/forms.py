@@ -11,13 +11,13 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app import data
-from app.context import Ctx, author, plain
-from app.selection import clear_selection, selection
-from app.zoom import set_zoom
-from logbook.present.text import one_line
-from logbook.record import annotations as ann_log
-from logbook.record import interventions as iv_log
+from midflight.app import data
+from midflight.app.context import Ctx, author, plain
+from midflight.app.selection import clear_selection, selection
+from midflight.app.zoom import set_zoom
+from midflight.logbook.present.text import one_line
+from midflight.logbook.record import annotations as ann_log
+from midflight.logbook.record import interventions as iv_log
 
 
 def selection_panel(ctx: Ctx, prefix: str) -> None:

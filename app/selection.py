@@ -7,10 +7,10 @@ import functools
 
 import streamlit as st
 
-from app import live_chart
-from app.axis import x_to_step
-from app.context import Ctx, context_for
-from logbook.present.figures import from_axis
+from midflight.app import live_chart
+from midflight.app.axis import x_to_step
+from midflight.app.context import Ctx, context_for
+from midflight.logbook.present.figures import from_axis
 
 
 def box_mode_toggle() -> bool:

@@ -1,6 +1,6 @@
 """Start Streamlit with the dashboard warm: its modules imported and its store opened before the first visit.
 
-`python -m app` runs `python -m app.serve run app/streamlit_app.py ... -- --runs PATH ...`.
+`midflight dashboard` runs `midflight dashboard.serve run app/streamlit_app.py ... -- --runs PATH ...`.
 Without this, the first visit after a start paid for the imports (pandas, plotly, duckdb),
 the store's first ingest and the detector worker's start: seconds, not the ~1 s of a later visit.
 """
@@ -13,7 +13,11 @@ import pandas  # noqa: F401  (the heavy imports happen now, not in the first pag
 import plotly.graph_objects  # noqa: F401
 from streamlit.web import cli
 
-from app.source import Source, preload, roots_from  # not app.data/context: their st.cache_* need the runtime first
+from midflight.app.source import (
+    Source,
+    preload,
+    roots_from,
+)  # not app.data/context: their st.cache_* need the runtime first
 
 
 def main() -> int:

@@ -16,14 +16,15 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from app.detector import Detector
-from logbook.record import layout
-from logbook.report import incidents as incident_report
-from logbook.store import StoreWarning, open_store, queries
-from logbook.store.follow import Follower
+from midflight.app import SAMPLE_RUNS
+from midflight.app.detector import Detector
+from midflight.logbook.record import layout
+from midflight.logbook.report import incidents as incident_report
+from midflight.logbook.store import StoreWarning, open_store, queries
+from midflight.logbook.store.follow import Follower
 
 ENV_RUNS = "MIDFLIGHT_RUNS"  # run directories or folders of runs, separated by os.pathsep
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "sample_runs"
+DEFAULT_ROOT = SAMPLE_RUNS
 
 
 def roots_from(argv: list[str], environ: dict) -> list[Path]:

@@ -1,6 +1,6 @@
 """The dashboard's entry script: navigation, the shared sidebar (run picker, x axis) and nothing else.
 
-Launched by `python -m app` (or `streamlit run app/streamlit_app.py -- --runs PATH`);
+Launched by `midflight dashboard` (or `streamlit run app/streamlit_app.py -- --runs PATH`);
 the run folders come from --runs or $MIDFLIGHT_RUNS, else sample_runs/.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run app/streamlit_app.py` from anywhere
-from app import context, data  # noqa: E402
+from midflight.app import context, data  # noqa: E402
 
 st.set_page_config(page_title="midflight", page_icon=":material/flight_takeoff:", layout="wide")
 

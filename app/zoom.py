@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app.context import AXES, Ctx
+from midflight.app.context import AXES, Ctx
 
 
 def _zoom_key(ctx: Ctx) -> str:

@@ -1,6 +1,6 @@
 """How fast is the dashboard in a real browser? Page load of a 1M-step run and live lag (goals: <= 1.5 s, <= 2 s p95).
 
-Both goals are measured end to end: the real server (`python -m app ROOT --port N`,
+Both goals are measured end to end: the real server (`midflight dashboard ROOT --port N`,
 Streamlit, from the repository root) and a real headless browser (Debian chromium,
 driven by Python playwright), so every clock below is Python's `time.time()`.
 
@@ -146,8 +146,8 @@ def metric_block(rng: np.random.Generator, first: int, n: int, spikes: list[int]
 
 def write_big_run(run_dir: Path, steps: int, seed: int = 0) -> float:
     """One rank's log of `steps` x 20 metrics in the Recorder's format; returns seconds."""
-    import logbook
-    from logbook.record import records
+    from midflight import logbook
+    from midflight.logbook.record import records
 
     rng = np.random.default_rng(seed)
     spikes = [int(steps * 0.31), int(steps * 0.72)]
@@ -169,9 +169,9 @@ def write_big_run(run_dir: Path, steps: int, seed: int = 0) -> float:
 
 def ingest_root(root: Path) -> tuple[float, str]:
     """Pre-ingest every run under root into root/.midflight/store.duckdb (what the dashboard opens)."""
-    from logbook.record import layout
-    from logbook.store import open_store, queries
-    from logbook.store.ingest import ingest
+    from midflight.logbook.record import layout
+    from midflight.logbook.store import open_store, queries
+    from midflight.logbook.store.ingest import ingest
 
     st = open_store(layout.default_store_path(root), fallback=False)
     try:
@@ -191,7 +191,7 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m app ROOT --port N` in its own process group; stopped (SIGINT, then SIGKILL) on exit."""
+    """`midflight dashboard ROOT --port N` in its own process group; stopped (SIGINT, then SIGKILL) on exit."""
 
     def __init__(self, root: Path, log: Path, refresh_s: float | None = None):
         self.port = free_port()
@@ -200,7 +200,7 @@ class Server:
             env["MIDFLIGHT_REFRESH_S"] = str(refresh_s)
         self._log = open(log, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", str(root), "--port", str(self.port)],
+            [sys.executable, "-m", "midflight.app", str(root), "--port", str(self.port)],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -378,10 +378,10 @@ def stats(xs: list[float]) -> tuple[float, float, float]:
 # ----------------------------------------------------------------- server-side query time (in-process)
 def live_queries(store_root: Path, run: str, repeats: int) -> list[list]:
     """The Live page's data calls, timed directly on the store: first call and warm median (ms)."""
-    from logbook.record import layout
-    from logbook.report import incidents
-    from logbook.report.summary import energy_summary
-    from logbook.store import open_store, queries
+    from midflight.logbook.record import layout
+    from midflight.logbook.report import incidents
+    from midflight.logbook.report.summary import energy_summary
+    from midflight.logbook.store import open_store, queries
 
     st = open_store(layout.default_store_path(store_root), fallback=False)
     rows = []
@@ -429,7 +429,7 @@ class LiveWriter:
     """Logs steps through the real Recorder; `logged[step]` = time.time() at its run.log."""
 
     def __init__(self, run_dir: Path, every: float = 0.2, planned: int = 100_000):
-        import logbook
+        from midflight import logbook
 
         self.run = logbook.init(run_dir, name=run_dir.name, config={"steps": planned})
         self.every, self.logged, self.stop_evt, self.step = every, {}, threading.Event(), 0

@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_divergence as synth  # noqa: E402
 
-import logbook  # noqa: E402
-from logbook.analysis import divergence  # noqa: E402
-from logbook.importers import import_logs  # noqa: E402
-from logbook.report import incidents as incident_report  # noqa: E402
+from midflight import logbook  # noqa: E402
+from midflight.logbook.analysis import divergence  # noqa: E402
+from midflight.logbook.importers import import_logs  # noqa: E402
+from midflight.logbook.report import incidents as incident_report  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures"
 LABELS = FIX / "real_spikes" / "labels.json"

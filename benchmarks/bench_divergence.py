@@ -38,7 +38,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from logbook.analysis import divergence  # noqa: E402
+from midflight.logbook.analysis import divergence  # noqa: E402
 
 BLOOM = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "bloom_tr11_176B_megatron_deepspeed.log"
 LINE = re.compile(r"iteration\s+(\d+)/.*?lm loss: ([0-9.E+-]+) \| grad norm: ([0-9.]+)")

@@ -8,14 +8,14 @@ process where memory matters, so every number is the real front door's:
 
 1. write: benchmarks/fleet_run.write_fleet_run writes the run in the Recorder's exact bytes, with planted
    incidents (a loss spike, an overflow streak, one straggler rank; --plant), and returns the truth;
-2. ingest: `python -m logbook ingest RUN` (wall time, peak RSS); points/s over every point written;
-3. reopen: `python -m logbook ingest RUN` again: the finished run must be read from its store, not
+2. ingest: `midflight ingest RUN` (wall time, peak RSS); points/s over every point written;
+3. reopen: `midflight ingest RUN` again: the finished run must be read from its store, not
    ingested again (0 new records), and how long that takes;
-4. summary: `python -m logbook summary RUN --json`, twice (the second is a reopen too): wall time, peak
+4. summary: `midflight summary RUN --json`, twice (the second is a reopen too): wall time, peak
    RSS, and its incidents judged against the planted truth (straggler: right rank, delay from onset,
    false alarms on clean ranks, scored by bench_stragglers.score; spike and overflow: an incident of
    the kind overlapping the planted steps);
-5. pages: the real server (`python -m app RUN`) and headless Chromium, by bench_dashboard.measure_site:
+5. pages: the real server (`midflight dashboard RUN`) and headless Chromium, by bench_dashboard.measure_site:
    first full render of Live and of Ranks & devices (the per-rank view), cold (fresh server and
    browser context) and warm (reload); then the Ranks page once more, to check that it names the
    planted straggler;
@@ -105,7 +105,7 @@ def run_stage(cmd: list[str], timeout: float, stdout: Path) -> dict:
 
 
 def logbook_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "logbook", *args]
+    return [sys.executable, "-m", "midflight.logbook", *args]
 
 
 def dir_bytes(path: Path) -> int:

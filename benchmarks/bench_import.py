@@ -1,6 +1,6 @@
 """How fast do other trainers' logs become a midflight run? Import, then ingest, per format.
 
-Most users arrive with a finished job's logs, so `python -m logbook import` followed by the
+Most users arrive with a finished job's logs, so `midflight import` followed by the
 first dashboard open (one ingest) is their time-to-first-chart. For each format this script
 writes a realistic log of N steps (Megatron iteration lines as BLOOM-176B printed them,
 metaseq JSON `train_inner` lines, a W&B history CSV, a TensorBoard event file with the
@@ -32,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from logbook.importers import import_logs  # noqa: E402
-from logbook.record import layout  # noqa: E402
-from logbook.store import open_store  # noqa: E402
-from logbook.store.ingest import ingest  # noqa: E402
+from midflight.logbook.importers import import_logs  # noqa: E402
+from midflight.logbook.record import layout  # noqa: E402
+from midflight.logbook.store import open_store  # noqa: E402
+from midflight.logbook.store.ingest import ingest  # noqa: E402
 
 
 def megatron(path: Path, n: int) -> None:

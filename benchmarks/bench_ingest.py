@@ -67,7 +67,7 @@ def metric_block(rng: np.random.Generator, first: int, n: int) -> np.ndarray:
 
 def write_with_recorder(run_dir: Path, steps: int, block: int, seed: int = 0) -> None:
     """The real Recorder: run.log() per step, run.flush() every `block` steps (no timer flushes)."""
-    import logbook
+    from midflight import logbook
 
     rng = np.random.default_rng(seed)
     run = logbook.init(run_dir, name="bench-ingest", config={"bench": "ingest", "steps": steps}, flush_every=3600.0)
@@ -88,8 +88,8 @@ def write_with_recorder(run_dir: Path, steps: int, block: int, seed: int = 0) ->
 
 def write_direct(run_dir: Path, steps: int, block: int, seed: int = 0) -> None:
     """The same records written straight from numpy (faster to generate; same JSON-lines format)."""
-    import logbook
-    from logbook.record import records
+    from midflight import logbook
+    from midflight.logbook.record import records
 
     rng = np.random.default_rng(seed)
     run = logbook.init(
@@ -115,8 +115,8 @@ def log_bytes(run_dir: Path) -> int:
 # ----------------------------------------------------------------- measurements
 def time_ingest(run_dir: Path, store_path: Path, repeats: int) -> dict:
     """`repeats` times: fresh on-disk store, full ingest, re-ingest (nothing new), reopen + re-ingest."""
-    from logbook.store import open_store
-    from logbook.store.ingest import ingest
+    from midflight.logbook.store import open_store
+    from midflight.logbook.store.ingest import ingest
 
     full, again_s, reopen_s = [], [], []
     for _ in range(repeats):
@@ -158,8 +158,8 @@ def warm_up(tmp: Path) -> None:
     """One tiny ingest first, so one-off imports (pandas via DuckDB's register, tqdm: ~0.3 s) are not timed."""
     import tqdm  # noqa: F401
 
-    from logbook.store import open_store
-    from logbook.store.ingest import ingest
+    from midflight.logbook.store import open_store
+    from midflight.logbook.store.ingest import ingest
 
     write_direct(tmp / "warm-up", 100, 10)
     store = open_store(None)
@@ -169,7 +169,7 @@ def warm_up(tmp: Path) -> None:
 
 def time_parse_floor(run_dir: Path, repeats: int) -> float:
     """Seconds (median) to read every log line and parse it as ingest does (`records.decode`): the unavoidable part."""
-    from logbook.record.records import decode
+    from midflight.logbook.record.records import decode
 
     times = []
     for _ in range(repeats):
@@ -186,7 +186,7 @@ def time_insert_floor(points: int, tmp: Path, repeats: int) -> float:
     """Seconds (median) for DuckDB to INSERT `points` metric rows from a ready Arrow table (store-side floor)."""
     import pyarrow as pa
 
-    from logbook.store import open_store
+    from midflight.logbook.store import open_store
 
     n_steps = points // len(NAMES)
     ids = np.tile(np.arange(len(NAMES), dtype=np.int32), n_steps)
@@ -218,8 +218,8 @@ def time_insert_floor(points: int, tmp: Path, repeats: int) -> float:
 
 def profile_ingest(run_dir: Path, store_path: Path, top: int) -> str:
     """cProfile of one full ingest into a fresh store; returns the top functions by own and cumulative time."""
-    from logbook.store import open_store
-    from logbook.store.ingest import ingest
+    from midflight.logbook.store import open_store
+    from midflight.logbook.store.ingest import ingest
 
     for p in (store_path, Path(str(store_path) + ".wal")):
         p.unlink(missing_ok=True)
@@ -286,7 +286,7 @@ def main(argv=None) -> None:
     import duckdb
     import pyarrow
 
-    import logbook
+    from midflight import logbook
 
     print_header(
         "bench_ingest: event logs -> DuckDB store",

@@ -98,7 +98,7 @@ class Baseline(Variant):
 
 class Midflight(Variant):
     def __init__(self, run_dir: Path, label: str):
-        import logbook
+        from midflight import logbook
 
         self.name = label
         self.run = logbook.init(run_dir, name=label)  # flush_every: the default (0.5 s)
@@ -396,7 +396,7 @@ def main(argv=None) -> None:
     import tensorboard
     import torch
 
-    import logbook
+    from midflight import logbook
 
     torch.set_num_threads(args.torch_threads)
     print_header(

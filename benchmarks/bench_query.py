@@ -57,8 +57,8 @@ def loss_block(rng: np.random.Generator, first: int, n: int) -> np.ndarray:
 
 def write_run(run_dir: Path, steps: int, spike_step: int, nan_step: int, writer: str, seed: int = 0) -> None:
     """One rank's log in the Recorder's format; `loss` is 1e6 at spike_step and NaN at nan_step."""
-    import logbook
-    from logbook.record import records
+    from midflight import logbook
+    from midflight.logbook.record import records
 
     rng = np.random.default_rng(seed)
     run = logbook.init(run_dir, name="bench-query", config={"bench": "query"}, flush_every=3600.0)
@@ -97,8 +97,8 @@ def write_run(run_dir: Path, steps: int, spike_step: int, nan_step: int, writer:
 
 def build_store(tmp: Path, steps: int, writer: str, seed: int = 0):
     """Returns (store, run_id, spike_step, nan_step, write seconds, ingest seconds, metric points)."""
-    from logbook.store import open_store
-    from logbook.store.ingest import ingest
+    from midflight.logbook.store import open_store
+    from midflight.logbook.store.ingest import ingest
 
     rng = np.random.default_rng(seed + 1)
     spike_step, nan_step = (int(x) for x in rng.choice(np.arange(1, steps - 1), size=2, replace=False))
@@ -135,7 +135,7 @@ def baseline_fetch(store, run: str, name: str):
 
 def raw_m4(store, run: str):
     """M4 straight over the raw rows: what the tile path replaces (uses queries' private helper, read-only)."""
-    from logbook.store import downsample, queries
+    from midflight.logbook.store import downsample, queries
 
     sql, params = queries._series_sql(store, run, "loss", "step", 0, "effective", None)
     cur = store.cursor()
@@ -145,7 +145,7 @@ def raw_m4(store, run: str):
 
 def breakdown(store, run: str, repeats: int) -> list[list]:
     """The tile path against M4 over the raw rows, same series, same bucket count."""
-    from logbook.store import queries
+    from midflight.logbook.store import queries
 
     stages = [
         ("lineage lookup (effective_ranges)", lambda: queries.effective_ranges(store, run)),
@@ -161,7 +161,7 @@ def breakdown(store, run: str, repeats: int) -> list[list]:
 
 def explain_m4(store, run: str) -> str:
     """DuckDB's own profile of the downsampled query (tile path)."""
-    from logbook.store import queries
+    from midflight.logbook.store import queries
 
     cur = store.cursor()
     out = Path(tempfile.mkdtemp(prefix="mf-explain-")) / "profile.txt"
@@ -226,8 +226,8 @@ def main(argv=None) -> None:
 
     import duckdb
 
-    import logbook
-    from logbook.store import queries
+    from midflight import logbook
+    from midflight.logbook.store import queries
 
     print_header(
         "bench_query: downsampled series from the store",

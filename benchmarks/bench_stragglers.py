@@ -30,9 +30,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.fleet_run import write_fleet_run  # noqa: E402
-from logbook.analysis import stragglers  # noqa: E402
-from logbook.report import incidents  # noqa: E402
-from logbook.store import ingest, ranks  # noqa: E402
+from midflight.logbook.analysis import stragglers  # noqa: E402
+from midflight.logbook.report import incidents  # noqa: E402
+from midflight.logbook.store import ingest, ranks  # noqa: E402
 
 CASES = {
     "clean": (),

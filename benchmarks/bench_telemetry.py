@@ -13,7 +13,7 @@ prints, side by side, for the same NVML-like readings (N nodes x 8 GPUs x 6 name
 
     python benchmarks/bench_telemetry.py --nodes 4 --hours 1
 
-`--fleet NODES` measures instead what `python -m logbook ingest` does with a fleet-shaped run
+`--fleet NODES` measures instead what `midflight ingest` does with a fleet-shaped run
 (benchmarks/fleet_run.py, synchronous: NODES x 8 ranks, metrics per step on every rank, telemetry of every
 GPU at 0.2 Hz and 20 s steps): points/s (metric + telemetry points, sealing included) and the store's bytes
 per telemetry point, for this checkout and, with `--baseline DIR` (a checkout of earlier code, e.g.
@@ -42,10 +42,10 @@ import pandas  # noqa: F401 - imported by the store on first use; loaded here so
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from logbook.record import layout, records  # noqa: E402
-from logbook.store import open_store  # noqa: E402
-from logbook.store.ingest import ingest  # noqa: E402
-from trainer.telemetry import DECIMALS  # noqa: E402
+from midflight.logbook.record import layout, records  # noqa: E402
+from midflight.logbook.store import open_store  # noqa: E402
+from midflight.logbook.store.ingest import ingest  # noqa: E402
+from midflight.trainer.telemetry import DECIMALS  # noqa: E402
 
 NAMES = ["util_pct", "mem_used_gib", "power_w", "temp_c", "sm_clock_mhz", "energy_j"]
 GPUS = 8
@@ -108,7 +108,7 @@ def write(run_dir: Path, nodes: int, ticks: int, compact: bool, seed: int = 0) -
 _FLEET_INGEST = r"""
 import json, sys, time
 import pandas  # imported by the store on first use: not timed
-from logbook.store.ingest import open_run
+from midflight.logbook.store.ingest import open_run
 run, db = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
 store, report = open_run(run, db)

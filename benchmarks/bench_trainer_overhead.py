@@ -1,6 +1,6 @@
 """What does recording cost the real trainer's step? (goal: <= 0.5 % of step time, OPT-125M on a GPU)
 
-Two arms of the same training loop, `python -m trainer`'s own `run_segment`, in this process:
+Two arms of the same training loop, `python -m midflight.trainer`'s own `run_segment`, in this process:
 
   off   --log.enabled=false: a no-op NullRun instead of the logbook recorder, and no telemetry sampler
   on    the default instrumentation: ~11 scalars per step through `run.log` (enqueue only; the recorder's
@@ -162,7 +162,7 @@ STAMPS = _Stamps()
 
 def timed_trainer_class():
     """A Trainer that stamps the step boundaries; identical in both arms, two perf_counter calls per step at most."""
-    from trainer.trainer import Trainer
+    from midflight.trainer.trainer import Trainer
 
     class TimedTrainer(Trainer):
         def _control(self, s):
@@ -188,7 +188,7 @@ def timed_trainer_class():
 @contextlib.contextmanager
 def timed_trainer():
     """Swap trainer.build's Trainer for the timed subclass while the benchmark runs (this process only)."""
-    from trainer import build
+    from midflight.trainer import build
 
     original = build.Trainer
     build.Trainer = timed_trainer_class()
@@ -266,7 +266,7 @@ def run_once(shape: Shape, args, run_dir: Path, recording: bool, info, *, timed:
     """One fresh segment of warmup + steps: (mean step time, recording threads' CPU per step) of the timed steps, s."""
     import torch
 
-    from trainer import build, config
+    from midflight.trainer import build, config
 
     total = shape.warmup + shape.steps
     cfg = config.resolve(overrides(shape, args, run_dir, recording, total))
@@ -478,9 +478,8 @@ def main(argv=None) -> None:
 
     import torch
 
-    import logbook
-    import trainer
-    from trainer import build, config
+    from midflight import logbook, trainer
+    from midflight.trainer import build, config
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

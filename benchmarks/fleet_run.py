@@ -55,8 +55,8 @@ import orjson
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from logbook.record import layout, records, segments  # noqa: E402
-from logbook.values import step as valid_step  # noqa: E402
+from midflight.logbook.record import layout, records, segments  # noqa: E402
+from midflight.logbook.values import step as valid_step  # noqa: E402
 
 PLANTS = ("spike", "overflow", "straggler", "slow_node", "throttled_gpu", "silent_gpu")
 DEFAULT_PLANT = ("spike", "overflow", "straggler")

@@ -22,9 +22,9 @@ import dask
 import dask.dataframe as dd
 import pandas as pd
 
-import logbook
-from logbook.record import layout
-from logbook.store import sealed
+from midflight import logbook
+from midflight.logbook.record import layout
+from midflight.logbook.store import sealed
 
 COLUMNS = ["run_id", "segment_id", "loss_points", "loss_mean", "loss_max", "step_time_p95"]
 

@@ -8,7 +8,7 @@ What happens in it, all for real on the CPU (gloo, torchrun, fp16 with loss scal
 - step 380: rank 1 crashes; torchrun's --max-restarts brings the job back from the checkpoint of step 350;
 - step 470-490: rank 1 turns into a straggler;
 - about step 520: a person rewinds to the checkpoint of step 500 with the LR halved and the clip tightened,
-  through `python -m logbook intervene` (the audited control channel), like OPT-175B's team did;
+  through `midflight intervene` (the audited control channel), like OPT-175B's team did;
 - annotations mark what happened, as a person babysitting the run would.
 Checkpoints are left out of the sample (they are large and nothing reads them).
 """
@@ -33,7 +33,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="midflight-sample-")) / args.out.name
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=1",
-        "-m", "trainer", "--model", "tiny", "--steps", str(STEPS), "--run-dir", str(work), "--name", "opt-tiny-faults",
+        "-m", "midflight.trainer", "--model", "tiny", "--steps", str(STEPS), "--run-dir", str(work),
+        "--name", "opt-tiny-faults",
         "--precision", "fp16", "--fsdp", "fsdp2", "--data.seq_len=64", "--data.batch_size=8",
         "--checkpoint.every=50", "--checkpoint.keep_latest=4", "--log.print_every=10", "--telemetry.hz=2",
         "--precision.growth_interval=100",
@@ -69,7 +70,7 @@ def main() -> int:
 
 def logbook(*args) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "logbook", *map(str, args)], check=True, env=env, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "midflight.logbook", *map(str, args)], check=True, env=env, cwd=ROOT)
 
 
 if __name__ == "__main__":

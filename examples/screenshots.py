@@ -2,7 +2,7 @@
 
     python examples/screenshots.py            # the sample runs (a copy, so the store stays out of the repo)
 
-Starts the real server (`python -m app`) on a copy of sample_runs/, opens each page on
+Starts the real server (`midflight dashboard`) on a copy of sample_runs/, opens each page on
 opt-tiny-faults in headless Chromium (Debian's /usr/bin/chromium) and saves a PNG.
 """
 
@@ -37,7 +37,9 @@ def main() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "app", str(work / "runs"), "--port", str(port)], cwd=ROOT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "midflight.app", str(work / "runs"), "--port", str(port)], cwd=ROOT
+    )
     try:
         deadline = time.time() + 90
         while True:

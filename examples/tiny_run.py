@@ -6,7 +6,7 @@ an LR mistake causes a loss spike, the job then crashes, and it is rolled back
 to the last good checkpoint with a lower LR and a tighter clip. The logbook
 turns that into two segments, a restart lineage and a config diff.
 
-    python examples/tiny_run.py runs/demo && python -m logbook summary runs/demo
+    python examples/tiny_run.py runs/demo && midflight summary runs/demo
 """
 
 import argparse
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import logbook
+from midflight import logbook
 
 CONTEXT, BATCH = 16, 64
 

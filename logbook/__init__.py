@@ -14,9 +14,9 @@ nor streamlit. The other layers load when first used (`logbook.queries`, `logboo
 
 import importlib
 
-from logbook.record.annotations import KINDS as ANNOTATION_KINDS
-from logbook.record.annotations import annotate, delete_annotation, edit_annotation
-from logbook.record.recorder import Run, event, finish, init, log
+from midflight.logbook.record.annotations import KINDS as ANNOTATION_KINDS
+from midflight.logbook.record.annotations import annotate, delete_annotation, edit_annotation
+from midflight.logbook.record.recorder import Run, event, finish, init, log
 
 __all__ = [
     "ANNOTATION_KINDS",
@@ -35,16 +35,16 @@ __all__ = [
 
 # Loaded on first use, so a training process that only records never imports duckdb or pandas.
 _LAZY = {
-    "Store": ("logbook.store.database", "Store"),
-    "open_store": ("logbook.store.database", "open_store"),
-    "queries": ("logbook.store.queries", None),
-    "record": ("logbook.record", None),
-    "store": ("logbook.store", None),
-    "analysis": ("logbook.analysis", None),
-    "report": ("logbook.report", None),
-    "present": ("logbook.present", None),
-    "importers": ("logbook.importers", None),
-    "exporters": ("logbook.exporters", None),
+    "Store": ("midflight.logbook.store.database", "Store"),
+    "open_store": ("midflight.logbook.store.database", "open_store"),
+    "queries": ("midflight.logbook.store.queries", None),
+    "record": ("midflight.logbook.record", None),
+    "store": ("midflight.logbook.store", None),
+    "analysis": ("midflight.logbook.analysis", None),
+    "report": ("midflight.logbook.report", None),
+    "present": ("midflight.logbook.present", None),
+    "importers": ("midflight.logbook.importers", None),
+    "exporters": ("midflight.logbook.exporters", None),
 }
 
 
@@ -58,6 +58,6 @@ def __getattr__(name):
 
 def open_run(path, store_path=None, *, progress: bool = False):
     """Open the store for a run (or a folder of runs) and bring it up to date. Returns (store, report)."""
-    from logbook.store.ingest import open_run as open_and_ingest
+    from midflight.logbook.store.ingest import open_run as open_and_ingest
 
     return open_and_ingest(path, store_path, progress=progress)

@@ -1,5 +1,5 @@
 import sys
 
-from logbook.cli import main
+from midflight.logbook.cli import main
 
 sys.exit(main())

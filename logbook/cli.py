@@ -1,4 +1,4 @@
-"""`python -m logbook`: ingest, summary, annotate and intervene from a shell.
+"""`midflight`: ingest, summary, annotate and intervene from a shell.
 
 Errors a user can cause (a missing run directory, a bad step) are one-line
 messages and exit code 2, never a traceback.
@@ -15,8 +15,8 @@ import threading
 import time
 import warnings
 
-from logbook import values
-from logbook.record import annotations, layout
+from midflight.logbook import values
+from midflight.logbook.record import annotations, layout
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +46,7 @@ def _step(text: str) -> int:
 
 
 def _open(args):
-    from logbook import open_run
+    from midflight.logbook import open_run
 
     return open_run(args.path, args.store, progress=not args.quiet)
 
@@ -58,7 +58,7 @@ def cmd_ingest(args) -> int:
     print(report.describe())
     if not args.follow:
         return 0
-    from logbook.store.follow import Follower
+    from midflight.logbook.store.follow import Follower
 
     def show(rep):
         print(f"{time.strftime('%H:%M:%S')} +{rep.records:,} records ({rep.metric_points:,} points)", flush=True)
@@ -79,9 +79,9 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from logbook.present.summary import format_text
-    from logbook.report.summary import summarize
-    from logbook.store import queries
+    from midflight.logbook.present.summary import format_text
+    from midflight.logbook.report.summary import summarize
+    from midflight.logbook.store import queries
 
     store, report = _open(args)
     if store.note:
@@ -117,7 +117,7 @@ def _dest(name: str) -> str:
 
 def add_intervention_flags(sp: argparse.ArgumentParser) -> None:
     """One flag per entry of the intervention vocabulary: a value for its first parameter, or a switch."""
-    from logbook.record import interventions
+    from midflight.logbook.record import interventions
 
     for name, knob in interventions.VOCABULARY.items():
         if knob.params:
@@ -129,7 +129,7 @@ def add_intervention_flags(sp: argparse.ArgumentParser) -> None:
 
 def _intervention_from_args(args) -> tuple[str, dict]:
     """The one action the flags ask for; a rewind may carry any rewind changes with it."""
-    from logbook.record import interventions
+    from midflight.logbook.record import interventions
 
     table = interventions.VOCABULARY
     given = {name: getattr(args, _dest(name), None) for name in table}
@@ -156,7 +156,7 @@ def _intervention_from_args(args) -> tuple[str, dict]:
 
 
 def cmd_intervene(args) -> int:
-    from logbook.record import interventions
+    from midflight.logbook.record import interventions
 
     action, params = _intervention_from_args(args)
     req_id = interventions.request(args.path, action, params, note=args.note, author=args.author)
@@ -164,8 +164,8 @@ def cmd_intervene(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m logbook", description="midflight logbook: ingest and read run logs")
+def build_parser(prog: str = "midflight", epilog: str | None = None) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="midflight logbook: ingest and read run logs", epilog=epilog)
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_path(sp):
@@ -212,16 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--author", default=None)
     sp.set_defaults(func=cmd_intervene)
 
-    from logbook.exporters.cli import add_parser as add_export
-    from logbook.importers.cli import add_parser as add_import
+    from midflight.logbook.exporters.cli import add_parser as add_export
+    from midflight.logbook.importers.cli import add_parser as add_import
 
     add_import(sub)
     add_export(sub)
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog: str = "midflight", epilog: str | None = None) -> int:
+    args = build_parser(prog, epilog).parse_args(argv)
     warnings.simplefilter("ignore", category=UserWarning)  # the CLI prints its own notes
     try:
         return args.func(args)

@@ -4,11 +4,11 @@
 #   bash scripts/demo.sh                 # dashboard on sample_runs/ + the live demo run in runs/live-demo
 #   bash scripts/demo.sh --no-live       # the dashboard on the sample runs only
 #   bash scripts/demo.sh --record        # no dashboard: record a faulty run into runs/demo, print its logbook
-# Other arguments go to `python -m app` (--port N, --address HOST, more run folders).
+# Other arguments go to `midflight dashboard` (--port N, --address HOST, more run folders).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 case "${1:-}" in
-  --no-live) shift; exec python -m app sample_runs "$@" ;;
+  --no-live) shift; exec midflight dashboard sample_runs "$@" ;;
   --record) shift; exec python examples/record_sample_run.py runs/demo ;;
-  *) exec python -m app sample_runs --demo "$@" ;;
+  *) exec midflight dashboard sample_runs --demo "$@" ;;
 esac

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("logbook", "app", "trainer")
+PACKAGES = ("logbook", "app", "trainer", "midflight")  # folders at the repository's top; all import as midflight.*
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 # layer -> (the project layers it may import, the third-party packages it may import; None = any but BANNED)
@@ -35,6 +35,9 @@ RULES: dict[str, tuple[set[str], set[str] | None]] = {
     "trainer": ({"trainer", "record", "logbook"}, None),  # the Recorder API only
     "app": (ALL_LOGBOOK | {"app", "pages"}, None),
     "pages": ({"app", "values", "analysis", "report", "present", "exporters"}, None),  # no store, no SQL
+    # inside someone else's training loop (Hugging Face, Lightning, Accelerate, W&B-style code): the Recorder only
+    "integrations": ({"values", "record", "logbook", "integrations", "midflight"}, None),
+    "midflight": (ALL_LOGBOOK | {"app", "trainer", "integrations", "midflight"}, None),  # the namespace and command
 }
 # never, anywhere in the layer (besides what the allow-lists above already exclude)
 BANNED = {
@@ -45,6 +48,7 @@ BANNED = {
     "trainer": {"duckdb", "streamlit", "plotly", "pandas", "pyarrow"},
     "app": {"torch"},
     "pages": {"duckdb", "pyarrow"},
+    "integrations": {"duckdb", "streamlit", "plotly", "pandas", "pyarrow"},
 }
 
 
@@ -56,6 +60,13 @@ ENGINES = {"dask", "pyspark", "daft", "ray"}
 def layer_of(module: str) -> str | None:
     """The layer of a project module (dotted name), or None for a third-party or stdlib module."""
     parts = module.split(".")
+    if parts[0] != "midflight":
+        return None
+    parts = parts[1:]
+    if not parts or parts[0] in ("__main__",):
+        return "midflight"
+    if parts[0] in ("integrations", "wandb"):
+        return "integrations"
     if parts[0] == "trainer":
         return "trainer"
     if parts[0] == "app":
@@ -70,6 +81,8 @@ def layer_of(module: str) -> str | None:
 def module_name(path: Path) -> str:
     rel = path.relative_to(ROOT).with_suffix("")
     parts = list(rel.parts)
+    if parts[0] != "midflight":
+        parts.insert(0, "midflight")  # logbook/, app/, trainer/ import as midflight.logbook, ...
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -109,7 +122,9 @@ def violations(module: str, source: str, is_package: bool, known: set[str]) -> l
     out = []
     for line, target in imports(source, module, is_package, known):
         root = target.split(".")[0]
-        if root in PACKAGES:
+        if root in PACKAGES[:3]:
+            out.append(f"{module}:{line} imports {target} (import it as midflight.{target})")
+        elif root == "midflight":
             other = layer_of(target)
             if other != layer and other not in may:
                 out.append(f"{module}:{line} imports {target} (layer {layer} may not import layer {other})")
@@ -130,18 +145,24 @@ def test_every_import_follows_the_layer_rules():
 @pytest.mark.parametrize(
     "module, source",
     [
-        ("logbook.analysis.energy", "import duckdb"),
-        ("logbook.analysis.energy", "from logbook.store import queries"),
-        ("logbook.record.recorder", "import numpy as np"),
-        ("logbook.record.recorder", "def f():\n    from logbook.store.ingest import ingest"),  # a lazy import too
-        ("logbook.store.queries", "from ..report import summary"),  # a relative import too
-        ("logbook.present.figures", "import streamlit as st"),
-        ("logbook.report.summary", "from logbook.present.text import num"),
-        ("trainer.trainer", "from logbook.store import open_store"),
-        ("app.app_pages.live", "from logbook.store import queries"),
-        ("logbook.cli", "import streamlit"),
-        ("logbook.store.sealed", "import dask.dataframe as dd"),  # engines read the Parquet from outside
-        ("logbook.exporters.parquet", "def f():\n    import pyspark"),
+        ("midflight.logbook.analysis.energy", "import duckdb"),
+        ("midflight.logbook.analysis.energy", "from midflight.logbook.store import queries"),
+        ("midflight.logbook.record.recorder", "import numpy as np"),
+        (
+            "midflight.logbook.record.recorder",
+            "def f():\n    from midflight.logbook.store.ingest import ingest",
+        ),  # a lazy import too
+        ("midflight.logbook.store.queries", "from ..report import summary"),  # a relative import too
+        ("midflight.logbook.present.figures", "import streamlit as st"),
+        ("midflight.logbook.report.summary", "from midflight.logbook.present.text import num"),
+        ("midflight.trainer.trainer", "from midflight.logbook.store import open_store"),
+        ("midflight.app.app_pages.live", "from midflight.logbook.store import queries"),
+        ("midflight.logbook.cli", "import streamlit"),
+        ("midflight.logbook.store.sealed", "import dask.dataframe as dd"),
+        ("midflight.logbook.report.summary", "from logbook import init"),  # the bare name is PyPI's Logbook
+        ("midflight.integrations.transformers", "from midflight.logbook.store import queries"),
+        ("midflight.integrations.lightning", "import pandas"),  # engines read the Parquet from outside
+        ("midflight.logbook.exporters.parquet", "def f():\n    import pyspark"),
     ],
 )
 def test_the_rules_catch_a_forbidden_import(module, source):
@@ -191,10 +212,10 @@ def test_no_import_cycles():
     assert not cycles, f"import cycles: {cycles}"
 
 
-def test_import_logbook_loads_the_write_side_only():
+def test_import_midflight_loads_the_write_side_only():
     """A training process pays for the Recorder, not for the store, analyses or UI."""
     code = (
-        "import sys, logbook\n"
+        "import sys, midflight, midflight.logbook as logbook\n"
         "heavy = ('duckdb', 'pandas', 'numpy', 'torch', 'streamlit', 'plotly', 'pyarrow')\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "print(','.join(heavy))\n"

@@ -2,6 +2,6 @@
 
 It records only through the logbook Recorder API and never touches DuckDB.
 
-    python -m trainer --model tiny --steps 200 --run-dir runs/demo
-    torchrun --nproc-per-node 2 -m trainer --model tiny --steps 200 --run-dir runs/demo
+    python -m midflight.trainer --model tiny --steps 200 --run-dir runs/demo
+    torchrun --nproc-per-node 2 -m midflight.trainer --model tiny --steps 200 --run-dir runs/demo
 """

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import logbook
-from logbook.record import segments
-from logbook.record.dist import DistInfo, detect
+from midflight import logbook
+from midflight.logbook.record import segments
+from midflight.logbook.record.dist import DistInfo, detect
 
 from .checkpoint import Checkpointer
 from .config import TrainConfig, set_value
@@ -111,7 +111,7 @@ def resolve_preset(cfg: TrainConfig) -> TrainConfig:
 
 
 def init_distributed(device: str) -> DistInfo:
-    """Join torchrun's process group (gloo on CPU, NCCL on GPU); a plain `python -m trainer` is one rank."""
+    """Join torchrun's process group (gloo on CPU, NCCL on GPU); a plain `python -m midflight.trainer` is one rank."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
         if not torch.cuda.is_available():

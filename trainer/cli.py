@@ -1,4 +1,4 @@
-"""`python -m trainer` arguments -> a validated TrainConfig plus how to start.
+"""`python -m midflight.trainer` arguments -> a validated TrainConfig plus how to start.
 
 Named flags cover what people change every run; `--config FILE` and
 `--section.key=value` reach everything else (see trainer/config.py).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from logbook.record import interventions
+from midflight.logbook.record import interventions
 
 from . import config
 
@@ -33,7 +33,7 @@ class Launch:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m trainer",
+        prog="python -m midflight.trainer",
         description="midflight's instrumented OPT-recipe trainer. Any config key can also be set with "
         "--section.key=value (e.g. --optim.clip=0.3, --data.batch_size=16); see trainer/config.py.",
     )

@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable
 
-from logbook.record.recorder import RecorderWarning
+from midflight.logbook.record.recorder import RecorderWarning
 
 from . import nvml as _nvml
 

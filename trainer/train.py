@@ -1,7 +1,8 @@
 """Entry point: parse -> join the process group -> train segment after segment -> tear down.
 
-    python -m trainer --model tiny --steps 300 --run-dir runs/demo --inject spike@120
-    torchrun --nproc-per-node 2 --max-restarts 3 -m trainer --model tiny --run-dir runs/demo --inject crash@150
+    python -m midflight.trainer --model tiny --steps 300 --run-dir runs/demo --inject spike@120
+    torchrun --nproc-per-node 2 --max-restarts 3 -m midflight.trainer --model tiny --run-dir runs/demo \
+        --inject crash@150
 
 A crash propagates (the logbook records it) and torchrun's --max-restarts brings the job
 back from the latest checkpoint. A rewind intervention ends the segment cleanly and the

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from logbook.record import interventions
+from midflight.logbook.record import interventions
 
 from . import parallelize
 from .checkpoint import Checkpointer, CheckpointFailed

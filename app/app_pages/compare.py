@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from app import context, data
-from logbook.present import figures
+from midflight.app import context, data
+from midflight.logbook.present import figures
 
 ctx = context.context()
 st.title("Compare runs")

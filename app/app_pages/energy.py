@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import bands, context, data
-from logbook.analysis import energy
-from logbook.present import figures, text
+from midflight.app import bands, context, data
+from midflight.logbook.analysis import energy
+from midflight.logbook.present import figures, text
 
 BAND_BUCKETS = 300  # time buckets of the fleet power band
 

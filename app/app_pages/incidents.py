@@ -5,9 +5,9 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
-from app import axis, context, data, forms
-from logbook.analysis import incidents as triage
-from logbook.present import figures, markers
+from midflight.app import axis, context, data, forms
+from midflight.logbook.analysis import incidents as triage
+from midflight.logbook.present import figures, markers
 
 CONTEXT_STEPS = 60  # steps shown either side of an incident
 

@@ -6,11 +6,11 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app import axis, context, data, forms, selection, zoom
-from logbook import exporters
-from logbook.analysis import energy
-from logbook.present import figures, tree
-from logbook.report import timeline
+from midflight.app import axis, context, data, forms, selection, zoom
+from midflight.logbook import exporters
+from midflight.logbook.analysis import energy
+from midflight.logbook.present import figures, tree
+from midflight.logbook.report import timeline
 
 EXPORTS = (  # format, button label
     ("markdown", "Markdown (zip)"),

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import axis, bands, context, data, forms, selection, zoom
-from logbook.analysis import incidents as triage
-from logbook.analysis.progress import ETA_WINDOW
-from logbook.present import figures, text
+from midflight.app import axis, bands, context, data, forms, selection, zoom
+from midflight.logbook.analysis import incidents as triage
+from midflight.logbook.analysis.progress import ETA_WINDOW
+from midflight.logbook.present import figures, text
 
 REFRESH_S = float(os.environ.get("MIDFLIGHT_REFRESH_S", "1.0"))
 BAND_BUCKETS = 300  # step (or time) buckets of a distribution band: ~one per two pixel columns of a grid chart

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import axis, bands, context, data
-from logbook.present import figures, text
-from logbook.values import optional_step
+from midflight.app import axis, bands, context, data
+from midflight.logbook.present import figures, text
+from midflight.logbook.values import optional_step
 
 BUCKETS = 200  # step or time buckets of a heatmap: ~one per 5 px of a full-width chart
 TELEMETRY_FIRST = ("power_w", "temp_c", "util_pct", "sm_clock_mhz", "mem_used_gib", "power_est_w")

@@ -3,9 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from app import context, data
-from logbook.analysis import energy
-from logbook.values import whole
+from midflight.app import context, data
+from midflight.logbook.analysis import energy
+from midflight.logbook.values import whole
 
 ctx = context.context()
 st.title("Runs")

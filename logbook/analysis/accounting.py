@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from logbook.analysis import energy
+from midflight.logbook.analysis import energy
 
 
 @dataclass

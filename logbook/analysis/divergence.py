@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from logbook.analysis.incident import Incident  # noqa: F401 - defined there, re-exported here
+from midflight.logbook.analysis.incident import Incident  # noqa: F401 - defined there, re-exported here
 
 CONTEXT_KEYS = ("lr", "clip", "loss_scale", "grad_norm", "loss")
 
@@ -705,7 +705,7 @@ def with_device_incidents(out: list[Incident], frames: dict, on_path: set, confi
         inc.superseded = inc.segment_id not in on_path
         out.append(inc)
     if frames.get("fleet"):  # across ranks (analysis.stragglers); one incident per (kind, rank/device)
-        from logbook.analysis.stragglers import fleet_incidents
+        from midflight.logbook.analysis.stragglers import fleet_incidents
 
         def key(i):
             d = i.detail

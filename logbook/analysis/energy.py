@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from logbook.values import missing
+from midflight.logbook.values import missing
 
 J_PER_KWH = 3.6e6
 METERED_NAME = "energy_j"  # NVML (GPU) or RAPL (CPU) counter: a measurement

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from logbook.analysis.incident import Incident
+from midflight.logbook.analysis.incident import Incident
 
 MAD_SCALE = 1.4826  # MAD -> standard deviation for normal noise
 

@@ -1,8 +1,8 @@
 """Exporters: a run's logbook as files people keep, and its data as tables other tools read.
 
-`python -m logbook export {markdown,html,parquet,csv} RUN_DIR -o OUT`, or from Python:
+`midflight export {markdown,html,parquet,csv} RUN_DIR -o OUT`, or from Python:
 
-    export(store, run, "markdown", "logbook.md")          # -> [paths written]
+    export(store, run, "markdown", "midflight.logbook.md")          # -> [paths written]
     export_bytes(store, run, "html") -> (file name, MIME type, bytes)   # one download (zip or page)
 
 Modules, one concept each: `content` gathers a run from the store into one plain structure;
@@ -12,6 +12,6 @@ Modules, one concept each: `content` gathers a run from the store into one plain
 imported only by the writer that needs them.
 """
 
-from logbook.exporters.bundle import FORMATS, download_name, export, export_bytes
+from midflight.logbook.exporters.bundle import FORMATS, download_name, export, export_bytes
 
 __all__ = ["FORMATS", "download_name", "export", "export_bytes"]

@@ -14,8 +14,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from logbook.present.text import safe_filename
-from logbook.store.database import Store
+from midflight.logbook.present.text import safe_filename
+from midflight.logbook.store.database import Store
 
 FORMATS = ("markdown", "html", "parquet", "csv")
 MIME = {"zip": "application/zip", "html": "text/html"}
@@ -41,7 +41,7 @@ def export(
     """Write `run` as `fmt` to `out` (markdown: the .md file, html: the .html file, parquet / csv: a
     directory) and return every path written."""
     check_format(fmt)
-    from logbook.store import queries
+    from midflight.logbook.store import queries
 
     if run not in queries.run_ids(store):
         known = ", ".join(queries.run_ids(store)) or "none"
@@ -55,19 +55,19 @@ def export(
 
 def _write(store, run, fmt, out: Path, region, intensity_g_per_kwh, pue, progress) -> list[Path]:
     if fmt in ("parquet", "csv"):
-        from logbook.exporters import tables
+        from midflight.logbook.exporters import tables
 
         return tables.write(store, run, fmt, out, progress=progress)
     if out.is_dir():
         raise ValueError(f"{str(out)!r} is a directory; for {fmt}, -o names the file to write")
-    from logbook.exporters.content import gather
+    from midflight.logbook.exporters.content import gather
 
     book = gather(store, run, region=region, intensity_g_per_kwh=intensity_g_per_kwh, pue=pue, progress=progress)
     if fmt == "markdown":
-        from logbook.exporters import markdown
+        from midflight.logbook.exporters import markdown
 
         return markdown.write(book, out, progress=progress)
-    from logbook.exporters import html_page
+    from midflight.logbook.exporters import html_page
 
     return html_page.write(book, out, progress=progress)
 

@@ -1,4 +1,4 @@
-"""`python -m logbook export FORMAT RUN_DIR -o OUT`: the exporters from a shell.
+"""`midflight export FORMAT RUN_DIR -o OUT`: the exporters from a shell.
 
 RUN_DIR is one run directory, or a folder of runs with `--run NAME` (the run id is the folder's
 name). A mistake a user can make (an unknown format, a missing directory, a run that is not
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from logbook.exporters.bundle import FORMATS
+from midflight.logbook.exporters.bundle import FORMATS
 
 
 def add_parser(sub) -> None:
@@ -38,9 +38,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from logbook.exporters.bundle import check_format, export
-    from logbook.store import queries
-    from logbook.store.ingest import open_run
+    from midflight.logbook.exporters.bundle import check_format, export
+    from midflight.logbook.store import queries
+    from midflight.logbook.store.ingest import open_run
 
     fmt = check_format(args.format)
     started = time.monotonic()

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from logbook.analysis import accounting
-from logbook.present import tree
-from logbook.present.markers import Marker, run_markers
-from logbook.report.summary import summarize
-from logbook.store import queries
-from logbook.store.database import Store
-from logbook.values import finite, text, whole
+from midflight.logbook.analysis import accounting
+from midflight.logbook.present import tree
+from midflight.logbook.present.markers import Marker, run_markers
+from midflight.logbook.report.summary import summarize
+from midflight.logbook.store import queries
+from midflight.logbook.store.database import Store
+from midflight.logbook.values import finite, text, whole
 
 CHART_BUCKETS = 1000  # M4 buckets per curve: ~one per pixel column of a chart; no spike is ever dropped
 CHARTS = (  # metric, title, log y; drawn when the run logged the metric

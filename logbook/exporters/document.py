@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from logbook.analysis import energy as energy_model
-from logbook.exporters.content import Logbook
-from logbook.present.text import duration, energy, mass, num, when
+from midflight.logbook.analysis import energy as energy_model
+from midflight.logbook.exporters.content import Logbook
+from midflight.logbook.present.text import duration, energy, mass, num, when
 
 
 class U(str):

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from logbook.exporters import document as d
-from logbook.exporters import interactive
-from logbook.exporters.content import Logbook
-from logbook.present.text import esc, num
+from midflight.logbook.exporters import document as d
+from midflight.logbook.exporters import interactive
+from midflight.logbook.exporters.content import Logbook
+from midflight.logbook.present.text import esc, num
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from logbook.exporters.content import Chart, Logbook
-from logbook.present import figures
-from logbook.present.markers import Marker
+from midflight.logbook.exporters.content import Chart, Logbook
+from midflight.logbook.present import figures
+from midflight.logbook.present.markers import Marker
 
 TEMPLATE = "plotly_white"  # a printed page: no grey plot background
 

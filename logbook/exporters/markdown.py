@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from logbook.exporters import document as d
-from logbook.exporters import png
-from logbook.exporters.content import Logbook
-from logbook.present.text import md, md_code, num
+from midflight.logbook.exporters import document as d
+from midflight.logbook.exporters import png
+from midflight.logbook.exporters.content import Logbook
+from midflight.logbook.present.text import md, md_code, num
 
 
 def inline(pieces) -> str:

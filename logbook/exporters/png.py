@@ -14,9 +14,9 @@ import io
 
 import numpy as np
 
-from logbook.exporters.content import Chart, Logbook
-from logbook.present.markers import Marker
-from logbook.present.palette import END_COLOURS, MARKER_COLOURS
+from midflight.logbook.exporters.content import Chart, Logbook
+from midflight.logbook.present.markers import Marker
+from midflight.logbook.present.palette import END_COLOURS, MARKER_COLOURS
 
 DPI = 110
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from logbook.report import incidents as incident_report
-from logbook.store import queries
-from logbook.store.database import Store
+from midflight.logbook.report import incidents as incident_report
+from midflight.logbook.store import queries
+from midflight.logbook.store.database import Store
 
 TABLES = ("metrics", "events", "telemetry", "segments", "annotations", "interventions", "incidents")
 FORMATS = ("parquet", "csv")

@@ -1,6 +1,6 @@
 """Importers: runs that midflight did not record, from the logs people already have.
 
-    python -m logbook import FORMAT PATH... --run-dir DIR
+    midflight import FORMAT PATH... --run-dir DIR
 
 Each format's parser yields the same items (`items.py`); `writer.RunWriter` turns
 them into an ordinary run directory, so everything downstream (ingest, queries,
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from logbook.importers import chronicle, fairseq, megatron, mllog, reading, table, wallclock
-from logbook.importers.items import Context, ImportReport
-from logbook.importers.writer import ImportConflict, RunWriter
+from midflight.logbook.importers import chronicle, fairseq, megatron, mllog, reading, table, wallclock
+from midflight.logbook.importers.items import Context, ImportReport
+from midflight.logbook.importers.writer import ImportConflict, RunWriter
 
 FORMATS = ("metaseq", "fairseq", "megatron", "mllog", "tensorboard", "csv", "timeline", "chronicle")
 SNIFF_LINES = 400
@@ -53,7 +53,7 @@ def import_logs(
     clock = reading.Clock(tz)
     run_dir = Path(run_dir)
     if fmt == "timeline":
-        from logbook.importers import timeline
+        from midflight.logbook.importers import timeline
 
         timeline.import_timeline(paths, run_dir, name=name, report=report, clock=clock, world_size=world_size)
         return report
@@ -64,7 +64,7 @@ def import_logs(
         chronicle.import_chronicle(paths, run_dir, report=report, clock=clock, progress=progress)
         return report
     if fmt == "tensorboard":
-        from logbook.importers import tensorboard
+        from midflight.logbook.importers import tensorboard
 
         tensorboard.import_tensorboard(
             paths,

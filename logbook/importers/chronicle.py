@@ -41,10 +41,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from logbook.importers.items import ImportReport
-from logbook.importers.reading import ZONES, Clock, lines
-from logbook.record import layout, records, segments
-from logbook.values import step as valid_step
+from midflight.logbook.importers.items import ImportReport
+from midflight.logbook.importers.reading import ZONES, Clock, lines
+from midflight.logbook.record import layout, records, segments
+from midflight.logbook.values import step as valid_step
 
 AUTHOR = "import"
 MAX_TEXT = 4000

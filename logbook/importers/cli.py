@@ -1,10 +1,10 @@
-"""`python -m logbook import FORMAT PATH... --run-dir DIR`."""
+"""`midflight import FORMAT PATH... --run-dir DIR`."""
 
 from __future__ import annotations
 
 import sys
 
-from logbook.importers import FORMATS, import_logs
+from midflight.logbook.importers import FORMATS, import_logs
 
 
 def cmd_import(args) -> int:
@@ -19,7 +19,7 @@ def cmd_import(args) -> int:
         world_size=args.world_size,
     )
     print(report.describe())
-    print(f"open it with: python -m app {args.run_dir}", file=sys.stderr)
+    print(f"open it with: midflight dashboard {args.run_dir}", file=sys.stderr)
     return 0
 
 

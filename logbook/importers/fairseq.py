@@ -21,8 +21,8 @@ import json
 import math
 import re
 
-from logbook import values as vals
-from logbook.importers.items import Config, Context, End, Event, Resume, Step
+from midflight.logbook import values as vals
+from midflight.logbook.importers.items import Config, Context, End, Event, Resume, Step
 
 LN2 = math.log(2)
 BITS = ("loss", "nll_loss", "valid_loss", "valid_nll_loss", "valid_best_loss")

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 import re
 
-from logbook import values as vals
-from logbook.importers.items import Context, End, Event, Resume, Step
+from midflight.logbook import values as vals
+from midflight.logbook.importers.items import Context, End, Event, Resume, Step
 
 RENAME = {
     "consumed samples": "samples",

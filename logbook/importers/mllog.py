@@ -33,9 +33,9 @@ import json
 import math
 import re
 
-from logbook.importers import names
-from logbook.importers.items import Config, Context, End, Event, Step
-from logbook.values import step as valid_step
+from midflight.logbook.importers import names
+from midflight.logbook.importers.items import Config, Context, End, Event, Step
+from midflight.logbook.values import step as valid_step
 
 MARK = ":::MLLOG"
 STEP_KEYS = ("step", "samples_count", "epoch_num", "first_epoch_num")

@@ -13,7 +13,7 @@ import gzip
 import re
 import sys
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -120,7 +120,7 @@ class Clock:
     def __init__(self, tz: str | None = None):
         self.name = tz or "UTC"
         try:
-            self.zone = ZoneInfo(tz) if tz else timezone.utc
+            self.zone = ZoneInfo(tz) if tz else UTC
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {tz!r}: use an IANA name such as Europe/Paris or UTC") from exc
 

@@ -52,9 +52,9 @@ import sqlite3
 import tempfile
 from datetime import datetime
 
-from logbook import values
-from logbook.importers import names, reading
-from logbook.importers.items import Context, Step
+from midflight.logbook import values
+from midflight.logbook.importers import names, reading
+from midflight.logbook.importers.items import Context, Step
 
 STEP_COLUMNS = (
     "trainer/global_step",

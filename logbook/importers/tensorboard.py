@@ -28,10 +28,10 @@ import re
 import sys
 from pathlib import Path
 
-from logbook.importers import names
-from logbook.importers.items import Context, ImportReport, Step
-from logbook.importers.reading import PROGRESS_MIN_BYTES
-from logbook.importers.writer import RunWriter
+from midflight.logbook.importers import names
+from midflight.logbook.importers.items import Context, ImportReport, Step
+from midflight.logbook.importers.reading import PROGRESS_MIN_BYTES
+from midflight.logbook.importers.writer import RunWriter
 
 EVENT_GLOB = "events.out.tfevents.*"
 RECORD_OVERHEAD = 16  # a TFRecord: 8-byte length, 4-byte CRC, data, 4-byte CRC
@@ -60,7 +60,7 @@ def import_tensorboard(
     if len(runs) == 1:
         targets = [(run_dir, name, runs[0][1])]
     else:
-        from logbook.record import layout
+        from midflight.logbook.record import layout
 
         if layout.is_run_dir(run_dir):
             raise ValueError(

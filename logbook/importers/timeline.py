@@ -39,11 +39,11 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from logbook import values
-from logbook.importers.items import ImportReport
-from logbook.importers.reading import STREAM_ERRORS, ZONES, Clock, open_text
-from logbook.importers.writer import write_if_changed
-from logbook.record import layout, records
+from midflight.logbook import values
+from midflight.logbook.importers.items import ImportReport
+from midflight.logbook.importers.reading import STREAM_ERRORS, ZONES, Clock, open_text
+from midflight.logbook.importers.writer import write_if_changed
+from midflight.logbook.record import layout, records
 
 CHECKPOINT_EVERY = 250
 AUTHOR = "timeline import"

@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from logbook.importers.items import Context, End, Event, Resume, Step
-from logbook.record import records
+from midflight.logbook.importers.items import Context, End, Event, Resume, Step
+from midflight.logbook.record import records
 
 MAX_ITERATION_S = 1e6
 MAX_CLOCK = 1e11  # seconds: beyond year 5000 the estimate is not a wall time any more

@@ -37,9 +37,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from logbook import values
-from logbook.importers.items import Config, End, Event, ImportReport, Resume, Step
-from logbook.record import layout, records, segments
+from midflight.logbook import values
+from midflight.logbook.importers.items import Config, End, Event, ImportReport, Resume, Step
+from midflight.logbook.record import layout, records, segments
 
 NEG_INF = float("-inf")
 

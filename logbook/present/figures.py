@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from logbook.present.markers import Marker
-from logbook.present.palette import END_COLOURS, MARKER_COLOURS, MARKER_SYMBOLS
-from logbook.present.text import safe
+from midflight.logbook.present.markers import Marker
+from midflight.logbook.present.palette import END_COLOURS, MARKER_COLOURS, MARKER_SYMBOLS
+from midflight.logbook.present.text import safe
 
 MARKER_STYLE = {kind: (MARKER_COLOURS[kind], symbol) for kind, symbol in MARKER_SYMBOLS.items()}
 X_TITLES = {"step": "step", "tokens": "tokens", "time": "wall time (UTC)"}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from logbook.values import first, missing
+from midflight.logbook.values import first, missing
 
 KINDS = ("restart", "incident", "annotation", "intervention")
 

@@ -1,4 +1,4 @@
-"""A run's summary (`report.summary.summarize`) as the text `python -m logbook summary` prints."""
+"""A run's summary (`report.summary.summarize`) as the text `midflight summary` prints."""
 
 from __future__ import annotations
 

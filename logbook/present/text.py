@@ -12,7 +12,7 @@ import math
 import re
 import time
 
-from logbook.values import missing
+from midflight.logbook.values import missing
 
 # Inline ASCII punctuation that means something to CommonMark, GFM (tables, strikethrough) or to the
 # renderers that add LaTeX ($) and emoji shortcodes (:). CommonMark lets any of them be

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from logbook.values import first, text
+from midflight.logbook.values import first, text
 
 
 def lanes(segments: pd.DataFrame) -> list[dict]:

@@ -12,8 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
-from logbook.record import layout, records
-from logbook.values import STEP_LIMIT
+from midflight.logbook.record import layout, records
+from midflight.logbook.values import STEP_LIMIT
 
 KINDS = ("note", "hardware", "data", "optimizer", "lr", "clip", "code")
 MAX_TEXT = 100_000  # characters; a logbook entry, not a file upload

@@ -7,7 +7,7 @@ appends the outcome. The file is the audit record: who asked for what, when, why
 `interventions` view.
 
 What a request may ask for is one table, `VOCABULARY` (see its comment): validation here, the
-trainer, the `python -m logbook intervene` flags and the dashboard's form all derive from it.
+trainer, the `midflight intervene` flags and the dashboard's form all derive from it.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from logbook.record import layout, records
-from logbook.record.annotations import author_name
-from logbook.values import STEP_LIMIT
+from midflight.logbook.record import layout, records
+from midflight.logbook.record.annotations import author_name
+from midflight.logbook.values import STEP_LIMIT
 
 
 def _is_number(v) -> bool:
@@ -86,7 +86,7 @@ class Knob:
     label: str  # the dashboard's name for it
     params: tuple[Param, ...] = ()  # a change carries the value of params[0]
     config_key: str | None = None  # the TrainConfig key it sets (None: the trainer acts on it itself)
-    flag: str = ""  # `python -m logbook intervene` flag; its value fills params[0] (no params: a switch)
+    flag: str = ""  # `midflight intervene` flag; its value fills params[0] (no params: a switch)
     metavar: str | None = None
     help: str = ""
     action: bool = True  # a request of its own (False: it only rides along with a rewind)
@@ -97,7 +97,7 @@ REWIND = "rewind"  # the action that restarts from a checkpoint, carrying any re
 
 # The intervention vocabulary, in ONE place. Everything that speaks it derives from this table when it
 # runs: `validate` here, the trainer (which config key a knob sets: trainer.trainer.set_knob, the
-# rewind changes applied in trainer/build.py, `python -m trainer --change`), the `python -m logbook
+# rewind changes applied in trainer/build.py, `python -m midflight.trainer --change`), the `midflight
 # intervene` flags, and the dashboard's form (labels, number inputs, the rewind form's changes).
 # Adding a knob is adding an entry here; the trainer keeps only engine preconditions (no loss
 # scale in bf16) and the actions it carries out itself (skip, checkpoint, rewind, stop).

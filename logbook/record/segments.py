@@ -14,7 +14,7 @@ import secrets
 import time
 from pathlib import Path
 
-from logbook.record import layout, records
+from midflight.logbook.record import layout, records
 
 
 def new_segment_id(now: float | None = None) -> str:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from logbook.analysis import energy
-from logbook.analysis.energy import DEFAULT_TDP_W, Meter, MeterTotal
-from logbook.store import kept, queries
-from logbook.store.database import Store
+from midflight.logbook.analysis import energy
+from midflight.logbook.analysis.energy import DEFAULT_TDP_W, Meter, MeterTotal
+from midflight.logbook.store import kept, queries
+from midflight.logbook.store.database import Store
 
 
 def meters(store: Store, run: str, segments: list[str] | None = None, *, coarse: bool = False) -> list[Meter]:

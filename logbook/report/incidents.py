@@ -15,9 +15,9 @@ import math
 
 import pandas as pd
 
-from logbook.analysis.divergence import DivergenceConfig, Incident, incidents_from
-from logbook.store import fleet, kept, lineage, queries, ranks
-from logbook.store.database import Store
+from midflight.logbook.analysis.divergence import DivergenceConfig, Incident, incidents_from
+from midflight.logbook.store import fleet, kept, lineage, queries, ranks
+from midflight.logbook.store.database import Store
 
 SERIES = ("loss", "grad_norm", "loss_scale", "lr", "clip", "tokens_per_s")
 ONLINE_RANKS = 8  # up to this many ranks, each rank's step time also feeds the per-step detector
@@ -252,7 +252,7 @@ class LiveIncidents:
         return found
 
     def _grow(self, store: Store, run: str, state: dict, ranges, running: bool) -> list[Incident]:
-        from logbook.analysis.divergence import feed, with_device_incidents
+        from midflight.logbook.analysis.divergence import feed, with_device_incidents
 
         new = run_frame(store, run, "effective", after=state["last"])
         ready = new

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from logbook.analysis.progress import ETA_WINDOW, eta_s, planned_steps
-from logbook.store import queries
-from logbook.store.database import Store
-from logbook.values import whole
+from midflight.logbook.analysis.progress import ETA_WINDOW, eta_s, planned_steps
+from midflight.logbook.store import queries
+from midflight.logbook.store.database import Store
+from midflight.logbook.values import whole
 
 
 def progress(store: Store, run: str) -> dict:

@@ -1,19 +1,19 @@
-"""A run's summary as one plain dict: what `python -m logbook summary --json` prints."""
+"""A run's summary as one plain dict: what `midflight summary --json` prints."""
 
 from __future__ import annotations
 
 import json
 
-from logbook.analysis import energy
-from logbook.analysis.energy import DEFAULT_TDP_W, J_PER_KWH
-from logbook.analysis.progress import planned_steps
-from logbook.record import records
-from logbook.report import energy as energy_report
-from logbook.report import incidents
-from logbook.report.wasted import wasted
-from logbook.store import queries
-from logbook.store.database import Store
-from logbook.values import finite, json_ready, number, text
+from midflight.logbook.analysis import energy
+from midflight.logbook.analysis.energy import DEFAULT_TDP_W, J_PER_KWH
+from midflight.logbook.analysis.progress import planned_steps
+from midflight.logbook.record import records
+from midflight.logbook.report import energy as energy_report
+from midflight.logbook.report import incidents
+from midflight.logbook.report.wasted import wasted
+from midflight.logbook.store import queries
+from midflight.logbook.store.database import Store
+from midflight.logbook.values import finite, json_ready, number, text
 
 
 def _interventions(store: Store, run: str) -> list[dict]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from logbook.store import queries
-from logbook.store.database import Store
+from midflight.logbook.store import queries
+from midflight.logbook.store.database import Store
 
 COLUMNS = ["time", "step", "type", "what", "detail", "who"]
 

@@ -3,12 +3,12 @@ steps, tokens, wall time, device-hours and energy by `analysis.accounting`."""
 
 from __future__ import annotations
 
-from logbook.analysis import accounting
-from logbook.analysis.energy import DEFAULT_TDP_W
-from logbook.report import energy as energy_report
-from logbook.store import lineage, queries
-from logbook.store.database import Store
-from logbook.values import missing
+from midflight.logbook.analysis import accounting
+from midflight.logbook.analysis.energy import DEFAULT_TDP_W
+from midflight.logbook.report import energy as energy_report
+from midflight.logbook.store import lineage, queries
+from midflight.logbook.store.database import Store
+from midflight.logbook.values import missing
 
 
 def branches(store: Store, run: str, *, default_tdp_w: float = DEFAULT_TDP_W) -> list[accounting.Branch]:

@@ -9,6 +9,6 @@ as immutable Parquet in the run directory and loads it back in place of its logs
 Rule: imports `logbook.record` (the format it reads) and nothing above it.
 """
 
-from logbook.store.database import Store, StoreWarning, memory, open_store
+from midflight.logbook.store.database import Store, StoreWarning, memory, open_store
 
 __all__ = ["Store", "StoreWarning", "memory", "open_store"]

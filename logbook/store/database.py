@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from logbook.store import schema
+from midflight.logbook.store import schema
 
 
 class StoreWarning(UserWarning):

@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from logbook.store import lineage, schema
+from midflight.logbook.store import lineage, schema
 
 TILE_SHIFT = schema.TILE_SHIFT
 TILE = 1 << TILE_SHIFT

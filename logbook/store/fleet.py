@@ -6,8 +6,8 @@ than the period is empty by chance, not because the device stopped. One aggregat
 
 from __future__ import annotations
 
-from logbook.store import schema
-from logbook.store.database import Store
+from midflight.logbook.store import schema
+from midflight.logbook.store.database import Store
 
 
 def telemetry_cadence(store: Store, run: str, name: str) -> dict | None:

@@ -17,9 +17,9 @@ from watchdog.events import EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileS
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from logbook.record import layout
-from logbook.store.database import Store
-from logbook.store.ingest import IngestReport, ingest
+from midflight.logbook.record import layout
+from midflight.logbook.store.database import Store
+from midflight.logbook.store.ingest import IngestReport, ingest
 
 NETWORK_FS = {
     "nfs",

@@ -20,10 +20,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from logbook.record import layout, records
-from logbook.store import schema, sealed
-from logbook.store.database import Store
-from logbook.values import optional_step, step
+from midflight.logbook.record import layout, records
+from midflight.logbook.store import schema, sealed
+from midflight.logbook.store.database import Store
+from midflight.logbook.values import optional_step, step
 
 CHUNK_BYTES = 32 << 20
 MAX_EXAMPLES = 5
@@ -1080,7 +1080,7 @@ def _float(v):
 
 def open_run(path, store_path=None, *, progress: bool = False):
     """Open the store for a run (or a folder of runs) and bring it up to date. Returns (store, report)."""
-    from logbook.store.database import open_store
+    from midflight.logbook.store.database import open_store
 
     runs = layout.discover_runs(path)
     store = open_store(store_path or layout.default_store_path(path))

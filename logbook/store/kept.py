@@ -20,8 +20,8 @@ import json
 
 import duckdb
 
-from logbook.store import schema
-from logbook.store.database import Store
+from midflight.logbook.store import schema
+from midflight.logbook.store.database import Store
 
 KEPT_VERSION = 1
 

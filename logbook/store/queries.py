@@ -12,9 +12,9 @@ import time
 
 import pandas as pd
 
-from logbook.store import downsample, lineage, schema
-from logbook.store.database import Store
-from logbook.values import missing
+from midflight.logbook.store import downsample, lineage, schema
+from midflight.logbook.store.database import Store
+from midflight.logbook.values import missing
 
 X_AXES = ("step", "tokens", "time")
 TOKENS_METRIC = "tokens"  # cumulative tokens seen; the x-axis for x="tokens"

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from logbook.store import downsample, schema
-from logbook.store.database import Store
+from midflight.logbook.store import downsample, schema
+from midflight.logbook.store.database import Store
 
 TILE = downsample.TILE
 DEFAULT_BUCKETS = 200
@@ -117,7 +117,7 @@ def metric_view(
     if group not in ("rank", "node"):
         raise ValueError(f"group={group!r}: use 'rank' or 'node'")
     cur = store.cursor()
-    from logbook.store import queries  # noqa: PLC0415 - queries imports nothing from here
+    from midflight.logbook.store import queries  # noqa: PLC0415 - queries imports nothing from here
 
     spans = downsample.step_spans(queries.effective_ranges(store, run), x_range)
     if not spans:

@@ -38,8 +38,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from logbook.record import layout
-from logbook.store.schema import TELEMETRY_BLOCK_SECONDS
+from midflight.logbook.record import layout
+from midflight.logbook.store.schema import TELEMETRY_BLOCK_SECONDS
 
 FORMAT = 1  # bump (and the directory, v<FORMAT>) on any change that is not a pure addition
 MANIFEST_DIR = "_sealed"  # '_' prefix: Spark, Dask and pyarrow skip it when they read a table's directory

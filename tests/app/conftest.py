@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import streamlit as st
 
-import app.context
-from app.source import ENV_RUNS, Source
+from midflight.app import context as app_context
+from midflight.app.source import ENV_RUNS, Source
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ def sources(monkeypatch):
             super().__init__(*a, **kw)
             opened.append(self)
 
-    monkeypatch.setattr(app.context, "Source", Closing)
+    monkeypatch.setattr(app_context, "Source", Closing)
     monkeypatch.setattr(sys, "argv", ["streamlit"])
     st.cache_data.clear()
     st.cache_resource.clear()

@@ -2,12 +2,12 @@
 
 import pytest
 
-from app.detector import Detector
-from logbook.analysis import divergence
-from logbook.record import layout
-from logbook.report import incidents as incident_report
-from logbook.store import memory
-from logbook.store.ingest import ingest
+from midflight.app.detector import Detector
+from midflight.logbook.analysis import divergence
+from midflight.logbook.record import layout
+from midflight.logbook.report import incidents as incident_report
+from midflight.logbook.store import memory
+from midflight.logbook.store.ingest import ingest
 
 from .test_pages import FAULTS, ROOT
 

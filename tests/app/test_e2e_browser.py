@@ -1,4 +1,4 @@
-"""End to end: a real `python -m app` server, a real CPU trainer writing a live run, and headless Chromium.
+"""End to end: a real `midflight dashboard` server, a real CPU trainer writing a live run, and headless Chromium.
 
 Chromium is Debian's (/usr/bin/chromium), driven by Playwright. Without it these tests
 skip, unless MIDFLIGHT_REQUIRE_BROWSER=1 (set by .ci/run, which installs it), where a
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-import logbook
-from logbook.record import annotations as ann_log
-from logbook.record import records
+from midflight import logbook
+from midflight.logbook.record import annotations as ann_log
+from midflight.logbook.record import records
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("MIDFLIGHT_CHROMIUM", "/usr/bin/chromium"))
@@ -99,17 +99,17 @@ def runs_root(tmp_path_factory) -> Path:
 def trainer(runs_root):
     """A real single-process CPU training run that keeps going for the whole module (~10 steps/s)."""
     run_dir = runs_root / LIVE
-    cmd = [sys.executable, "-m", "trainer", "--model", "tiny", "--steps", "200000", "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "midflight.trainer", "--model", "tiny", "--steps", "200000", "--run-dir", str(run_dir),
            "--name", LIVE, "--device", "cpu", "--data.seq_len=32", "--data.batch_size=4", "--checkpoint.every=25",
            "--log.print_every=1000", "--telemetry.hz=2",
            # a step of ~0.1 s, mostly asleep: a real run's pace, leaving the 2-core CI machine to the dashboard
            "--inject", "slow-rank@1-200000", "--faults.slow_rank_s=0.08"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    log = open(runs_root.parent / "trainer.log", "w")
+    log = open(runs_root.parent / "midflight.trainer.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: len(logged_times(run_dir)) > 30 or proc.poll() is not None, 120, "the trainer's first steps")
-        assert proc.poll() is None, (runs_root.parent / "trainer.log").read_text()[-3000:]
+        assert proc.poll() is None, (runs_root.parent / "midflight.trainer.log").read_text()[-3000:]
         yield run_dir
     finally:
         stop(proc, signal.SIGTERM)  # the trainer checkpoints and closes its logs
@@ -122,7 +122,7 @@ def server(runs_root, trainer):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = open(runs_root.parent / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", str(runs_root), "--port", str(port)],
+        [sys.executable, "-m", "midflight.app", str(runs_root), "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -141,7 +141,7 @@ def server(runs_root, trainer):
         assert proc.poll() is None, (runs_root.parent / "server.log").read_text()[-3000:]
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop(proc, signal.SIGINT)  # python -m app stops Streamlit with it
+        stop(proc, signal.SIGINT)  # midflight dashboard stops Streamlit with it
         log.close()
 
 
@@ -478,7 +478,7 @@ def test_a_constant_series_is_drawn_around_its_value(page, server):
 def fleet_server(tmp_path_factory):
     """Its own server over one generated run of 64 nodes x 8 GPUs (512 ranks) x 240 steps, ingested first."""
     from benchmarks.fleet_run import write_fleet_run
-    from logbook.store import ingest
+    from midflight.logbook.store import ingest
 
     root = tmp_path_factory.mktemp("fleet") / "runs"
     truth = write_fleet_run(root / "fleet", nodes=64, gpus_per_node=8, steps=240, telemetry_hz=0.01, seed=5)
@@ -487,7 +487,7 @@ def fleet_server(tmp_path_factory):
     port = free_port()
     log = open(root.parent / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", str(root), "--port", str(port)],
+        [sys.executable, "-m", "midflight.app", str(root), "--port", str(port)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import pytest
 
-from app import live_chart
+from midflight.app import live_chart
 
 
 @pytest.fixture
@@ -47,8 +47,8 @@ def test_the_module_loads_nothing_from_the_network():
 
 
 def test_plotly_js_is_asked_for_at_the_dashboards_own_component_route():
-    assert live_chart.plotly_js_url("app.live_chart.midflight_files") == (
-        "/component/app.live_chart.midflight_files/plotly.min.js"
+    assert live_chart.plotly_js_url("midflight.app.live_chart.midflight_files") == (
+        "/component/midflight.app.live_chart.midflight_files/plotly.min.js"
     )
 
 

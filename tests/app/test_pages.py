@@ -10,11 +10,11 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-import logbook
-from app import data, live_chart
-from app.source import DEFAULT_ROOT, ENV_RUNS, roots_from
-from logbook.analysis import energy
-from logbook.record import annotations as ann_log
+from midflight import logbook
+from midflight.app import data, live_chart
+from midflight.app.source import DEFAULT_ROOT, ENV_RUNS, roots_from
+from midflight.logbook.analysis import energy
+from midflight.logbook.record import annotations as ann_log
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app" / "streamlit_app.py")  # AppTest resolves relative paths against the calling file
@@ -327,7 +327,7 @@ def test_energy_co2_follows_region_and_pue(runs):
 
 def test_energy_page_says_when_wall_times_are_estimated_from_iteration_times(tmp_path, monkeypatch):
     """A Megatron log without timestamps: its energy rests on wall times made up from iteration times."""
-    from logbook.importers import import_logs
+    from midflight.logbook.importers import import_logs
 
     root = tmp_path / "imported"
     import_logs("megatron", [ROOT / "tests" / "fixtures" / "bloom_tr11_176B_megatron_deepspeed.log"], root / "bloom")
@@ -545,7 +545,7 @@ def test_ranks_page_heatmap_outliers_and_a_linked_rank(fleet_dir, monkeypatch):
 def test_a_constant_series_is_drawn_on_an_axis_that_shows_its_value(runs):
     import numpy as np
 
-    from logbook.present import figures
+    from midflight.logbook.present import figures
 
     fig = figures.metric_figure("lr", [figures.Line("lr", np.arange(5), np.full(5, 6e-5), np.arange(5))])
     lo, hi = fig.layout.yaxis.range

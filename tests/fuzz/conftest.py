@@ -44,7 +44,7 @@ def fuzz_dir(tmp_path):
 @pytest.fixture(scope="session")
 def shared_store(tmp_path_factory):
     """One DuckDB store that every fuzz test ingests its sample of runs into (ingest is incremental)."""
-    from logbook.store.database import open_store
+    from midflight.logbook.store.database import open_store
 
     for folder in _scratch(tmp_path_factory.mktemp("fuzz-store")):
         store = open_store(folder / "store.duckdb")

@@ -23,9 +23,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from logbook.importers import import_logs
-from logbook.record import layout, records
-from logbook.values import STEP_LIMIT
+from midflight.logbook.importers import import_logs
+from midflight.logbook.record import layout, records
+from midflight.logbook.values import STEP_LIMIT
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"

@@ -16,7 +16,7 @@ from tests.logbook.proc_helpers import ROOT, child_env
 
 def _start(*args) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "logbook", *map(str, args)],
+        [sys.executable, "-m", "midflight.logbook", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logbook.importers import import_logs
-from logbook.record import annotations, interventions, layout
-from logbook.values import STEP_LIMIT
+from midflight.logbook.importers import import_logs
+from midflight.logbook.record import annotations, interventions, layout
+from midflight.logbook.values import STEP_LIMIT
 from tests.fuzz import fuzzing
 from tests.fuzz.fuzzing import COUNTS, FIX, fuzz_settings, strict_json
 
@@ -154,9 +154,9 @@ def _real_run(template, run_dir, name: str, data: bytes):
 
 
 def _through_the_store(shared_store, runs: list, counts, check) -> None:
-    from logbook.exporters.bundle import export
-    from logbook.report.summary import summarize
-    from logbook.store.ingest import ingest
+    from midflight.logbook.exporters.bundle import export
+    from midflight.logbook.report.summary import summarize
+    from midflight.logbook.store.ingest import ingest
 
     store, folder = shared_store
     report = ingest(store, runs)
@@ -220,7 +220,7 @@ def test_fuzz_control_channel(fuzz_dir, template, shared_store):
     case()
 
     def check(store, run):
-        from logbook.store import queries
+        from midflight.logbook.store import queries
 
         assert "good-1" in set(queries.interventions(store, run)["intervention_id"].astype(str))
 
@@ -267,7 +267,7 @@ def test_fuzz_annotation_lines(fuzz_dir, template, shared_store):
     case()
 
     def check(store, run):
-        from logbook.store import queries
+        from midflight.logbook.store import queries
 
         ann = queries.annotations(store, run)
         assert {"good-a", "good-b"} <= set(ann["annotation_id"].astype(str)), "good annotations were hidden"
@@ -283,9 +283,9 @@ CLI_STEPS = st.one_of(
 
 
 def test_fuzz_annotate_command(fuzz_dir, template):
-    """`python -m logbook annotate` in-process (the CLI's own main): exit 0 with a valid step written, or exit 2
+    """`midflight annotate` in-process (the CLI's own main): exit 0 with a valid step written, or exit 2
     with one `error:` / usage line; never a traceback."""
-    from logbook.cli import main
+    from midflight.logbook.cli import main
 
     counts = COUNTS["annotate command"]
     run_dir = fuzz_dir / "run"

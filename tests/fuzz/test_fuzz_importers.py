@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logbook.importers import import_logs
-from logbook.record import layout
+from midflight.logbook.importers import import_logs
+from midflight.logbook.record import layout
 from tests.fuzz import fuzzing
 from tests.fuzz.fuzzing import COUNTS, Counts, documents, fuzz_settings, seeds, signature, strict_json, try_import
 
@@ -45,11 +45,11 @@ def nonfinite_paths(obj, path="") -> list[str]:
 def check_store(shared_store, runs: list, counts: Counts, *, documents_too: bool) -> None:
     """Ingest `runs` into the shared store; each summarises to strict JSON and exports. Every run is checked
     before the test fails, and the failure lists them all (run directory and what broke)."""
-    from logbook.cli import main
-    from logbook.exporters.bundle import export
-    from logbook.present.summary import format_text
-    from logbook.report.summary import summarize
-    from logbook.store.ingest import ingest
+    from midflight.logbook.cli import main
+    from midflight.logbook.exporters.bundle import export
+    from midflight.logbook.present.summary import format_text
+    from midflight.logbook.report.summary import summarize
+    from midflight.logbook.store.ingest import ingest
 
     store, folder = shared_store
     report = ingest(store, runs)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from logbook.record import records
+from midflight.logbook.record import records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,9 +146,9 @@ def python_ok(code: str, *args, timeout: float = 60.0, **env) -> Proc:
 
 
 def cli(*args, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    """`python -m logbook ...` as a user would run it."""
+    """`midflight ...` as a user would run it."""
     return subprocess.run(
-        [sys.executable, "-m", "logbook", *map(str, args)],
+        [sys.executable, "-m", "midflight.logbook", *map(str, args)],
         capture_output=True,
         text=True,
         env=child_env(),

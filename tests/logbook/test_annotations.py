@@ -2,9 +2,9 @@
 
 import pytest
 
-import logbook
-from logbook.store import memory, open_store, queries
-from logbook.store.ingest import ingest
+from midflight import logbook
+from midflight.logbook.store import memory, open_store, queries
+from midflight.logbook.store.ingest import ingest
 
 
 @pytest.fixture

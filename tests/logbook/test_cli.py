@@ -1,4 +1,4 @@
-"""`python -m logbook`: real subprocesses, clear errors, the summary JSON contract."""
+"""`midflight`: real subprocesses, clear errors, the summary JSON contract."""
 
 import json
 import os
@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-import logbook
-from logbook.record import layout
-from logbook.store import queries
-from logbook.store.database import open_store
+from midflight import logbook
+from midflight.logbook.record import layout
+from midflight.logbook.store import queries
+from midflight.logbook.store.database import open_store
 
 from .proc_helpers import cli
 
@@ -125,8 +125,8 @@ def test_garbage_files_are_skipped_and_counted(run_dir):
 
 
 def test_long_ingest_shows_progress(run_dir, monkeypatch, capsys):
-    from logbook.store import ingest as ingest_mod
-    from logbook.store import memory
+    from midflight.logbook.store import ingest as ingest_mod
+    from midflight.logbook.store import memory
 
     monkeypatch.setattr(ingest_mod, "PROGRESS_MIN_BYTES", 0)
     report = ingest_mod.ingest(memory(), [run_dir], progress=True)

@@ -3,7 +3,7 @@
 (a) a writer process flushes batches with the Recorder while a follower process (`open_store` +
     `Follower`, inotify) holds the on-disk store; every flushed batch must be queryable in the store
     within 1 s of `run.flush()` returning, and never half a batch.
-(b) while `python -m logbook ingest RUN --follow` holds the store read-write, `python -m logbook
+(b) while `midflight ingest RUN --follow` holds the store read-write, `midflight
     summary RUN --json --store SAME` still answers correctly, from a private in-memory store, and says so.
 """
 
@@ -15,16 +15,16 @@ import sys
 
 import pytest
 
-import logbook
-from logbook.record import layout
-from logbook.store import StoreWarning, open_store, queries
+from midflight import logbook
+from midflight.logbook.record import layout
+from midflight.logbook.store import StoreWarning, open_store, queries
 
 from .proc_helpers import Proc, child_env, cli, python
 
 FOLLOWER = """
     import sys, time
-    from logbook.store.follow import Follower
-    from logbook.store import open_store
+    from midflight.logbook.store.follow import Follower
+    from midflight.logbook.store import open_store
 
     run_dir, store_path, target, idle = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     store = open_store(store_path, fallback=False)
@@ -52,7 +52,7 @@ FOLLOWER = """
 
 WRITER = """
     import sys, time
-    import logbook
+    from midflight import logbook
 
     run_dir, batches, per, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     run = logbook.init(run_dir, name="live", segment_id="seg-live", flush_every=60)  # only explicit flushes
@@ -75,7 +75,7 @@ NAMES = 3
 
 def test_follower_sees_each_flushed_batch_within_a_second(tmp_path):
     run_dir = tmp_path / "run"
-    store_path = layout.default_store_path(run_dir)  # where `python -m logbook ingest --follow` keeps it
+    store_path = layout.default_store_path(run_dir)  # where `midflight ingest --follow` keeps it
     batches, per = 12, 40
     writer = python(WRITER, run_dir, batches, per, 0.2, stdin=True)
     follower = None
@@ -135,7 +135,7 @@ def test_a_follower_stops_cleanly_on_sigterm_and_sigint_even_if_started_ignoring
     run_dir = tmp_path / "run"
     with logbook.init(run_dir, name="bg", config={}) as run:
         run.log({"loss": 1.0}, step=1)
-    args = [sys.executable, "-m", "logbook", "ingest", run_dir, "--follow", "-q"]
+    args = [sys.executable, "-m", "midflight.logbook", "ingest", run_dir, "--follow", "-q"]
     ignoring = subprocess.Popen(  # started the way `cmd &` starts it in a script: SIGINT ignored
         args,
         stdout=subprocess.PIPE,
@@ -162,7 +162,8 @@ def test_second_process_reads_a_locked_store_through_a_private_copy(tmp_path):
     store_path = layout.default_store_path(run_dir)
 
     holder = Proc(
-        [sys.executable, "-m", "logbook", "ingest", run_dir, "--follow", "--rescan", "0.5", "-q"], env=child_env()
+        [sys.executable, "-m", "midflight.logbook", "ingest", run_dir, "--follow", "--rescan", "0.5", "-q"],
+        env=child_env(),
     )
     try:
         holder.expect("following", timeout=60)  # A owns the store file now

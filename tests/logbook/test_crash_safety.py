@@ -9,10 +9,10 @@ checks the promise of records.py / ingest.py against that side channel and again
 import random
 import time
 
-import logbook
-from logbook.record import layout, records
-from logbook.store import open_store
-from logbook.store.ingest import ingest
+from midflight import logbook
+from midflight.logbook.record import layout, records
+from midflight.logbook.store import open_store
+from midflight.logbook.store.ingest import ingest
 
 from .proc_helpers import duplicate_metric_keys, metric_points, parse_log, python, python_ok
 
@@ -21,7 +21,7 @@ BATCH = 25  # steps between explicit flushes
 
 WRITER = """
     import sys, time
-    import logbook
+    from midflight import logbook
 
     run_dir, seg, start, n_names, batch, ticks = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
     names = [f"m{j:02d}" for j in range(n_names)]
@@ -239,7 +239,7 @@ def test_torn_last_line_is_skipped_by_readers_until_it_is_completed(tmp_path):
 
 DIES_AFTER_FIVE = """
     import os, sys
-    import logbook
+    from midflight import logbook
 
     run = logbook.init(sys.argv[1], name="cut", segment_id="seg-a", flush_every=60)
     for s in range(5):

@@ -14,16 +14,16 @@ import time
 
 import pytest
 
-import logbook
-from logbook.record import layout, records
-from logbook.store import memory, queries
-from logbook.store.ingest import ingest
+from midflight import logbook
+from midflight.logbook.record import layout, records
+from midflight.logbook.store import memory, queries
+from midflight.logbook.store.ingest import ingest
 
 from .proc_helpers import metric_points, parse_log, python
 
 WRITER = """
     import contextlib, json, os, sys, warnings
-    import logbook
+    from midflight import logbook
 
     warnings.simplefilter("always")  # every recorder warning on stderr at once: the test reads them
     mount, wait = sys.argv[1], sys.argv[2]

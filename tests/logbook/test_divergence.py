@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import logbook
-from logbook.analysis import divergence
-from logbook.analysis.divergence import DivergenceConfig, OnlineDetector, detect
-from logbook.importers import import_logs
-from logbook.report import incidents as incident_report
-from logbook.store import memory
-from logbook.store.ingest import ingest
+from midflight import logbook
+from midflight.logbook.analysis import divergence
+from midflight.logbook.analysis.divergence import DivergenceConfig, OnlineDetector, detect
+from midflight.logbook.importers import import_logs
+from midflight.logbook.report import incidents as incident_report
+from midflight.logbook.store import memory
+from midflight.logbook.store.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOOM = ROOT / "tests" / "fixtures" / "bloom_tr11_176B_megatron_deepspeed.log"
@@ -286,7 +286,7 @@ def _imported(tmp_path, fmt: str, path: Path, how: str = "api"):
     """A real log through its importer (the library call or the CLI) into a run directory, then the store."""
     run_dir = tmp_path / path.stem
     if how == "cli":
-        cmd = [sys.executable, "-m", "logbook", "import", fmt, str(path), "--run-dir", str(run_dir), "-q"]
+        cmd = [sys.executable, "-m", "midflight.logbook", "import", fmt, str(path), "--run-dir", str(run_dir), "-q"]
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     else:
         import_logs(fmt, [path], run_dir)

@@ -5,14 +5,14 @@ import time
 
 import pytest
 
-import logbook
-from logbook.analysis import accounting, energy
-from logbook.analysis.energy import J_PER_KWH
-from logbook.present import tree
-from logbook.report import energy as energy_report
-from logbook.report import wasted as wasted_report
-from logbook.report.summary import energy_summary
-from logbook.store import lineage
+from midflight import logbook
+from midflight.logbook.analysis import accounting, energy
+from midflight.logbook.analysis.energy import J_PER_KWH
+from midflight.logbook.present import tree
+from midflight.logbook.report import energy as energy_report
+from midflight.logbook.report import wasted as wasted_report
+from midflight.logbook.report.summary import energy_summary
+from midflight.logbook.store import lineage
 
 
 class Clock:

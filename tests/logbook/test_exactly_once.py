@@ -14,10 +14,10 @@ import time
 import duckdb
 import pytest
 
-import logbook
-from logbook.record import layout
-from logbook.store import open_store
-from logbook.store.ingest import ingest
+from midflight import logbook
+from midflight.logbook.record import layout
+from midflight.logbook.store import open_store
+from midflight.logbook.store.ingest import ingest
 
 from .proc_helpers import (
     STORE_TABLES,
@@ -34,9 +34,9 @@ CHUNK = 64 * 1024
 
 INGESTER = """
     import sys
-    from logbook.record import records
-    from logbook.store.ingest import ingest
-    from logbook.store import open_store
+    from midflight.logbook.record import records
+    from midflight.logbook.store.ingest import ingest
+    from midflight.logbook.store import open_store
 
     read = records.read_complete
 

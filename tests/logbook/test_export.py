@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import logbook
-from logbook.exporters import export, export_bytes
-from logbook.exporters.png import PNG_SIGNATURE
-from logbook.present.text import md
-from logbook.record import segments
-from logbook.report import incidents as incident_report
-from logbook.store import queries
+from midflight import logbook
+from midflight.logbook.exporters import export, export_bytes
+from midflight.logbook.exporters.png import PNG_SIGNATURE
+from midflight.logbook.present.text import md
+from midflight.logbook.record import segments
+from midflight.logbook.report import incidents as incident_report
+from midflight.logbook.store import queries
 
 from .proc_helpers import ROOT, cli
 
@@ -348,9 +348,9 @@ def test_cli_export_and_its_errors(tmp_path):
 def test_a_log_chart_with_no_positive_value_still_draws(values):
     """Found by the fuzz suite: a grad-norm chart (log y) whose effective curve was empty, with a marker,
     made matplotlib raise 'Data cannot be log-scaled' and the whole Markdown export fail."""
-    from logbook.exporters.content import Chart, Curve
-    from logbook.exporters.png import chart_png
-    from logbook.present.markers import Marker
+    from midflight.logbook.exporters.content import Chart, Curve
+    from midflight.logbook.exporters.png import chart_png
+    from midflight.logbook.present.markers import Marker
 
     steps = list(range(len(values)))
     chart = Chart("grad_norm", "Gradient norm", [Curve("grad_norm", np.array(steps), np.array(values))], log_y=True)

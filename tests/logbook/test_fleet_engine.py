@@ -15,9 +15,9 @@ from pathlib import Path
 import dask.dataframe  # noqa: F401  requirements.txt installs it; CI must run this test, never skip it
 import pandas as pd
 
-import logbook
-from logbook.record import layout
-from logbook.store import sealed
+from midflight import logbook
+from midflight.logbook.record import layout
+from midflight.logbook.store import sealed
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet_query.py"
 

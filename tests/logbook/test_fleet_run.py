@@ -7,7 +7,7 @@ store's own view of it (a resumed segment, live, then finished).
 """
 
 from benchmarks.fleet_run import LiveFleet, write_fleet_run
-from logbook.store import ingest, queries
+from midflight.logbook.store import ingest, queries
 
 PLANT = ("straggler", "silent_gpu")  # a silent GPU's missing samples must not be counted as points
 

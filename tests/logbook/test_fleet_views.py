@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from benchmarks.fleet_run import write_fleet_run
-from logbook.record import records
-from logbook.store import ingest, ranks
-from logbook.store.downsample import TILE
+from midflight.logbook.record import records
+from midflight.logbook.store import ingest, ranks
+from midflight.logbook.store.downsample import TILE
 
 NODES, GPUS = 4, 8
 

@@ -2,9 +2,9 @@
 
 import time
 
-import logbook
-from logbook.store import memory, queries
-from logbook.store.follow import Follower, filesystem_type
+from midflight import logbook
+from midflight.logbook.store import memory, queries
+from midflight.logbook.store.follow import Follower, filesystem_type
 
 
 def test_filesystem_type_picks_the_longest_mount(tmp_path):

@@ -14,13 +14,13 @@ import sys
 
 import pytest
 
-import logbook
-from logbook.record import annotations, interventions, layout, records
-from logbook.report.summary import summarize
-from logbook.store import ingest as ingest_module
-from logbook.store import memory, queries
-from logbook.store.ingest import ingest
-from logbook.values import json_ready, optional_step, step
+from midflight import logbook
+from midflight.logbook.record import annotations, interventions, layout, records
+from midflight.logbook.report.summary import summarize
+from midflight.logbook.store import ingest as ingest_module
+from midflight.logbook.store import memory, queries
+from midflight.logbook.store.ingest import ingest
+from midflight.logbook.values import json_ready, optional_step, step
 
 HUGE = 99999999999999999999  # 20 digits: beyond int64
 
@@ -82,7 +82,7 @@ def test_a_huge_step_in_one_annotation_hides_no_other_annotation(run_dir):
 
 def test_annotate_cli_refuses_a_huge_step_in_one_line(run_dir):
     out = subprocess.run(
-        [sys.executable, "-m", "logbook", "annotate", str(run_dir), "--step", str(HUGE), "--text", "x"],
+        [sys.executable, "-m", "midflight.logbook", "annotate", str(run_dir), "--step", str(HUGE), "--text", "x"],
         capture_output=True,
         text=True,
     )
@@ -171,13 +171,13 @@ def test_summary_json_is_strict_for_a_rollback_with_no_wall_times(tmp_path):
         )
     )
     out = subprocess.run(
-        [sys.executable, "-m", "logbook", "import", "fairseq", str(log), "--run-dir", str(tmp_path / "run")],
+        [sys.executable, "-m", "midflight.logbook", "import", "fairseq", str(log), "--run-dir", str(tmp_path / "run")],
         capture_output=True,
         text=True,
     )
     assert out.returncode == 0, out.stderr
     out = subprocess.run(
-        [sys.executable, "-m", "logbook", "summary", str(tmp_path / "run"), "--json", "-q"],
+        [sys.executable, "-m", "midflight.logbook", "summary", str(tmp_path / "run"), "--json", "-q"],
         capture_output=True,
         text=True,
     )

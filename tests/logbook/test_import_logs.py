@@ -7,18 +7,18 @@ import math
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import logbook
-from logbook.importers import ImportConflict, import_logs, reading, sniff
-from logbook.record import annotations
-from logbook.store import queries
-from logbook.store.ingest import ingest
-from logbook.store.lineage import effective_path
+from midflight import logbook
+from midflight.logbook.importers import ImportConflict, import_logs, reading, sniff
+from midflight.logbook.record import annotations
+from midflight.logbook.store import queries
+from midflight.logbook.store.ingest import ingest
+from midflight.logbook.store.lineage import effective_path
 
 from .proc_helpers import cli
 
@@ -48,7 +48,7 @@ def count(store, table: str, run: str) -> int:
 
 
 def utc(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
 
 
 def fairseq_line(step: int, loss: float, stamp: str = "") -> str:
@@ -406,7 +406,17 @@ def test_the_shipped_sample_is_this_importers_output(tmp_path, monkeypatch):
 # ----------------------------------------------------------------- command line
 def test_cli_import_auto_then_ingest(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "logbook", "import", "auto", str(BLOOM), "--run-dir", str(tmp_path / "bloom"), "-q"],
+        [
+            sys.executable,
+            "-m",
+            "midflight.logbook",
+            "import",
+            "auto",
+            str(BLOOM),
+            "--run-dir",
+            str(tmp_path / "bloom"),
+            "-q",
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -414,7 +424,16 @@ def test_cli_import_auto_then_ingest(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "format: megatron" in out.stdout and "19 logged steps" in out.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "logbook", "import", "fairseq", str(tmp_path / "nope.log"), "--run-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "midflight.logbook",
+            "import",
+            "fairseq",
+            str(tmp_path / "nope.log"),
+            "--run-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

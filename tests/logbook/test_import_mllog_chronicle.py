@@ -17,14 +17,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-import logbook
-from logbook.exporters import export
-from logbook.importers import import_logs, sniff
-from logbook.present.markers import run_markers
-from logbook.present.summary import format_text
-from logbook.record import annotations, records
-from logbook.report.summary import summarize
-from logbook.store import queries
+from midflight import logbook
+from midflight.logbook.exporters import export
+from midflight.logbook.importers import import_logs, sniff
+from midflight.logbook.present.markers import run_markers
+from midflight.logbook.present.summary import format_text
+from midflight.logbook.record import annotations, records
+from midflight.logbook.report.summary import summarize
+from midflight.logbook.store import queries
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
@@ -287,7 +287,17 @@ def test_a_chronicle_restart_names_the_segment_that_resumed_there(tmp_path):
 def test_cli_imports_a_chronicle_and_mllog(tmp_path):
     for fmt, src in (("chronicle", GLM_MD), ("mllog", HABANA)):
         out = subprocess.run(
-            [sys.executable, "-m", "logbook", "import", fmt, str(src), "--run-dir", str(tmp_path / fmt), "-q"],
+            [
+                sys.executable,
+                "-m",
+                "midflight.logbook",
+                "import",
+                fmt,
+                str(src),
+                "--run-dir",
+                str(tmp_path / fmt),
+                "-q",
+            ],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -296,7 +306,17 @@ def test_cli_imports_a_chronicle_and_mllog(tmp_path):
     assert (
         "17 annotations"
         in subprocess.run(
-            [sys.executable, "-m", "logbook", "import", "auto", str(GLM_MD), "--run-dir", str(tmp_path / "x"), "-q"],
+            [
+                sys.executable,
+                "-m",
+                "midflight.logbook",
+                "import",
+                "auto",
+                str(GLM_MD),
+                "--run-dir",
+                str(tmp_path / "x"),
+                "-q",
+            ],
             capture_output=True,
             text=True,
             cwd=ROOT,

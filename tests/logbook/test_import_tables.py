@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-import logbook
-from logbook.importers import import_logs, sniff
-from logbook.store import queries
+from midflight import logbook
+from midflight.logbook.importers import import_logs, sniff
+from midflight.logbook.store import queries
 
 WALL0 = 1_700_000_000.0
 

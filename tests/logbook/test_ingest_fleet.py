@@ -13,9 +13,9 @@ import duckdb
 import orjson
 
 from benchmarks.fleet_run import write_fleet_run
-from logbook.record import layout, records
-from logbook.store import open_store, queries
-from logbook.store.ingest import ingest
+from midflight.logbook.record import layout, records
+from midflight.logbook.store import open_store, queries
+from midflight.logbook.store.ingest import ingest
 
 from .proc_helpers import STORE_TABLES, store_snapshot_diff
 

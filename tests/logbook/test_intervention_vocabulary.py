@@ -11,15 +11,15 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import app.data
-import app.forms  # imported before any test adds a knob: nothing may copy the table at import
-import logbook
-from logbook import cli
-from logbook.record import interventions as iv
-from logbook.record.interventions import Knob, Param
-from trainer import cli as trainer_cli
-from trainer.config import TrainConfig, set_value
-from trainer.trainer import Trainer, set_knob
+from midflight import logbook
+from midflight.app import data as app_data
+from midflight.app import forms as _forms  # noqa: F401  (imported before any test adds a knob: nothing may copy the table at import)
+from midflight.logbook import cli
+from midflight.logbook.record import interventions as iv
+from midflight.logbook.record.interventions import Knob, Param
+from midflight.trainer import cli as trainer_cli
+from midflight.trainer.config import TrainConfig, set_value
+from midflight.trainer.trainer import Trainer, set_knob
 
 DROPOUT = Knob(
     "Set the dropout",
@@ -163,20 +163,20 @@ def test_a_new_knob_is_applied_by_the_trainer(dropout):
     assert Trainer._control(t, 5) is None
     assert cfg.model.dropout == 0.05 and t.changed == {"model.dropout": 0.05}
     assert answers == [{"applied": True, "step": 5, "detail": "model.dropout = 0.05"}]
-    # and on the way back from a rewind (`python -m trainer --resume --change dropout=0.3`)
+    # and on the way back from a rewind (`python -m midflight.trainer --resume --change dropout=0.3`)
     assert trainer_cli.parse(["--resume", "--change", "dropout=0.3"]).changes == {"dropout": 0.3}
 
 
 def _form():
     from types import SimpleNamespace
 
-    from app import forms
+    from midflight.app import forms
 
     forms.intervention_form(SimpleNamespace(live=True, src=None, k=None, run="r"), "t")
 
 
 def test_a_new_knob_is_offered_by_the_dashboard(dropout, monkeypatch):
-    monkeypatch.setattr(app.data, "events", lambda *a, **k: pd.DataFrame({"step": [20, 40]}))
+    monkeypatch.setattr(app_data, "events", lambda *a, **k: pd.DataFrame({"step": [20, 40]}))
     at = AppTest.from_function(_form, default_timeout=30).run()
     assert not at.exception
     assert "Set the dropout" in at.selectbox(key="t:action").options

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-import logbook
-from logbook.record import interventions
-from logbook.store import memory, queries
-from logbook.store.ingest import ingest
+from midflight import logbook
+from midflight.logbook.record import interventions
+from midflight.logbook.store import memory, queries
+from midflight.logbook.store.ingest import ingest
 
 
 @pytest.fixture

@@ -9,18 +9,18 @@ import errno
 import json
 import warnings
 
-import logbook
-from logbook.record import layout, records
-from logbook.record.recorder import RecorderWarning
-from logbook.store import memory
-from logbook.store.ingest import ingest
+from midflight import logbook
+from midflight.logbook.record import layout, records
+from midflight.logbook.record.recorder import RecorderWarning
+from midflight.logbook.store import memory
+from midflight.logbook.store.ingest import ingest
 
 from .proc_helpers import duplicate_metric_keys, metric_points, parse_log, python_ok
 
 FULL_DISK_WRITER = """
     import json, resource, signal, sys, time, warnings
-    import logbook
-    from logbook.record.recorder import RecorderWarning
+    from midflight import logbook
+    from midflight.logbook.record.recorder import RecorderWarning
 
     run_dir = sys.argv[1]
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
@@ -111,7 +111,7 @@ def test_full_disk_is_survived_and_nothing_is_lost_or_duplicated(tmp_path):
 
 FULL_AT_START = """
     import resource, signal, sys, warnings
-    import logbook
+    from midflight import logbook
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)

@@ -12,11 +12,11 @@ import math
 
 import numpy as np
 
-import logbook
-from logbook.report import energy as energy_report
-from logbook.report import incidents as incident_report
-from logbook.store import ingest, kept
-from logbook.store.database import memory
+from midflight import logbook
+from midflight.logbook.report import energy as energy_report
+from midflight.logbook.report import incidents as incident_report
+from midflight.logbook.store import ingest, kept
+from midflight.logbook.store.database import memory
 
 
 def _log(run, steps, rng, spike_at=None):
@@ -118,8 +118,8 @@ def test_a_fleet_reads_only_the_changes_of_throttle_and_ecc_series(tmp_path):
     """report.incidents.telemetry_frame(sparse=True) reads the samples around each change (from the 64 s
     tiles), not every sample: the hardware incidents must be exactly those of the full series."""
     from benchmarks.fleet_run import write_fleet_run
-    from logbook.analysis import divergence
-    from logbook.record import layout, records
+    from midflight.logbook.analysis import divergence
+    from midflight.logbook.record import layout, records
 
     run_dir = tmp_path / "fleet"
     write_fleet_run(run_dir, nodes=1, gpus_per_node=4, steps=400, telemetry_hz=0.2, plant=(), closed=False)
@@ -160,7 +160,7 @@ def test_a_fleet_reads_only_the_changes_of_throttle_and_ecc_series(tmp_path):
 def test_a_live_run_feeds_only_its_new_steps_to_a_kept_detector(tmp_path):
     """report.incidents.LiveIncidents: one full detection, then each call feeds the steps logged since;
     a rollback starts over. At every stage the answer equals a full detection on a fresh store."""
-    from logbook.analysis import divergence
+    from midflight.logbook.analysis import divergence
 
     fulls = []
 
@@ -218,8 +218,8 @@ def test_counter_totals_from_the_widest_tiles_equal_the_sum_over_every_sample(tm
     """queries.counter_totals past its raw limit reads 4096 s tiles' four points per device; the totals must
     equal analysis.energy's integral over every raw sample."""
     from benchmarks.fleet_run import write_fleet_run
-    from logbook.analysis import energy
-    from logbook.store import queries
+    from midflight.logbook.analysis import energy
+    from midflight.logbook.store import queries
 
     run_dir = tmp_path / "e"
     write_fleet_run(run_dir, nodes=1, gpus_per_node=4, steps=1000, telemetry_hz=0.2, plant=())

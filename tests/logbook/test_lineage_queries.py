@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-import logbook
-from logbook.store import ingest as ingest_mod
-from logbook.store import lineage, memory, queries
-from logbook.store.ingest import ingest
+from midflight import logbook
+from midflight.logbook.store import ingest as ingest_mod
+from midflight.logbook.store import lineage, memory, queries
+from midflight.logbook.store.ingest import ingest
 
 
 def _segment(run_dir, seg_id, steps, *, value, resume_step=None, parent=None, finish="completed"):

@@ -9,17 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import logbook
-from logbook.analysis import energy, progress
-from logbook.analysis import incidents as triage
-from logbook.analysis.divergence import Incident
-from logbook.present import markers, tree
-from logbook.report import progress as progress_report
-from logbook.report import timeline
-from logbook.store import queries
-from logbook.store.database import memory
-from logbook.store.ingest import ingest
-from logbook.values import finite, first, missing, number, text, whole
+from midflight import logbook
+from midflight.logbook.analysis import energy, progress
+from midflight.logbook.analysis import incidents as triage
+from midflight.logbook.analysis.divergence import Incident
+from midflight.logbook.present import markers, tree
+from midflight.logbook.report import progress as progress_report
+from midflight.logbook.report import timeline
+from midflight.logbook.store import queries
+from midflight.logbook.store.database import memory
+from midflight.logbook.store.ingest import ingest
+from midflight.logbook.values import finite, first, missing, number, text, whole
 
 
 def _incident(start, end, superseded=False, kind="loss_spike"):
@@ -38,7 +38,7 @@ def run(tmp_path):
         for s in range(31, 81):
             r.log({"loss": 2.5 - s / 200, "step_time_s": 1.0 if s % 2 else 3.0, "tokens": 100.0 * s}, step=s)
     logbook.annotate(run_dir, step=35, step_end=38, kind="lr", text="<b>lowered</b> the LR", author="ana")
-    from logbook.record import interventions
+    from midflight.logbook.record import interventions
 
     done = interventions.request(run_dir, "clip", {"max_norm": 0.3}, note="spiky", author="bo")
     interventions.resolve(run_dir, done, applied=True, step=60, detail="optim.clip = 0.3")
@@ -157,7 +157,7 @@ def test_one_meaning_of_missing():
 
 
 def test_the_summary_json_is_built_from_the_same_pieces(run):
-    from logbook.report.summary import summarize
+    from midflight.logbook.report.summary import summarize
 
     s = summarize(run, "r")
     json.dumps(s, allow_nan=False, default=str)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import logbook
-from logbook.record import layout
-from logbook.record.recorder import RecorderWarning
-from logbook.store import memory, queries
-from logbook.store.ingest import ingest
+from midflight import logbook
+from midflight.logbook.record import layout
+from midflight.logbook.record.recorder import RecorderWarning
+from midflight.logbook.store import memory, queries
+from midflight.logbook.store.ingest import ingest
 
 
 def _ingest(run_dir):

@@ -4,11 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from logbook import open_run
-from logbook.record import layout
-from logbook.report.summary import summarize
-from logbook.store import open_store, queries
-from logbook.store.ingest import ingest
+from midflight.logbook import open_run
+from midflight.logbook.record import layout
+from midflight.logbook.report.summary import summarize
+from midflight.logbook.store import open_store, queries
+from midflight.logbook.store.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,10 +7,10 @@ these tests check that ingest, queries and the summary read from it the story it
 import json
 from pathlib import Path
 
-from logbook.record import layout
-from logbook.report.summary import summarize
-from logbook.store import open_store, queries
-from logbook.store.ingest import ingest
+from midflight.logbook.record import layout
+from midflight.logbook.report.summary import summarize
+from midflight.logbook.store import open_store, queries
+from midflight.logbook.store.ingest import ingest
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_runs" / "opt-tiny-faults"
 

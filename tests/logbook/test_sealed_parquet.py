@@ -15,10 +15,10 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-import logbook
-from logbook.record import layout
-from logbook.store import open_store, queries, sealed
-from logbook.store.ingest import ingest
+from midflight import logbook
+from midflight.logbook.record import layout
+from midflight.logbook.store import open_store, queries, sealed
+from midflight.logbook.store.ingest import ingest
 
 from .proc_helpers import STORE_TABLES, parse_log, python, store_snapshot_diff
 
@@ -112,8 +112,8 @@ def test_a_store_that_reads_sealed_parquet_equals_one_built_from_the_logs(fleet,
 
 READER = """
     import json, sys, warnings
-    import logbook
-    from logbook.store import queries
+    from midflight import logbook
+    from midflight.logbook.store import queries
 
     warnings.simplefilter("ignore")
     store, report = logbook.open_run(sys.argv[1])

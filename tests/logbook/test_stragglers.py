@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from benchmarks.fleet_run import write_fleet_run
-from logbook.analysis import stragglers
-from logbook.report import incidents
-from logbook.store import ingest, ranks
+from midflight.logbook.analysis import stragglers
+from midflight.logbook.report import incidents
+from midflight.logbook.store import ingest, ranks
 from tests.logbook.proc_helpers import ROOT, child_env
 
 NODES, STEPS, HZ = 8, 150, 0.05  # 64 ranks; one telemetry sample per 20 s step
@@ -115,7 +115,8 @@ def test_summary_names_where_each_fleet_incident_is(tmp_path):
     run_dir = tmp_path / "fleet"
     plant = ("straggler", "slow_node", "throttled_gpu", "silent_gpu")
     t = write_fleet_run(run_dir, nodes=NODES, steps=120, telemetry_hz=HZ, plant=plant, seed=4, synchronous=True)
-    out = subprocess.run([sys.executable, "-m", "logbook", "summary", str(run_dir)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "midflight.logbook", "summary", str(run_dir)], capture_output=True,
+                         text=True,
                          env=child_env(), cwd=ROOT, check=True).stdout  # fmt: skip
     lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("    ") and " steps " in ln}
     s, n, th, si = (t[k] for k in plant)

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import logbook
-from logbook.record import layout, records
-from logbook.store import open_store, queries, ranks, schema
-from logbook.store.ingest import ingest
-from trainer.telemetry import DECIMALS
+from midflight import logbook
+from midflight.logbook.record import layout, records
+from midflight.logbook.store import open_store, queries, ranks, schema
+from midflight.logbook.store.ingest import ingest
+from midflight.trainer.telemetry import DECIMALS
 
 NAMES = ["util_pct", "mem_used_gib", "power_w", "temp_c", "sm_clock_mhz", "energy_j"]
 T0 = 1_700_000_000.0

@@ -1,4 +1,4 @@
-"""Run the real trainer (`python -m trainer`, or under torchrun with gloo) and read what it recorded."""
+"""Run the real trainer (`python -m midflight.trainer`, or under torchrun with gloo) and read what it recorded."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-import logbook
-from logbook.store import queries
+from midflight import logbook
+from midflight.logbook.store import queries
 from tests.logbook.proc_helpers import ROOT, Proc, child_env
 
 # Small and fast on a 2-core CPU: ~5 ms a step.
@@ -26,10 +26,10 @@ FAST = [
 
 def trainer_cmd(run_dir: Path, *args, nproc: int | None = None, max_restarts: int = 0) -> list[str]:
     if nproc is None:
-        head = [sys.executable, "-m", "trainer"]
+        head = [sys.executable, "-m", "midflight.trainer"]
     else:
         head = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-        head += [f"--max-restarts={max_restarts}", "-m", "trainer"]
+        head += [f"--max-restarts={max_restarts}", "-m", "midflight.trainer"]
     return [*head, "--run-dir", str(run_dir), *FAST, *map(str, args)]
 
 
@@ -55,7 +55,11 @@ def start(run_dir: Path, *args) -> Proc:
 
 def logbook_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "logbook", *map(str, args)], capture_output=True, text=True, env=child_env(), cwd=ROOT
+        [sys.executable, "-m", "midflight.logbook", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
     )
 
 

@@ -1,11 +1,11 @@
-"""Mid-flight interventions against a live trainer, issued the way a person does: `python -m logbook intervene`."""
+"""Mid-flight interventions against a live trainer, issued the way a person does: `midflight intervene`."""
 
 import json
 import re
 
 import pytest
 
-from logbook.record import interventions
+from midflight.logbook.record import interventions
 
 from .helpers import Recorded, logbook_cli, start, train
 

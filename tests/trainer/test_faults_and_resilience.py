@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from trainer import config
-from trainer.precision import scale_events
+from midflight.trainer import config
+from midflight.trainer.precision import scale_events
 
 from .helpers import ROOT, Recorded, child_env, train, trainer_cmd
 

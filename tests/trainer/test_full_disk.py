@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from logbook.store import queries
-from trainer.checkpoint import COMPLETE, Checkpointer, CheckpointFailed
-from trainer.model import OPTConfig, build, param_groups
+from midflight.logbook.store import queries
+from midflight.trainer.checkpoint import COMPLETE, Checkpointer, CheckpointFailed
+from midflight.trainer.model import OPTConfig, build, param_groups
 
 from .helpers import Recorded, logbook_cli, start, train
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import model as M
-from trainer.model import OPT, OPTConfig, build, flops_per_token, num_params, on_meta, param_groups, preset
+from midflight.trainer import model as M
+from midflight.trainer.model import OPT, OPTConfig, build, flops_per_token, num_params, on_meta, param_groups, preset
 
 # OPT paper Table 1: name -> (layers, heads, d_model, peak lr, batch size in millions of tokens)
 TABLE_1 = {

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpoint import COMPLETE, Checkpointer
-from trainer.data import TokenData, builtin_corpus
-from trainer.faults import parse_injections
-from trainer.model import OPTConfig, build, param_groups
-from trainer.schedule import lr_at
+from midflight.trainer.checkpoint import COMPLETE, Checkpointer
+from midflight.trainer.data import TokenData, builtin_corpus
+from midflight.trainer.faults import parse_injections
+from midflight.trainer.model import OPTConfig, build, param_groups
+from midflight.trainer.schedule import lr_at
 
 from .helpers import ROOT, Recorded, child_env, train
 
@@ -94,7 +94,7 @@ def test_mixed_precision_and_activation_checkpointing_train(tmp_path, precision)
 
 def _names(run_dir):
     rec = Recorded(run_dir)
-    from logbook.store import queries
+    from midflight.logbook.store import queries
 
     return queries.metric_names(rec.store, rec.run)
 
@@ -104,7 +104,7 @@ def _names(run_dir):
 def test_gpu_fp16_opt125m_with_nvml_telemetry(tmp_path, fsdp):
     """On a GPU machine: OPT-125M in fp16 on both FSDP engines, with real NVML telemetry and energy."""
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m", "trainer",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m", "midflight.trainer",
          "--run-dir", str(tmp_path / "run"), "--model", "125m", "--device", "cuda", "--precision", "fp16",
          "--fsdp", fsdp, "--steps", "30", "--data.seq_len=512", "--telemetry.hz=10", "--checkpoint.every=15"],
         capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=600,
@@ -123,7 +123,11 @@ def test_gpu_fp16_opt125m_with_nvml_telemetry(tmp_path, fsdp):
 
 def test_presets_are_listed_with_their_sizes():
     out = subprocess.run(
-        [sys.executable, "-m", "trainer", "--presets"], capture_output=True, text=True, env=child_env(), cwd=ROOT
+        [sys.executable, "-m", "midflight.trainer", "--presets"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
     )
     assert out.returncode == 0
     rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}

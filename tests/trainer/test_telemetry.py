@@ -12,10 +12,10 @@ import warnings
 import pytest
 import torch
 
-import logbook
-from logbook.store import queries
-from trainer import nvml, telemetry
-from trainer.telemetry import EnergyCounter, TelemetrySampler, TelemetryWarning
+from midflight import logbook
+from midflight.logbook.store import queries
+from midflight.trainer import nvml, telemetry
+from midflight.trainer.telemetry import EnergyCounter, TelemetrySampler, TelemetryWarning
 
 GPU_KEYS = {"util_pct", "mem_used_gib", "power_w", "energy_j", "temp_c", "sm_clock_mhz", "throttle_reasons"}
 

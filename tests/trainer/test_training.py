@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from logbook.store import queries
+from midflight.logbook.store import queries
 
 from .helpers import ROOT, Proc, Recorded, child_env, train, trainer_cmd
 
