@@ -86,6 +86,7 @@ class Run:
         max_queue: int,
         finish_wait_s: float = 30.0,
         telemetry_every: float = 5.0,
+        config: dict | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.name = name
@@ -117,6 +118,7 @@ class Run:
         self._last_step: float = -_INF  # the lowest step log() accepts next (a restart event lowers it)
         self._names_ok: set = set()  # metric names log() has checked (text, not reserved)
         self._header = header
+        self.config: dict = dict(config or {})  # as given to init, then as update_config changed it
         self._pending = bytearray()
         self._fd: int | None = None
         self._torn = False  # a failed write may have left a partial line on disk
@@ -228,6 +230,22 @@ class Run:
             self._refuse()
             return
         self._q.append((_EVENT, kind, step, time.time(), fields))
+
+    def update_config(self, values: Mapping, step: int | None = None) -> dict:
+        """Record a config change made after init (W&B's `run.config.update`, Lightning's `log_hyperparams`).
+
+        Merges `values` (nested dicts allowed) into the run's config and records a `config` event holding
+        the diff, {dotted.key: [old, new]}, at `step` (default: the next step). Returns the diff; an update
+        that changes nothing records nothing. Values follow the header's rule: what JSON cannot hold is text.
+        """
+        if not isinstance(values, Mapping):
+            raise TypeError(f"run.update_config(): give a dict of config values, not {type(values).__name__}")
+        merged = segments.merge_config(self.config, values)
+        diff = segments.config_diff(self.config, merged)
+        self.config = merged
+        if diff:
+            self.event("config", step=self._next_step if step is None else step, diff=diff)
+        return diff
 
     def telemetry(self, values: dict, device: str, step: int | None = None) -> None:
         """Record one sample of device telemetry (GPU power, temperature, ...) for `device`.
@@ -867,6 +885,7 @@ def init(
         max_queue=max_queue,
         finish_wait_s=finish_wait_s,
         telemetry_every=telemetry_every,
+        config=header["config"] if header else config,
     )
     run.flush()  # header and open record on disk now, or a warning now
     _current = run

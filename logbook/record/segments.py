@@ -66,6 +66,18 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return out
 
 
+def merge_config(config: dict, update) -> dict:
+    """`config` with `update` merged in, nested dicts merged key by key (neither argument is changed)."""
+    out = dict(config or {})
+    for key, value in update.items():
+        key = str(key)
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def config_diff(old: dict | None, new: dict) -> dict:
     """{dotted.key: [old, new]} for every key that changed, was added (old None) or removed (new None)."""
     a, b = flatten(old or {}), flatten(new or {})

@@ -387,3 +387,28 @@ def test_blocks_are_strict_json_and_old_nan_tokens_still_read(tmp_path):
     assert loss["step"].tolist() == [1, 2, 3] and report.malformed == 1
     assert math.isnan(loss["value"].iloc[0]) and math.isnan(loss["value"].iloc[1]) and loss["value"].iloc[2] == math.inf
     assert queries.series(store, "run", "gn")["value"].tolist() == [-math.inf]
+
+
+def test_config_updates_after_init_are_recorded_as_diffs(tmp_path):
+    """W&B's run.config.update and Lightning's log_hyperparams arrive after init: each is a config event with its diff."""
+    import json
+
+    from midflight.logbook.store import memory, queries
+    from midflight.logbook.store.ingest import ingest
+
+    with logbook.init(tmp_path / "run", config={"lr": 0.1, "optim": {"beta2": 0.98}}) as run:
+        run.log({"loss": 1.0}, step=1)
+        assert run.update_config({"optim": {"beta2": 0.95, "eps": 1e-8}, "batch": 32}) == {
+            "batch": [None, 32],
+            "optim.beta2": [0.98, 0.95],
+            "optim.eps": [None, 1e-8],
+        }
+        assert run.update_config({"batch": 32}) == {}  # nothing changed: nothing recorded
+        assert run.config == {"lr": 0.1, "optim": {"beta2": 0.95, "eps": 1e-8}, "batch": 32}
+        with pytest.raises(TypeError, match="dict of config values"):
+            run.update_config([("lr", 1)])
+    store = memory()
+    ingest(store, [tmp_path / "run"])
+    ev = queries.events(store, "run", ["config"])
+    assert ev["step"].tolist() == [2]
+    assert json.loads(ev["fields"].iloc[0])["diff"]["optim.beta2"] == [0.98, 0.95]
