@@ -338,6 +338,7 @@ def test_energy_page_says_when_wall_times_are_estimated_from_iteration_times(tmp
         time.sleep(0.5)
         at.run()
     assert any("estimated from iteration times" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert any(i.value.startswith("No energy data") for i in at.info)  # no telemetry, no TDP: no silent 400 W
 
 
 # ----------------------------------------------------------------- compare
