@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
+from midflight.logbook import roles as roles_vocab
 from midflight.logbook.record import dist, layout, records, segments
 from midflight.logbook.values import STEP_LIMIT
 
@@ -827,6 +828,7 @@ def init(
     max_queue: int = 200_000,
     finish_wait_s: float = 30.0,
     telemetry_every: float = 5.0,
+    roles: dict | None = None,
 ) -> Run:
     """Start recording one launch (segment) of a run into `run_dir`.
 
@@ -844,8 +846,13 @@ def init(
             segment's close record is still written; other write errors never wait.
         telemetry_every: seconds node telemetry (`telemetry_block`) is held so that many ticks share one
             compact record (the bytes per point fall ~7x); 0 writes each flush's samples at once.
+        roles: which of your metric names plays which role, when midflight cannot tell from the name
+            (`{"loss": "my_loss", "lr": "sched/lr"}`; roles in logbook.roles: loss, eval_loss, lr, grad_norm,
+            loss_scale, throughput, step_time, param_norm). Common names (`train/loss`, `learning_rate`, ...)
+            need no declaration. Kept in the segment header; a bad one raises here.
     """
     global _current
+    declared = roles_vocab.validate(roles)  # a caller's mistake raises here, before anything is written
     run_dir = Path(run_dir)
     info = dist.detect()
     writes_header = info.is_main
@@ -872,6 +879,7 @@ def init(
             resume_step=resume_step,
             reason=reason,
             world_size=info.world_size,
+            roles=declared,
         )
     run = Run(
         run_dir,
