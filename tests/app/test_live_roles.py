@@ -119,3 +119,12 @@ def test_panels_group_families_and_filter_on_every_word():
     assert [p.title for p in grid.panels(names, {"loss"}, "acc EVAL")] == ["eval/acc"]
     shown, more = grid.visible(found, cap=2)
     assert len(shown) == 2 and more == 3
+
+
+def test_runs_table_shows_the_loss_whatever_it_is_called(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    _run(root, "megatron", lambda s: {"lm loss": 3.0 - s / 100, "learning-rate": 1e-4})
+    monkeypatch.setenv(ENV_RUNS, str(root))
+    at = start()
+    table = next(df.value for df in at.dataframe if "loss" in df.value.columns)
+    assert table.set_index("run").loc["megatron", "loss"] == pytest.approx(3.0 - 40 / 100)
