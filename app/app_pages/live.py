@@ -1,5 +1,9 @@
 """Live: the run's vital signs, refreshed in place every second while it runs (a fragment, no page reload).
 
+The role charts (loss, grad norm, LR, loss scale, throughput, step time) read whatever metric plays each
+role in this run (logbook.roles, resolved once per run through app.data), so a Hugging Face, Lightning or
+Megatron run gets them under its own names; every other metric follows in a searchable panel grid.
+
 Zoom is a server-side range (box-select, then "Zoom to this range") that re-queries at
 full resolution and survives refreshes. The charts update in place (app.live_chart), so a
 refresh never blanks them. Clicking a
