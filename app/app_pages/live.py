@@ -107,19 +107,19 @@ def training_charts(ctx: context.Ctx, marks: list, segs: pd.DataFrame) -> set[st
     def titled(role: str, title: str) -> str:
         return found[role].title(title) if role in found else title
 
-    specs = []  # (title, lines, kw, shown: does the run log what the chart draws)
+    specs = []  # (key, title, lines, kw, shown: does the run log what the chart draws)
     if st.session_state.get("live:ppl") and "ppl" in names:
-        specs.append(("ppl", [axis.line(ctx, "ppl")], {"log_y": True}, True))
+        specs.append(("loss", "ppl", [axis.line(ctx, "ppl")], {"log_y": True}, True))
     else:
         ev = found.get("eval_loss")
         lines = [role_line("loss"), role_line("eval_loss", label=ev.title() if ev else None, mode="lines+markers")]
-        specs.append((titled("loss", "loss"), lines, {}, "loss" in found or ev is not None))
+        specs.append(("loss", titled("loss", "loss"), lines, {}, "loss" in found or ev is not None))
     drawn.add("ppl")
     clip = axis.line(ctx, "clip", colour="#888", mode="lines", label="clip threshold") if "clip" in names else None
     drawn.add("clip")
     gtitle = titled("grad_norm", "grad norm") + (" · grey: the clip threshold" if clip is not None else "")
-    specs.append((gtitle, [role_line("grad_norm"), clip], {"log_y": True}, "grad_norm" in found))
-    specs.append((titled("lr", "learning rate"), [role_line("lr")], {}, "lr" in found))
+    specs.append(("grad_norm", gtitle, [role_line("grad_norm"), clip], {"log_y": True}, "grad_norm" in found))
+    specs.append(("lr", titled("lr", "learning rate"), [role_line("lr")], {}, "lr" in found))
     ov = data.events(ctx.src, ctx.k, ctx.run, ("overflow",))
     pts = []
     scale_role = found.get("loss_scale")
@@ -135,8 +135,9 @@ def training_charts(ctx: context.Ctx, marks: list, segs: pd.DataFrame) -> set[st
         keep = np.ones(len(xs), bool) if zr is None else (xs >= zr[0]) & (xs <= zr[1])
         pts = [figures.Points("overflow", xs[keep], ys[keep], ov["step"].to_numpy()[keep])]
     stitle = titled("loss_scale", "loss scale") + " (overflows ○)"
-    specs.append((stitle, [role_line("loss_scale")], {"log_y": True, "points": pts}, scale_role is not None))
-    specs.append((titled("throughput", "tokens/s"), [role_line("throughput")], {}, "throughput" in found))
+    scale_kw = {"log_y": True, "points": pts}
+    specs.append(("loss_scale", stitle, [role_line("loss_scale")], scale_kw, scale_role is not None))
+    specs.append(("throughput", titled("throughput", "tokens/s"), [role_line("throughput")], {}, "throughput" in found))
     step_time = found.get("step_time")
     if step_time is not None:
         drawn.add(step_time.metric)
@@ -145,21 +146,21 @@ def training_charts(ctx: context.Ctx, marks: list, segs: pd.DataFrame) -> set[st
         ranks = int(segs["ranks"].max()) if not segs.empty else 1
         if ranks <= data.FEW:
             per_rank = [axis.line(ctx, step_time.metric, rank=r, label=f"rank {r}", mode="lines") for r in range(ranks)]
-            specs.append((f"step time per rank ({unit}{named})", per_rank, {}, True))
+            specs.append(("step_time", f"step time per rank ({unit}{named})", per_rank, {}, True))
         else:
-            specs.append((*rank_band(ctx, zr, step_time.metric, "step time", unit=f"{unit}{named}"), True))
+            specs.append(("step_time", *rank_band(ctx, zr, step_time.metric, "step time", unit=f"{unit}{named}"), True))
             if "compute_s" in names:  # synchronous ranks all wait for the slowest: their own work tells them apart
                 drawn.add("compute_s")
-                specs.append((*rank_band(ctx, zr, "compute_s", "compute before collectives"), True))
+                specs.append(("compute", *rank_band(ctx, zr, "compute_s", "compute before collectives"), True))
     cols = st.columns(2)
     shown = 0
-    for title, lines, kw, present in specs:
+    for key, title, lines, kw, present in specs:
         if not present:
             continue
         lines = [ln for ln in lines if ln is not None]
         fig = figures.metric_figure(title, lines, marks, axis=ctx.axis, x_range=zr, **kw)
         with cols[shown % 2]:
-            selection.chart(ctx, fig, key=f"live:chart:{shown}")
+            selection.chart(ctx, fig, key=f"live:chart:{key}")  # by role: a chart keeps its identity
         shown += 1
     return drawn
 
