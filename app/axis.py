@@ -17,7 +17,8 @@ from midflight.logbook.present.markers import Marker, run_markers
 def _axis_curve(ctx: Ctx, run: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, x) along the run's effective curve on the current axis: how steps map to tokens or time."""
     names = data.metric_names(ctx.src, ctx.k, run)
-    name = "loss" if "loss" in names else (names[0] if names else None)
+    loss = data.roles(ctx.src, ctx.k, run).get("loss")  # the run's loss, whatever it is called (logbook.roles)
+    name = loss.metric if loss else (names[0] if names else None)
     df = data.series(ctx.src, ctx.k, run, name, x=ctx.axis) if name else pd.DataFrame()
     if df.empty:
         return np.empty(0), np.empty(0)

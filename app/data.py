@@ -76,6 +76,13 @@ def metric_names(_src: Source, k: tuple, run: str) -> list[str]:
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
+def roles(_src: Source, k: tuple, run: str) -> dict:
+    """role -> logbook.roles.Resolved: which of the run's metrics is its loss, LR, ... (declared, else the
+    best alias), resolved once per run and data version from its metric names, never from its series."""
+    return queries.metric_roles(_src.store, run)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
 def telemetry_names(_src: Source, k: tuple, run: str) -> list[str]:
     return queries.telemetry_names(_src.store, run)
 

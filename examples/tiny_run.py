@@ -99,7 +99,9 @@ def train(
                     "clipped": float(grad_norm > clip),
                     "lr": opt.param_groups[0]["lr"],
                     "tokens": step * BATCH,
-                    "step_time_ms": dt * 1e3,
+                    # midflight's name, in seconds: the ETA, the step-time chart and straggler detection read it
+                    # (a loop that logs `step_time_ms` or `iter_time_ms` is recognised too: logbook/roles.py)
+                    "step_time_s": dt,
                     "tokens_per_s": BATCH / dt,
                 },
                 step=step,

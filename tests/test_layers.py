@@ -21,22 +21,25 @@ PACKAGES = ("logbook", "app", "trainer", "midflight")  # folders at the reposito
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 # layer -> (the project layers it may import, the third-party packages it may import; None = any but BANNED)
-ALL_LOGBOOK = {"values", "record", "store", "analysis", "report", "present", "importers", "exporters", "logbook"}
+ALL_LOGBOOK = {
+    *("values", "roles", "record", "store", "analysis", "report", "present", "importers", "exporters", "logbook")
+}
 RULES: dict[str, tuple[set[str], set[str] | None]] = {
     "values": (set(), set()),  # the standard library only
-    "record": ({"values"}, {"orjson"}),  # what a training process loads: stdlib + orjson
-    "store": ({"values", "record"}, None),
-    "analysis": ({"values"}, {"numpy", "pandas"}),  # pure: no database, no figures
-    "report": ({"values", "record", "store", "analysis"}, {"numpy", "pandas"}),
-    "present": ({"values", "analysis"}, {"numpy", "pandas", "plotly"}),
-    "importers": ({"values", "record"}, None),  # other trainers' logs in, midflight's logs out
-    "exporters": ({"values", "record", "store", "analysis", "report", "present"}, None),
+    "roles": (set(), set()),  # the metric-role vocabulary every layer shares: the standard library only
+    "record": ({"values", "roles"}, {"orjson"}),  # what a training process loads: stdlib + orjson
+    "store": ({"values", "roles", "record"}, None),
+    "analysis": ({"values", "roles"}, {"numpy", "pandas"}),  # pure: no database, no figures
+    "report": ({"values", "roles", "record", "store", "analysis"}, {"numpy", "pandas"}),
+    "present": ({"values", "roles", "analysis"}, {"numpy", "pandas", "plotly"}),
+    "importers": ({"values", "roles", "record"}, None),  # other trainers' logs in, midflight's logs out
+    "exporters": ({"values", "roles", "record", "store", "analysis", "report", "present"}, None),
     "logbook": (ALL_LOGBOOK, None),  # logbook/__init__.py, __main__.py, cli.py: the front door
-    "trainer": ({"trainer", "record", "logbook"}, None),  # the Recorder API only
+    "trainer": ({"trainer", "roles", "record", "logbook"}, None),  # the Recorder API only
     "app": (ALL_LOGBOOK | {"app", "pages"}, None),
-    "pages": ({"app", "values", "analysis", "report", "present", "exporters"}, None),  # no store, no SQL
+    "pages": ({"app", "values", "roles", "analysis", "report", "present", "exporters"}, None),  # no store, no SQL
     # inside someone else's training loop (Hugging Face, Lightning, Accelerate, W&B-style code): the Recorder only
-    "integrations": ({"values", "record", "logbook", "integrations", "midflight"}, None),
+    "integrations": ({"values", "roles", "record", "logbook", "integrations", "midflight"}, None),
     "midflight": (ALL_LOGBOOK | {"app", "trainer", "integrations", "midflight"}, None),  # the namespace and command
 }
 # never, anywhere in the layer (besides what the allow-lists above already exclude)

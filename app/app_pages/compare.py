@@ -17,7 +17,9 @@ names = sorted(set().union(*(data.metric_names(ctx.src, ctx.k, r) for r in chose
 if not names:
     st.info("Choose runs that logged metrics.")
     st.stop()
-metric = c2.selectbox("metric", names, index=names.index("loss") if "loss" in names else 0, key="compare:metric")
+# the first chosen run's loss, by whatever name it logs it (logbook.roles)
+loss = next((r["loss"].metric for r in (data.roles(ctx.src, ctx.k, run) for run in chosen) if "loss" in r), None)
+metric = c2.selectbox("metric", names, index=names.index(loss) if loss in names else 0, key="compare:metric")
 align = c3.radio(
     "align by",
     ["step", "tokens", "time"],

@@ -47,7 +47,8 @@ st.dataframe(table, hide_index=True, key="lineage:segments")
 # --- the curves: effective solid, superseded faded
 names = data.metric_names(ctx.src, ctx.k, ctx.run)
 if names:
-    default = names.index("loss") if "loss" in names else 0
+    loss = data.roles(ctx.src, ctx.k, ctx.run).get("loss")  # the run's own name for its loss (logbook.roles)
+    default = names.index(loss.metric) if loss and loss.metric in names else 0
     metric = st.selectbox("metric", names, index=default, key="lineage:metric")
     marks = axis.markers(ctx)
     lines = [axis.line(ctx, metric, label=f"{metric} (effective)", colour="#1f77b4", buckets=data.WIDE_BUCKETS)]

@@ -36,6 +36,12 @@ def moving(ctx: context.Ctx, run_ids) -> bool:
 every = 2.0 if moving(ctx, runs["run_id"]) else None
 
 
+def last_loss(ctx: context.Ctx, run: str) -> float | None:
+    """The run's last loss, whatever it calls its loss (logbook.roles: `train/loss`, `lm loss`, declared)."""
+    loss = data.roles(ctx.src, ctx.k, run).get("loss")
+    return data.last_value(ctx.src, ctx.k, run, loss.metric) if loss else None
+
+
 @st.fragment(run_every=every)
 def table_region():
     ctx = context.context()
@@ -52,7 +58,7 @@ def table_region():
                 "status": data.run_status(ctx.src, ctx.k, run, data.tick()),
                 "segments": len(segs),
                 "last step": whole(segs["end_step"].max()) if len(segs) else None,
-                "loss": data.last_value(ctx.src, ctx.k, run, "loss"),
+                "loss": last_loss(ctx, run),
                 "tokens": data.last_value(ctx.src, ctx.k, run, "tokens"),
                 "energy kWh": None if e_j is None else e_j / energy.J_PER_KWH,
                 "CO2eq kg": energy.co2eq_of(e_j, co2),

@@ -1,34 +1,29 @@
-"""Metric names for imported tables and TensorBoard tags: one mapping, shared by both importers.
+"""Metric names for imported tables and TensorBoard tags: the shared role vocabulary (logbook.roles), applied
+once at import.
 
-Other tools name the same quantity many ways (`train/loss`, `lm loss`, `gnorm`,
-`learning-rate`). The analyses and the dashboard look for midflight's names
-(`loss`, `grad_norm`, `lr`, ...; docs/architecture.md), so the obvious aliases are
-renamed and everything else keeps its own name. When two columns or tags would
-get the same name, the better claim wins (the exact name first, then the order of
-ALIASES) and the other keeps its own name, so no series silently overwrites another.
+Other tools name the same quantity many ways (`train/loss`, `lm loss`, `gnorm`, `learning-rate`). An alias
+in the role's own unit is renamed to midflight's name for the role (`loss`, `grad_norm`, `lr`, ...), so an
+imported run reads like a recorded one; everything else (and an alias in other units, `step_time_ms`) keeps
+its own name, and the read side resolves it like any Recorder run's (logbook.roles.resolve). When two
+columns or tags would get the same name, the better claim wins (the exact name first, then the order of
+the aliases in logbook.roles) and the other keeps its own name, so no series silently overwrites another.
 """
 
 from __future__ import annotations
 
 import re
 
-# midflight name -> aliases, best claim first; matched after `key()` (lower case, spaces and hyphens as _)
+from midflight.logbook import roles
+
+key = roles.key
+# the roles an import renames to midflight's name; an evaluation loss keeps its own (`eval/loss`, `val_loss`:
+# which split it is matters to a reader) and the read side still finds it (logbook.roles.resolve)
+RENAMED = ("loss", "lr", "grad_norm", "loss_scale", "throughput", "step_time", "param_norm")
+# midflight name -> aliases, best claim first (key form): the renames an import makes, from logbook.roles
 ALIASES: dict[str, tuple[str, ...]] = {
-    "loss": ("loss", "train/loss", "train_loss", "lm_loss", "train/lm_loss", "reduced_train_loss"),
-    "grad_norm": ("grad_norm", "train/grad_norm", "gnorm", "train/gnorm"),
-    "lr": ("lr", "train/learning_rate", "learning_rate", "train/lr", "current_lr"),
-    "loss_scale": ("loss_scale", "train/loss_scale"),
-    "tokens_per_s": ("tokens_per_s", "tokens_per_second", "train/tokens_per_second", "throughput"),
-    "param_norm": ("param_norm", "params_norm"),
-    "step_time_s": ("step_time_s", "iteration_time", "train_step_timing"),
+    roles.ROLES[r].metric: tuple(a for a, scale, _ in roles.ROLES[r].aliases if scale == 1.0) for r in RENAMED
 }
-_RANK = {alias: (canon, i) for canon, aliases in ALIASES.items() for i, alias in enumerate(aliases)}
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
-
-
-def key(name: str) -> str:
-    """The form names are compared in: stripped, lower case, spaces and hyphens as underscores."""
-    return re.sub(r"[\s-]+", "_", name.strip().lower())
 
 
 def safe(name: str) -> str:
@@ -37,8 +32,11 @@ def safe(name: str) -> str:
 
 
 def canonical(name: str) -> tuple[str, int] | None:
-    """(midflight name, rank of the claim: 0 is best) if `name` is a known alias."""
-    return _RANK.get(key(name))
+    """(midflight name, rank of the claim: 0 is best) if `name` is an alias in the role's own unit."""
+    c = roles.claim(name)
+    if c is None or c[2] != 1.0 or c[0] not in RENAMED:
+        return None
+    return roles.ROLES[c[0]].metric, c[1]
 
 
 class Namer:
@@ -55,7 +53,7 @@ class Namer:
         self.taken: set[str] = set()
 
     def assign(self, columns: list[str]) -> dict[str, str]:
-        for c in sorted(columns, key=lambda c: (canonical(c) or ("", len(_RANK)))[1]):
+        for c in sorted(columns, key=lambda c: (canonical(c) or ("", 1 << 30))[1]):
             self(c)
         return {c: self.names[c] for c in columns}
 

@@ -27,9 +27,11 @@ def _resumed(seg: dict, parent: dict | None) -> str:
 
 
 def format_text(s: dict) -> str:
+    loss = (s.get("roles") or {}).get("loss") or {}
+    named = f" ({loss['metric']})" if loss.get("metric") not in (None, "loss") else ""  # the run's own name
     lines = [
         f"run {s['run']}: {s['status']}, last step {s['last_step']}, "
-        f"{s['effective_steps']} effective steps, last loss {s['last_loss']}"
+        f"{s['effective_steps']} effective steps, last loss {s['last_loss']}{named}"
     ]
     lines.append(f"segments ({len(s['segments'])}):")
     by_id = {seg["id"]: seg for seg in s["segments"]}

@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
+from midflight.logbook import roles as roles_vocab
 from midflight.logbook.record import dist, layout, records, segments
 from midflight.logbook.values import STEP_LIMIT
 
@@ -830,6 +831,7 @@ def init(
     device: str | None = None,
     tdp_w: float | None = None,
     devices: int | None = None,
+    roles: dict | None = None,
 ) -> Run:
     """Start recording one launch (segment) of a run into `run_dir`.
 
@@ -850,9 +852,14 @@ def init(
         device, tdp_w, devices: for a run without power telemetry, the accelerator model, its TDP in W and how
             many the launch uses (default: the world size). Its energy is then reported as a labelled nameplate
             estimate (TDP x wall time); without them it has no energy figure at all, never a silent default.
+        roles: which of your metric names plays which role, when midflight cannot tell from the name
+            (`{"loss": "my_loss", "lr": "sched/lr"}`; roles in logbook.roles: loss, eval_loss, lr, grad_norm,
+            loss_scale, throughput, step_time, param_norm). Common names (`train/loss`, `learning_rate`, ...)
+            need no declaration. Kept in the segment header; a bad one raises here.
     """
     given = _given_power(device, tdp_w, devices)
     global _current
+    declared = roles_vocab.validate(roles)  # a caller's mistake raises here, before anything is written
     run_dir = Path(run_dir)
     info = dist.detect()
     writes_header = info.is_main
@@ -879,6 +886,7 @@ def init(
             resume_step=resume_step,
             reason=reason,
             world_size=info.world_size,
+            roles=declared,
         )
     run = Run(
         run_dir,

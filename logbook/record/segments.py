@@ -100,12 +100,13 @@ def build_header(
     resume_step: int | None,
     reason: str | None,
     world_size: int,
+    roles: dict | None = None,
 ) -> dict:
     parent_config = None
     if parent is not None:
         p = read_header(layout.segment_dir(run_dir, parent) / layout.SEGMENT_HEADER)
         parent_config = (p or {}).get("config")
-    return {
+    header = {
         "v": records.FORMAT_VERSION,
         "segment": segment_id,
         "run": name,
@@ -119,6 +120,9 @@ def build_header(
         "config": config,
         "config_diff": config_diff(parent_config, config) if parent is not None else {},
     }
+    if roles:  # {role: metric name}, validated by the caller (logbook.roles.validate)
+        header["roles"] = dict(roles)
+    return header
 
 
 def describe_end(run_dir: Path, segment_id: str, tail_bytes: int = 1 << 16) -> str:

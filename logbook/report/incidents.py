@@ -15,6 +15,7 @@ import math
 
 import pandas as pd
 
+from midflight.logbook import roles
 from midflight.logbook.analysis.divergence import DivergenceConfig, Incident, incidents_from
 from midflight.logbook.store import fleet, kept, lineage, queries, ranks
 from midflight.logbook.store.database import Store
@@ -28,24 +29,39 @@ def run_frame(store: Store, run: str, which: str = "effective", *, after: int | 
     metrics of rank 0, step_time_s/<rank> for every rank of a small run (<= ONLINE_RANKS; a bigger fleet's
     ranks are compared per bucket by fleet_frame instead), overflow counts (overflow events, and the
     count of an imported skipped_iterations event) and at_floor flags from events, and segment_id.
+    Columns carry midflight's names ("loss", "lr", ...) whatever the run calls them: each role is read
+    from the metric that plays it in this run (logbook.roles, resolved once from the run's metric names)
+    and converted to the role's unit (step_time_ms to seconds).
     which: "effective" or "superseded" (rows of every superseded branch together). after: only the steps
     after this one (a kept detector's new steps)."""
-    names = set(queries.metric_names(store, run))
-    per_rank = None
-    if "step_time_s" in names:
+    names = queries.metric_names(store, run)
+    found = queries.metric_roles(store, run, names)
+    columns = detector_columns(found, names)
+    per_rank, step_time = None, found.get("step_time")
+    if step_time is not None:
         segs = queries.segments(store, run)
         world = int(segs["ranks"].max()) if len(segs) else 0
         if world <= ONLINE_RANKS:
-            per_rank = ("step_time_s", list(range(world)))
-    wanted = [n for n in SERIES if n in names]
-    # step_table names a rank's column "step_time_s/<rank>": the detector's STEP_TIME_PREFIX
+            per_rank = (step_time.metric, list(range(world)))
+    # step_table names a rank's column "<metric>/<rank>": renamed to the detector's STEP_TIME_PREFIX below
     frame = (
-        queries.step_table(store, run, wanted, per_rank=per_rank, which=which, after=after)
-        if wanted or per_rank
+        queries.step_table(store, run, [m for m, _ in columns.values()], per_rank=per_rank, which=which, after=after)
+        if columns or per_rank
         else None
     )
     if frame is None or frame.empty:
         return pd.DataFrame(columns=["segment_id", "step"])
+    rename, scales = {}, {}
+    for canon, (metric, scale) in columns.items():
+        rename[metric], scales[canon] = canon, scale
+    if per_rank is not None:
+        for r in per_rank[1]:
+            rename[f"{step_time.metric}/{r}"] = f"step_time_s/{r}"
+            scales[f"step_time_s/{r}"] = step_time.scale
+    frame = frame.rename(columns=rename)
+    for col, scale in scales.items():
+        if scale != 1.0 and col in frame:
+            frame[col] = frame[col] * scale
     ev = queries.events(store, run, kinds=["overflow", "skipped_iterations", "loss_scale_at_floor"])
     ev = ev[ev["step"].notna() & (ev["rank"].fillna(0) == 0) & (ev["step"] > (-1 if after is None else after))]
     # a sparse log's overflows can sit at a step with no metric (fairseq's cascade after an epoch
@@ -73,6 +89,32 @@ def run_frame(store: Store, run: str, which: str = "effective", *, after: int | 
     )
     frame["at_floor"] = [(s, st) in floor for s, st in keys]
     return frame.sort_values(["step", "segment_id"], ignore_index=True)
+
+
+def detector_columns(found: dict, names) -> dict[str, tuple[str, float]]:
+    """midflight name of each detector series -> (the run's metric for it, scale to the role's unit): the
+    resolved role where there is one, else the name itself if the run logs it (`clip` has no role)."""
+    present, out = set(names), {}
+    for canon in SERIES:
+        role = roles.role_of(canon)
+        hit = found.get(role) if role is not None else None
+        if hit is not None:
+            out[canon] = (hit.metric, hit.scale)
+        elif canon in present and role is None:
+            out[canon] = (canon, 1.0)
+    return out
+
+
+def user_names(incs: list[Incident], found: dict) -> list[Incident]:
+    """Each incident's metric as the run calls it ("train/loss" for a loss spike), so that a page drawing
+    "the metric around the incident" reads a series that exists. Only same-unit roles are renamed: an
+    incident on a converted series (step_time_ms) keeps midflight's name and unit."""
+    by_canonical = {r.canonical: r for r in found.values() if r.scale == 1.0}
+    for inc in incs:
+        hit = by_canonical.get(inc.metric)
+        if hit is not None:
+            inc.metric = hit.metric
+    return incs
 
 
 def _skipped(fields) -> int:
@@ -129,17 +171,23 @@ def fleet_frame(store: Store, run: str, bucket_steps: int = BUCKET_STEPS) -> dic
     device the SM clock (MAXIMUM: low all bucket long), temperature and power (medians' context), and a
     presence grid for silence. Telemetry buckets are at least two sampling periods wide."""
     out: dict = {}
-    names = set(queries.metric_names(store, run))
-    span = None
+    names = queries.metric_names(store, run)
+    span, scale = None, 1.0
     # a rank's own work is compute_s; a run without it (an older trainer, an import) is judged on its
-    # step time, which tells ranks apart only where they do not wait for each other
-    metric = next((m for m in ("compute_s", "step_time_s") if m in names), None)
+    # step time (whatever the run calls it: logbook.roles), which tells ranks apart only where they do not
+    # wait for each other
+    metric = "compute_s" if "compute_s" in names else None
+    if metric is None:
+        hit = queries.metric_roles(store, run, names).get("step_time")
+        metric, scale = (hit.metric, hit.scale) if hit is not None else (None, 1.0)
     if metric is not None:
         probe = ranks.metric_view(store, run, metric, buckets=1, top=0)
         if not probe.empty and probe.cells.shape[0] >= FLEET_MIN_RANKS:
             span = (float(probe.x_lo[0]), float(probe.x_hi[-1]))
             nb = max(1, min(MAX_BUCKETS, math.ceil((span[1] - span[0] + 1) / bucket_steps)))
             out["compute"] = _grid(ranks.metric_view(store, run, metric, buckets=nb, cell="min", top=0))
+            if scale != 1.0 and out["compute"] is not None:  # seconds, as the detector's thresholds are
+                out["compute"]["cells"] = out["compute"]["cells"] * scale
             out["compute_metric"] = metric
         elif not probe.empty:  # too few ranks to compare: still map each device to its rank
             out["ranks"] = {"ranks": [int(r) for r in probe.rows["rank"]], "hosts": list(probe.rows["host"])}
@@ -183,14 +231,15 @@ def incidents(store: Store, run: str, config: DivergenceConfig | None = None) ->
     """Every incident of a run (see incidents_from), kept in the store until the run's logs grow
     (logbook.store.kept): a second summary, export or dashboard of an unchanged run does not detect again.
     A non-default config is never kept."""
+    found = queries.metric_roles(store, run)
     if config is not None:
-        return incidents_from(inputs(store, run), config)
+        return user_names(incidents_from(inputs(store, run), config), found)
     return kept.cached(
         store,
         run,
         "incidents",
         kept.watermark(store, run),
-        lambda: incidents_from(inputs(store, run)),
+        lambda: user_names(incidents_from(inputs(store, run)), found),
         dump=lambda incs: [dataclasses.asdict(i) for i in incs],
         load=lambda rows: [Incident(**row) for row in rows],
     )
@@ -232,6 +281,7 @@ class LiveIncidents:
             found = self._full(store, run, lineage_key, running)
         else:
             found = self._grow(store, run, state, ranges, running)
+        found = user_names(found, queries.metric_roles(store, run))
         if not running:  # a live answer holds its newest step back: not the run's final one
             kept.put(store, run, "incidents", mark, [dataclasses.asdict(i) for i in found])
         return found

@@ -111,7 +111,9 @@ def summarize(
         }
         for r in segs.itertuples()
     ]
-    last_loss = number(queries.last_value(store, run, "loss"))
+    found = queries.metric_roles(store, run)  # the run's own names for loss, lr, ... (logbook.roles)
+    loss = found.get("loss")
+    last_loss = number(queries.last_value(store, run, loss.metric)) if loss is not None else None
     ends = [s["end_step"] for s in segments if s["end_step"] is not None]
     effective_steps = queries.effective_steps(store, run)
     summary = {
@@ -120,6 +122,7 @@ def summarize(
         "last_step": max(ends) if ends else None,
         "effective_steps": effective_steps,
         "last_loss": last_loss,
+        "roles": {r.role: {"metric": r.metric, "declared": r.declared, "unit": r.unit} for r in found.values()},
         "segments": segments,
         "metrics": queries.metric_names(store, run),
         "events": queries.event_counts(store, run),

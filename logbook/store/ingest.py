@@ -20,6 +20,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from midflight.logbook import roles
 from midflight.logbook.record import layout, records
 from midflight.logbook.store import schema, sealed
 from midflight.logbook.store.database import Store
@@ -144,7 +145,7 @@ def _ingest_header(cur, run_id: str, run_dir: Path, path: Path, report: IngestRe
     ).fetchone()
     if row and row[0] == st.st_size and row[1] == st.st_mtime:
         return
-    malformed, examples, row = 0, [], None
+    malformed, examples, row, declared = 0, [], None, {}
     try:
         h = json.loads(path.read_bytes())
         if not isinstance(h, dict):
@@ -161,6 +162,12 @@ def _ingest_header(cur, run_id: str, run_dir: Path, path: Path, report: IngestRe
             json.dumps(h.get("config")),
             json.dumps(h.get("config_diff") or {}),
         ]
+        try:  # declared roles: checked again here (a header is a file anyone can edit); bad ones are dropped, said
+            declared = roles.validate(h.get("roles"))
+        except (ValueError, TypeError) as exc:
+            malformed, examples = 1, [[1, f"segment header: declared roles ignored: {str(exc)[:200]}", ""]]
+            report.malformed += 1
+            report.examples.append((run_id, rel, *examples[0]))
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         malformed, examples = 1, [[1, f"unreadable segment header: {str(exc)[:200]}", ""]]
         report.malformed += 1
@@ -170,6 +177,12 @@ def _ingest_header(cur, run_id: str, run_dir: Path, path: Path, report: IngestRe
     try:
         if row is not None:
             cur.execute("INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)", row)
+            cur.execute("DELETE FROM segment_roles WHERE run_id = ? AND segment_id = ?", [run_id, row[1]])
+            if declared:
+                cur.executemany(
+                    "INSERT INTO segment_roles VALUES (?, ?, ?, ?)",
+                    [[run_id, row[1], role, metric] for role, metric in declared.items()],
+                )
         cur.execute(
             "INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
             [run_id, rel, st.st_size, malformed, st.st_size, st.st_mtime, json.dumps(examples)],

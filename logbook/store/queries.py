@@ -12,6 +12,7 @@ import time
 
 import pandas as pd
 
+from midflight.logbook import roles
 from midflight.logbook.store import downsample, lineage, schema
 from midflight.logbook.store.database import Store
 from midflight.logbook.values import missing
@@ -110,6 +111,34 @@ def metric_names(store: Store, run: str) -> list[str]:
     sql = "SELECT DISTINCT name FROM metric_tiles WHERE run_id = ? ORDER BY name"
     rows = store.cursor().execute(sql, [run]).fetchall()
     return [r[0] for r in rows]
+
+
+def declared_roles(store: Store, run: str) -> dict[str, str]:
+    """{role: metric} the run's segment headers declare (midflight.init(..., roles=...)); a later segment's
+    declaration of a role wins over an earlier one's."""
+    rows = (
+        store.cursor()
+        .execute(
+            "SELECT r.role, r.metric FROM segment_roles r JOIN segments s USING (run_id, segment_id) "
+            "WHERE r.run_id = ? ORDER BY s.start_time NULLS FIRST, r.segment_id",
+            [run],
+        )
+        .fetchall()
+    )
+    return {role: metric for role, metric in rows}
+
+
+def metric_roles(store: Store, run: str, names: list[str] | None = None) -> dict[str, roles.Resolved]:
+    """role -> the metric of this run that plays it (logbook.roles.resolve): the declared roles, then the
+    best alias among the run's metric names. Two small queries per run (names, declarations), no series read;
+    pass `names` when the caller already has them."""
+    return roles.resolve(metric_names(store, run) if names is None else names, declared_roles(store, run))
+
+
+def role_metric(store: Store, run: str, role: str) -> str | None:
+    """The run's name for one role ("loss" -> "train/loss"), or None when no metric of the run plays it."""
+    hit = metric_roles(store, run).get(role)
+    return None if hit is None else hit.metric
 
 
 def _range_filter(ranges: list[lineage.Range], which: str) -> tuple[str, list]:

@@ -5,7 +5,8 @@ a store whose version differs is deleted and re-ingested (see store.py).
 Wall times are Unix seconds (DOUBLE); steps are BIGINT; metric rows are narrow.
 """
 
-SCHEMA_VERSION = 6  # 6: kept_results; 5: telemetry as series (telemetry_blocks, `telemetry` a view); 4: telemetry_tiles
+# 7: segment_roles; 6: kept_results; 5: telemetry as series (telemetry_blocks, `telemetry` a view); 4: telemetry_tiles
+SCHEMA_VERSION = 7
 TILE_SHIFT = 8  # metric_tiles cover 2**8 = 256 steps each
 # telemetry_tiles widths in seconds (docs/architecture.md, "Telemetry tiles"): a chart of W seconds in B buckets
 # reads the widest level no wider than W/B, so it reads at most ~64 x B tiles per series however long the run.
@@ -201,6 +202,15 @@ LEFT JOIN (SELECT * FROM intervention_ops WHERE op <> 'request'
            QUALIFY row_number() OVER (PARTITION BY run_id, intervention_id ORDER BY seq DESC) = 1) s
   ON s.run_id = r.run_id AND s.intervention_id = r.intervention_id
 WHERE r.op = 'request';
+
+-- the metric roles a segment's header declares (midflight.init(..., roles=...); logbook.roles): role -> the run's name
+CREATE TABLE segment_roles (
+    run_id      VARCHAR NOT NULL,
+    segment_id  VARCHAR NOT NULL,
+    role        VARCHAR NOT NULL,      -- a role of logbook.roles.ROLES ("loss", "lr", ...)
+    metric      VARCHAR NOT NULL,      -- the metric name that plays it in this run
+    PRIMARY KEY (run_id, segment_id, role)
+);
 
 -- results worked out from the logs (incidents, energy), kept with the ingest watermark they were computed at
 -- (logbook.store.kept): a result whose watermark still matches is not computed again

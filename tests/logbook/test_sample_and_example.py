@@ -45,3 +45,5 @@ def test_example_records_a_real_training_run(tmp_path):
     store, report = open_run(tmp_path / "demo", tmp_path / "store.duckdb")
     assert report.malformed == 0
     _check_rollback_story(store, "demo", 400)
+    # its step time is the step_time role, in seconds: the Live page's step-time chart and the ETA read it
+    assert queries.role_metric(store, "demo", "step_time") == "step_time_s"
