@@ -100,7 +100,10 @@ def build_header(
     resume_step: int | None,
     reason: str | None,
     world_size: int,
+    meta: dict | None = None,
 ) -> dict:
+    """The header of a new segment. `meta`: what people said about the run at init (tags, notes, group,
+    job_type; checked text, see record.runmeta), stored as top-level keys beside the config."""
     parent_config = None
     if parent is not None:
         p = read_header(layout.segment_dir(run_dir, parent) / layout.SEGMENT_HEADER)
@@ -118,6 +121,7 @@ def build_header(
         "pid": os.getpid(),
         "config": config,
         "config_diff": config_diff(parent_config, config) if parent is not None else {},
+        **(meta or {}),
     }
 
 
