@@ -297,10 +297,11 @@ class Run:
             self._notes = notes
             self.event("notes", step=self._current_step(), notes=notes)
 
-    def alert(self, title: str, text: str, level: str = "INFO") -> None:
-        """Record an `alert` event (title, text, level INFO / WARN / ERROR) at the current step: W&B's `run.alert`."""
+    def alert(self, title: str, text: str, level: str = "INFO", step: int | None = None) -> None:
+        """Record an `alert` event (title, text, level INFO / WARN / ERROR) at `step` (default: the last step
+        logged): W&B's `run.alert`. Routing alerts to people is the watcher's (issue 18); this records them."""
         title, text, level = runmeta.check_alert(title, text, level)
-        self.event("alert", step=self._current_step(), title=title, text=text, level=level)
+        self.event("alert", step=self._current_step() if step is None else step, title=title, text=text, level=level)
 
     def _current_step(self) -> int | None:
         """The last step logged, or None before the first."""
@@ -795,6 +796,20 @@ def _log_values(where: str, values: dict, depth: int = 0) -> tuple[dict, list | 
             _check_values(where, {key: v}, log=True)
             out[key] = v
     return out, texts or None
+
+
+def check_log_values(where: str, metrics) -> dict:
+    """`metrics` checked as `Run.log` checks it (TypeError / ValueError, one line), recording nothing, and flat:
+    histograms as their quantile metrics, text as Text, nested dicts as dotted names. For a caller that holds
+    values before logging them (W&B's `log(..., commit=False)` merges several calls into one step)."""
+    values = dict(metrics) if type(metrics) is dict else _as_dict(where, metrics)
+    _check_names(where, values)
+    if _SCALARS.issuperset(map(type, values.values())):
+        return values
+    flat, texts = _log_values(where, values)
+    for name, text in texts or ():
+        flat[name] = Text(text)
+    return flat
 
 
 def _as_dict(where: str, metrics) -> dict:
