@@ -774,6 +774,11 @@ def _log_values(where: str, values: dict, depth: int = 0) -> tuple[dict, list | 
     (`{"val": {"loss": x}}` -> `val.loss`, as W&B names them); everything else must be a number
     (`_check_values`, whose errors say what to do instead). Raises before anything is queued.
     """
+    try:  # the common case, 0-d tensors and numpy scalars: one pass with the tensor fast path
+        _check_values(where, values, log=True)
+        return values, None
+    except (TypeError, ValueError):
+        pass  # text, a histogram, a dict, or misuse: value by value below (which raises misuse again, same message)
     out: dict = {}
     texts: list = []
     for key, v in values.items():
