@@ -22,7 +22,11 @@ setup(
     },
     package_data={
         "midflight.logbook": ["analysis/grid_intensity.csv"],
-        "midflight.app": ["chart_frontend/*.js", "streamlit_config.toml"],
+        "midflight.app": [
+            "chart_frontend/*.js",
+            "streamlit_config.toml",
+            "app_pages/*.py",
+        ],  # pages: files, not a package
         "midflight.sample_runs": ["*", "**/*"],
     },
 )

@@ -20,7 +20,7 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
-from midflight.app import HOME, SAMPLE_RUNS, child_env
+from midflight.app import HOME, child_env, sample_runs
 
 SERVER_CONFIG = HOME / "app" / "streamlit_config.toml"
 DEMO_STEPS = 3000
@@ -60,7 +60,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--port", type=int, default=8501)
     ap.add_argument("--address", default="127.0.0.1", help="bind address (default: localhost only)")
     args = ap.parse_args(argv)
-    paths = args.paths or [SAMPLE_RUNS]
+    paths = args.paths or [sample_runs()]
     for p in paths:
         if not p.is_dir():
             ap.error(f"{str(p)!r} does not exist or is not a folder (give a run directory or a folder of runs)")

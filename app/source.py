@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from midflight.app import SAMPLE_RUNS
+from midflight.app import sample_runs
 from midflight.app.detector import Detector
 from midflight.logbook.record import layout
 from midflight.logbook.report import incidents as incident_report
@@ -24,7 +24,6 @@ from midflight.logbook.store import StoreWarning, open_store, queries
 from midflight.logbook.store.follow import Follower
 
 ENV_RUNS = "MIDFLIGHT_RUNS"  # run directories or folders of runs, separated by os.pathsep
-DEFAULT_ROOT = SAMPLE_RUNS
 
 
 def roots_from(argv: list[str], environ: dict) -> list[Path]:
@@ -42,7 +41,7 @@ def roots_from(argv: list[str], environ: dict) -> list[Path]:
             given.append(a.split("=", 1)[1])
     if not given and environ.get(ENV_RUNS):
         given = [p for p in environ[ENV_RUNS].split(os.pathsep) if p]
-    roots = [Path(p).expanduser().resolve() for p in given] or [DEFAULT_ROOT]
+    roots = [Path(p).expanduser().resolve() for p in given] or [sample_runs()]
     for r in roots:
         if not r.is_dir():
             raise ValueError(f"run folder {str(r)!r} does not exist or is not a folder")

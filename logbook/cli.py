@@ -93,7 +93,11 @@ def cmd_summary(args) -> int:
     for run in runs:
         if run not in queries.run_ids(store):
             raise ValueError(f"no run named {run!r} in {args.path}")
-        out.append(summarize(store, run, region=args.region, intensity_g_per_kwh=args.intensity, pue=args.pue))
+        out.append(
+            summarize(
+                store, run, region=args.region, intensity_g_per_kwh=args.intensity, pue=args.pue, tdp_w=args.tdp_w
+            )
+        )
     if args.json:
         print(json.dumps(out[0] if len(out) == 1 else out, indent=1, default=str, allow_nan=False))
     else:
@@ -194,6 +198,13 @@ def build_parser(prog: str = "midflight", epilog: str | None = None) -> argparse
         "--intensity", type=_positive_number, default=None, metavar="G_PER_KWH", help="grid intensity override"
     )
     sp.add_argument("--pue", type=_positive_number, default=None, help="datacentre PUE (default 1.0: IT energy only)")
+    sp.add_argument(
+        "--tdp-w",
+        type=_positive_number,
+        default=None,
+        metavar="WATTS",
+        help="per-rank TDP for segments without power telemetry: a labelled nameplate estimate (default: none)",
+    )
     sp.set_defaults(func=cmd_summary)
 
     sp = sub.add_parser("annotate", help="pin a note to a step")

@@ -3,6 +3,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 source scripts/browser.sh
-ruff check logbook trainer app tests benchmarks examples
-ruff format --check --quiet logbook trainer app tests benchmarks examples
+ruff check logbook trainer app tests benchmarks examples midflight setup.py
+ruff format --check --quiet logbook trainer app tests benchmarks examples midflight setup.py
 python -m pytest -q "$@"

@@ -21,7 +21,9 @@ if power is None:
     )
 e = power["energy"]
 if e["energy_j"] is None:
-    st.info("This run has no energy telemetry and no segment times to estimate from.")
+    st.info(text.NO_ENERGY[0].upper() + text.NO_ENERGY[1:])
+    if e.get("wall_time"):
+        st.warning(f"Wall times {e['wall_time']}: durations and wasted hours are estimates.")
     st.stop()
 
 # --- CO2 settings
@@ -49,13 +51,20 @@ m[0].metric(f"energy ({label})", text.energy(e["energy_j"]))
 m[1].metric("CO2eq", text.mass(kg))
 m[2].metric("wasted in abandoned branches", text.energy(e["wasted_j"]))
 m[3].metric("per token", "—" if not e["j_per_token"] else f"{e['j_per_token']:.4g} J")
-st.caption(f"Basis: {e['basis']}. Intensity {intensity:g} gCO2eq/kWh ({source}); PUE {pue:g}.")
+st.caption(f"Basis: {text.energy_basis(e['basis'])}. Intensity {intensity:g} gCO2eq/kWh ({source}); PUE {pue:g}.")
 if e.get("wall_time"):
     st.warning(f"Wall times {e['wall_time']}: durations, wasted hours and energy are estimates.")
-if e["estimated"]:
+if "nameplate" in e["basis"]:
+    st.warning(
+        "No power meter in (part of) this run: its energy is TDP x wall time, an upper bound, not a measurement "
+        f"({e.get('nameplate_source') or 'TDP'})."
+    )
+elif e["estimated"]:
     st.warning(
         "No power meter in (part of) this run: its energy is an ESTIMATE (TDP x utilisation), not a measurement."
     )
+if "none" in e["basis"].split("+"):
+    st.caption("Some segments have no energy data and are not counted: " + text.NO_ENERGY)
 if busy:
     st.caption("Newer data is being added up; these totals are from the previous pass.")
 

@@ -58,7 +58,8 @@ def header(ctx: context.Ctx) -> None:
     m[2].metric("tokens/s", "—" if tps is None else f"{tps:,.0f}")
     m[3].metric("perplexity", "—" if ppl is None or not np.isfinite(ppl) else f"{ppl:,.2f}")
     est = (power or {}).get("energy", {}).get("estimated")
-    m[4].metric("energy" + (" (est.)" if est else ""), "…" if e_j is None else text.energy(e_j))
+    shown = "…" if power is None else "no data" if e_j is None else text.energy(e_j)  # no data: no telemetry, no TDP
+    m[4].metric("energy" + (" (est.)" if est else ""), shown, help=None if e_j is not None else text.NO_ENERGY)
     m[5].metric("open incidents", "…" if incs is None else len(open_), help="not yet covered by an annotation")
 
 

@@ -5,6 +5,7 @@ import streamlit as st
 
 from midflight.app import context, data
 from midflight.logbook.analysis import energy
+from midflight.logbook.present import text
 from midflight.logbook.values import whole
 
 ctx = context.context()
@@ -59,7 +60,7 @@ def table_region():
                 "energy kWh": None if e_j is None else e_j / energy.J_PER_KWH,
                 "CO2eq kg": energy.co2eq_of(e_j, co2),
                 "incidents": None if incs is None else sum(not i.superseded for i in incs),
-                "estimated energy": bool((power or {}).get("energy", {}).get("estimated")),
+                "energy basis": None if power is None else text.energy_basis(power["energy"]["basis"]),
             }
         )
     table = pd.DataFrame(rows)
@@ -76,10 +77,11 @@ def table_region():
             "CO2eq kg": st.column_config.NumberColumn(format="%.3g", help=f"{region} grid, {world:g} g/kWh"),
         },
     )
-    busy = table["incidents"].isna().any() or table["energy kWh"].isna().any()
+    busy = table["incidents"].isna().any() or table["energy basis"].isna().any()
     st.caption(
         f"CO2eq here uses the {region.lower()} average grid ({world:g} gCO2eq/kWh, PUE 1); choose a region "
-        "on Energy & CO2. 'estimated energy' marks runs without a power meter (CPU estimates, or TDP x time)."
+        "on Energy & CO2. 'energy basis' says how each figure was made: metered, an estimate, TDP x time, or no "
+        "data (a run without power telemetry or a TDP has no energy figure)."
         + (" Incident scans and energy totals of big runs are still being computed." if busy else "")
     )
     picked = event.selection.rows if event is not None else []

@@ -43,11 +43,11 @@ class Branch:
     device_kind: str  # "gpu" (GPUs reporting telemetry) or "rank" (world size, no GPU telemetry)
     device_hours: float
     energy_j: float | None
-    energy_basis: str  # metered | estimate | nameplate
+    energy_basis: str  # metered | estimate | nameplate | none
     estimated: bool
     metered_j: float | None
     estimated_j: float | None
-    nameplate_j: float
+    nameplate_j: float | None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +78,6 @@ def branches(
     plates: dict[str, dict],
     world_sizes: dict[str, int],
     gpus: dict[str, int],
-    default_tdp_w: float = energy.DEFAULT_TDP_W,
 ) -> list[Branch]:
     """What each abandoned span cost, oldest first.
 
@@ -110,7 +109,7 @@ def branches(
         row = {
             "metered_j": e["metered_j"],
             "estimated_j": e["estimated_j"],
-            "nameplate_j": plates.get(sp.segment_id, {"watts": default_tdp_w})["watts"] * wall,
+            "nameplate_j": plates[sp.segment_id]["watts"] * wall if sp.segment_id in plates else None,
         }
         chosen = energy.best(row)
         out.append(

@@ -9,8 +9,11 @@ Three figures, never mixed up:
   per (segment, host, device) series survives any number of resets, where max - min would not.
 - **estimated**: the same arithmetic over `energy_est_j` (the trainer's CPU estimate, TDP x
   utilisation). It is labelled an estimate everywhere and never counted as metered.
-- **nameplate**: TDP x wall time x device count, with each device's TDP from the segment's
-  `telemetry_start` event (`devices[].tdp_w`), else `default_tdp_w` per rank. An upper bound.
+- **nameplate**: TDP x wall time x device count, an upper bound, only where a TDP is known: the
+  devices reported it (`telemetry_start`, `devices[].tdp_w`, from NVML), the user gave a device and
+  TDP at init (`midflight.init(..., device=, tdp_w=)`), or gives one to the report (`--tdp-w`).
+- **none**: without any of these a segment has no energy figure, and says so ("no energy data").
+  There is no silent default: a loop that mostly slept must not be charged an A100's 400 W.
 
 Per-step energy interpolates each series' cumulative energy linearly at the wall time at which
 a step was logged. Samples come every ~0.1-0.5 s, so a step shorter than the sampling interval
@@ -38,7 +41,6 @@ from midflight.logbook.values import missing
 J_PER_KWH = 3.6e6
 METERED_NAME = "energy_j"  # NVML (GPU) or RAPL (CPU) counter: a measurement
 ESTIMATE_NAME = "energy_est_j"  # the trainer's CPU estimate (TDP x utilisation): never a measurement
-DEFAULT_TDP_W = 400.0  # per rank, when a segment has no telemetry_start event (an A100-SXM's TDP)
 GRID_TABLE = Path(__file__).with_name("grid_intensity.csv")
 
 # Reference points, with how each figure was computed. `co2eq_kg` reproduces the GPT-3 numbers.
@@ -255,32 +257,47 @@ def summed_curve(ms: list[Meter], points: int) -> tuple[np.ndarray, np.ndarray]:
     return grid, sum(np.interp(grid, m.times, m.cum, left=0.0) for m in ms)
 
 
-def nameplate(
-    starts: pd.DataFrame, hosts: dict, world_sizes: dict, default_tdp_w: float = DEFAULT_TDP_W
-) -> dict[str, dict]:
-    """Per segment: {"watts", "devices", "source"}: the TDPs of the devices named by its telemetry_start events
-    (`starts`: segment_id, rank, fields), else world size x `default_tdp_w`. hosts: {(segment, rank): host}."""
+def nameplate(starts: pd.DataFrame, hosts: dict, world_sizes: dict, tdp_w: float | None = None) -> dict[str, dict]:
+    """Per segment with a known TDP: {"watts", "devices", "source"}. Never a silent default: a segment whose
+    TDP nobody gave has no entry, and its energy is unknown ("no energy data").
+
+    In order: the TDPs its devices reported (telemetry_start events from NVML, `starts`: segment_id, rank,
+    fields); else the device and TDP the user gave at init (`midflight.init(..., tdp_w=, device=)`, a
+    telemetry_start event marked `given`); else `tdp_w` given now (`midflight summary --tdp-w`) x world size.
+    A reported device without a TDP takes `tdp_w` when given, else is left out. hosts: {(segment, rank): host}.
+    """
     seen: dict[str, dict] = {}
     for r in starts.itertuples():
         try:
             fields = json.loads(r.fields) if isinstance(r.fields, str) else {}
         except ValueError:
             fields = {}
+        if not isinstance(fields, dict):
+            continue
         host = hosts.get((r.segment_id, r.rank)) or f"rank{r.rank}"
-        entry = seen.setdefault(r.segment_id, {"devices": {}, "source": "telemetry_start tdp_w"})
-        for d in fields.get("devices") or [] if isinstance(fields, dict) else []:
+        given = fields.get("given") is True
+        entry = seen.setdefault(r.segment_id, {"reported": {}, "given": {}, "label": None})
+        for d in fields.get("devices") or [] if isinstance(fields.get("devices"), list) else []:
             if isinstance(d, dict) and d.get("device") is not None:
                 tdp = d.get("tdp_w")
-                tdp = float(tdp) if isinstance(tdp, int | float) and tdp > 0 else default_tdp_w
-                entry["devices"][(host, str(d["device"]))] = tdp
+                tdp = float(tdp) if isinstance(tdp, int | float) and 0 < tdp < math.inf else tdp_w
+                if tdp is not None:
+                    entry["given" if given else "reported"][(host, str(d["device"]))] = tdp
+                    if given:
+                        entry["label"] = f"{str(d.get('model') or 'device')[:60]} {tdp:g} W"
     out = {}
     for seg, world in world_sizes.items():
-        if seg in seen and seen[seg]["devices"]:
-            devs = seen[seg]["devices"]
-            out[seg] = {"watts": sum(devs.values()), "devices": len(devs), "source": seen[seg]["source"]}
-        else:
+        entry = seen.get(seg, {})
+        if entry.get("reported"):
+            devs = entry["reported"]
+            out[seg] = {"watts": sum(devs.values()), "devices": len(devs), "source": "TDP reported by the devices"}
+        elif entry.get("given"):
+            devs = entry["given"]
+            source = f"TDP given at init: {entry['label']} x {len(devs)}"
+            out[seg] = {"watts": sum(devs.values()), "devices": len(devs), "source": source}
+        elif tdp_w is not None:
             n = 1 if missing(world) else int(world)
-            out[seg] = {"watts": n * default_tdp_w, "devices": n, "source": f"default {default_tdp_w:g} W x {n} ranks"}
+            out[seg] = {"watts": n * tdp_w, "devices": n, "source": f"TDP given: {tdp_w:g} W x {n} ranks"}
     return out
 
 
@@ -291,13 +308,19 @@ def window_energy(ms: list[Meter], segment_id: str, t0: float, t1: float) -> dic
     return {"metered_j": sum(metered) if metered else None, "estimated_j": sum(est) if est else None}
 
 
+NO_DATA = "none"  # the basis of a figure nobody can give: no meter, no estimate, no TDP
+
+
 def best(row: dict) -> dict:
-    """The figure to report for a segment or a branch: metered, else estimated, else nameplate; and its basis."""
+    """The figure to report for a segment or a branch: metered, else estimated, else nameplate (a TDP someone
+    gave or a device reported), else none at all; and its basis."""
     if row["metered_j"] is not None:
         return {"energy_j": row["metered_j"], "basis": "metered", "estimated": False}
     if row["estimated_j"] is not None:
         return {"energy_j": row["estimated_j"], "basis": "estimate", "estimated": True}
-    return {"energy_j": row["nameplate_j"], "basis": "nameplate", "estimated": True}
+    if row["nameplate_j"] is not None:
+        return {"energy_j": row["nameplate_j"], "basis": "nameplate", "estimated": True}
+    return {"energy_j": None, "basis": NO_DATA, "estimated": False}
 
 
 def segment_rows(
@@ -305,7 +328,6 @@ def segment_rows(
     ms: list[Meter] | list[MeterTotal],
     times: dict[str, tuple[float, float]],
     plates: dict[str, dict],
-    default_tdp_w: float = DEFAULT_TDP_W,
 ) -> list[dict]:
     """One dict per (segment_id, effective) pair: metered_j, estimated_j, nameplate_j, energy_j (best), basis.
     ms: Meters or MeterTotals (only each one's segment, host, device, kind and total are read)."""
@@ -316,14 +338,14 @@ def segment_rows(
         mine = [m for m in ms if m.segment_id == seg]
         metered = [m.total for m in mine if m.metered]
         est = [m.total for m in mine if not m.metered]
-        plate = plates.get(seg, {"watts": default_tdp_w, "devices": 1, "source": "default"})
+        plate = plates.get(seg, {"watts": None, "devices": None, "source": None})
         row = {
             "segment_id": seg,
             "effective": bool(effective),
             "duration_s": duration,
             "metered_j": sum(metered) if metered else None,
             "estimated_j": sum(est) if est else None,
-            "nameplate_j": plate["watts"] * duration,
+            "nameplate_j": None if plate["watts"] is None else plate["watts"] * duration,
             "nameplate_w": plate["watts"],
             "nameplate_devices": plate["devices"],
             "nameplate_source": plate["source"],
@@ -348,8 +370,8 @@ def totals(segs: list[dict]) -> dict:
         "estimated_j": total("estimated_j"),
         "nameplate_j": total("nameplate_j"),
         "segments": segs,
-        "energy_j": sum(s["energy_j"] for s in segs) if segs else None,
-        "basis": "+".join(bases) if bases else None,
+        "energy_j": total("energy_j"),
+        "basis": "+".join(bases) if bases else NO_DATA,
         "estimated": any(s["estimated"] for s in segs),
     }
 
@@ -360,7 +382,6 @@ def per_step(
     times: dict[str, tuple[float, float]],
     plates: dict[str, dict],
     ranges: dict,
-    default_tdp_w: float = DEFAULT_TDP_W,
 ) -> pd.DataFrame:
     """Energy of each logged step (step_times: segment_id, step, wall_time), with columns steps, metered_j,
     estimated_j, nameplate_j and effective. A step's energy is the interpolated cumulative energy at its wall
@@ -387,7 +408,7 @@ def per_step(
                 cols[label] = np.full(len(t), np.nan)
         rng = ranges.get(seg)
         eff = (steps > rng.lo) & (steps <= rng.hi) if rng else np.zeros(len(t), bool)
-        watts = plates.get(seg, {"watts": default_tdp_w})["watts"]
+        watts = plates.get(seg, {"watts": math.nan})["watts"]  # NaN: no TDP known for this segment
         parts.append(g.assign(steps=steps - prev_s, nameplate_j=watts * (t - prev_t), effective=eff, **cols))
     return pd.concat(parts, ignore_index=True)
 
@@ -397,8 +418,9 @@ DEFAULT_REGION = "World"  # without a region or an intensity, CO2eq uses the wor
 ENERGY_METHOD = (
     "metered = sum of non-negative energy_j counter deltas per (segment, host, device), NVML/RAPL; "
     "estimated = the same over energy_est_j (TDP x utilisation, not a measurement); "
-    "nameplate = TDP x wall time x devices; energy_j is the best figure per segment "
-    "(metered, else estimate, else nameplate), summed over all segments including wasted branches; "
+    "nameplate = TDP x wall time x devices, only where the devices reported their TDP or the user gave one "
+    "(never a default); energy_j is the best figure per segment (metered, else estimate, else nameplate, else "
+    "none: no energy data), summed over the segments that have one, wasted branches included; "
     "j_per_token divides it by the effective tokens"
 )
 

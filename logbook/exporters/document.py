@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from midflight.logbook.analysis import energy as energy_model
 from midflight.logbook.exporters.content import Logbook
-from midflight.logbook.present.text import duration, energy, mass, num, when
+from midflight.logbook.present.text import NO_ENERGY, duration, energy, mass, num, when
 
 
 class U(str):
@@ -397,7 +397,7 @@ def energy_section(book: Logbook) -> list:
     e, co2 = book.energy, book.co2
     nothing = e and e["metered_j"] is None and e["estimated_j"] is None and not e["nameplate_j"]
     if not e or e.get("energy_j") is None or nothing:
-        return out + [Para(["No energy data: the run recorded no telemetry and no segment timing to estimate from."])]
+        return out + [Para([NO_ENERGY[0].upper() + NO_ENERGY[1:]])]
     label = "estimated" if e["estimated"] else "metered"
     label += f"; wall times {e['wall_time']}" if e.get("wall_time") else ""
     rows = [
@@ -405,6 +405,7 @@ def energy_section(book: Logbook) -> list:
         ["metered (NVML / RAPL)", energy(e["metered_j"])],
         ["estimated (TDP × utilisation)", energy(e["estimated_j"])],
         ["nameplate (TDP × wall time)", energy(e["nameplate_j"])],
+        ["TDP from", u(e.get("nameplate_source")) if e.get("nameplate_source") else None],
         ["wasted on abandoned branches", energy(e["wasted_j"])],
         ["per token", f"{num(e['j_per_token'])} J" if e["j_per_token"] is not None else None],
         ["CO2eq", mass(book.co2eq_kg)],

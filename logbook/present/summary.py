@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from midflight.logbook.present.text import NO_ENERGY
+
 
 def _g(v) -> str:
     """A number for people (3-4 significant digits), or what it is if it is not one."""
@@ -69,16 +71,20 @@ def format_text(s: dict) -> str:
             f"{i['classification']}, peak {_g(i['peak_value'])} at {i['peak_step']}{act}"
         )
     e = s["energy"]
+    if e and e["energy_j"] is None:
+        lines.append(f"energy: {NO_ENERGY}")
     if e and e["energy_j"] is not None:
         label = "estimated" if e["estimated"] else "metered"
         if e.get("wall_time"):
             label += f"; wall times {e['wall_time']}"
         co2 = s["co2"]
         kg = f"{s['co2eq_kg']:.3g} kg CO2eq" if s["co2eq_kg"] is not None else "CO2eq unknown"
+        plate = "unknown (no TDP)" if e["nameplate_j"] is None else f"{_g(e['nameplate_j'] / 3.6e6)} kWh"
+        if e.get("nameplate_source"):
+            plate += f", {e['nameplate_source']}"
         lines.append(
-            f"energy: {_g(e['energy_kwh'])} kWh ({label}, basis {e['basis']}; nameplate "
-            f"{_g(e['nameplate_j'] and e['nameplate_j'] / 3.6e6)} kWh); {kg} at {co2['intensity_g_per_kwh']} g/kWh "
-            f"x PUE {co2['pue']:g} ({co2['source']})"
+            f"energy: {_g(e['energy_kwh'])} kWh ({label}, basis {e['basis']}; nameplate {plate}); "
+            f"{kg} at {co2['intensity_g_per_kwh']} g/kWh x PUE {co2['pue']:g} ({co2['source']})"
         )
     proj = s.get("projection")
     if proj:

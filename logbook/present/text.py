@@ -14,6 +14,26 @@ import time
 
 from midflight.logbook.values import missing
 
+# What every page, export and the summary say for a run with no energy figure at all (no silent default).
+NO_ENERGY = (
+    "no energy data: no power telemetry and no TDP. Record device telemetry (the trainer does), or give a device "
+    "and TDP at init (midflight.init(..., device='A100-SXM4-80GB', tdp_w=400)) or to the report "
+    "(midflight summary --tdp-w 400) for a labelled nameplate estimate."
+)
+BASIS_WORDS = {
+    "metered": "metered",
+    "estimate": "estimate (TDP x utilisation)",
+    "nameplate": "nameplate (TDP x time)",
+    "none": "no data",
+}
+
+
+def energy_basis(basis: str | None) -> str:
+    """A run's energy basis for people: 'metered', 'nameplate (TDP x time)', 'metered + no data', ..."""
+    parts = (basis or "none").split("+")
+    return " + ".join(BASIS_WORDS.get(p, p) for p in parts)
+
+
 # Inline ASCII punctuation that means something to CommonMark, GFM (tables, strikethrough) or to the
 # renderers that add LaTeX ($) and emoji shortcodes (:). CommonMark lets any of them be
 # backslash-escaped; <, > and & become entities instead, which every renderer shows as the character.

@@ -987,6 +987,9 @@ def init(
     max_queue: int = 200_000,
     finish_wait_s: float = 30.0,
     telemetry_every: float = 5.0,
+    device: str | None = None,
+    tdp_w: float | None = None,
+    devices: int | None = None,
     tags=None,
     notes: str | None = None,
     group: str | None = None,
@@ -1008,10 +1011,14 @@ def init(
             segment's close record is still written; other write errors never wait.
         telemetry_every: seconds node telemetry (`telemetry_block`) is held so that many ticks share one
             compact record (the bytes per point fall ~7x); 0 writes each flush's samples at once.
+        device, tdp_w, devices: for a run without power telemetry, the accelerator model, its TDP in W and how
+            many the launch uses (default: the world size). Its energy is then reported as a labelled nameplate
+            estimate (TDP x wall time); without them it has no energy figure at all, never a silent default.
         tags, notes, group, job_type: what people say about the run (W&B's arguments), kept in the segment
             header as text: tags a list of short labels (at most 100, 64 characters each), notes at most 4,096
             characters, group and job_type one line each. Later changes: `run.tags = ...`, `run.notes = ...`.
     """
+    given = _given_power(device, tdp_w, devices)
     global _current
     tags = runmeta.check_tags("init()", tags)  # user text is checked before anything is written
     notes = None if notes is None else runmeta.check_text("init()", notes, runmeta.MAX_NOTES, what="notes")
@@ -1063,9 +1070,31 @@ def init(
         group=group,
         job_type=job_type,
     )
+    if header is not None and given is not None:  # once per launch, by the rank that writes the header
+        n = given[2] or info.world_size
+        run.event(
+            "telemetry_start",
+            given=True,
+            devices=[{"device": f"given{i}", "model": given[0], "tdp_w": given[1]} for i in range(n)],
+        )
     run.flush()  # header and open record on disk now, or a warning now
     _current = run
     return run
+
+
+def _given_power(device, tdp_w, devices) -> tuple[str, float, int | None] | None:
+    """init's device/tdp_w/devices, checked: (model, watts, count or None), or None when no TDP is given."""
+    if tdp_w is None:
+        if device is not None or devices is not None:
+            raise ValueError("midflight.init(): give tdp_w (watts per device) with device= or devices=")
+        return None
+    if isinstance(tdp_w, bool) or not isinstance(tdp_w, int | float) or not 0 < tdp_w <= 100_000:
+        raise ValueError(f"midflight.init(): tdp_w must be a number of watts in (0, 100000], not {tdp_w!r:.40}")
+    if devices is not None and (type(devices) is not int or not 0 < devices <= 1_000_000):
+        raise ValueError(f"midflight.init(): devices must be a whole number in [1, 1000000], not {devices!r:.40}")
+    if device is not None and not isinstance(device, str):
+        raise TypeError(f"midflight.init(): device must be text such as 'A100-SXM4-80GB', not {type(device).__name__}")
+    return (device or "device")[:80], float(tdp_w), devices
 
 
 def _require_run() -> Run:

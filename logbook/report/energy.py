@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from midflight.logbook.analysis import energy
-from midflight.logbook.analysis.energy import DEFAULT_TDP_W, Meter, MeterTotal
+from midflight.logbook.analysis.energy import Meter, MeterTotal
 from midflight.logbook.store import kept, queries
 from midflight.logbook.store.database import Store
 
@@ -92,41 +92,39 @@ def fleet_curves(store: Store, run: str, points: int = CURVE_POINTS) -> pd.DataF
     return pd.DataFrame(rows, columns=["segment_id", "metered", "wall_time", "energy_j", "devices"])
 
 
-def nameplate(store: Store, run: str, default_tdp_w: float = DEFAULT_TDP_W) -> dict[str, dict]:
+def nameplate(store: Store, run: str, tdp_w: float | None = None) -> dict[str, dict]:
     """Per segment: {"watts", "devices", "source"} (see analysis.energy.nameplate)."""
     segs = queries.segments(store, run)
     return energy.nameplate(
         queries.events(store, run, ["telemetry_start"]),
         queries.rank_hosts(store, run),
         dict(zip(segs["segment_id"], segs["world_size"])),
-        default_tdp_w,
+        tdp_w,
     )
 
 
-def segment_energy(store: Store, run: str, *, default_tdp_w: float = DEFAULT_TDP_W) -> list[dict]:
+def segment_energy(store: Store, run: str, *, tdp_w: float | None = None) -> list[dict]:
     """One dict per segment: metered_j, estimated_j, nameplate_j, energy_j (best figure), basis, estimated."""
     segs = queries.segments(store, run)
     return energy.segment_rows(
         list(zip(segs["segment_id"], segs["effective"])),
         meter_totals(store, run, list(segs["segment_id"])),
         queries.segment_times(store, run),
-        nameplate(store, run, default_tdp_w),
-        default_tdp_w,
+        nameplate(store, run, tdp_w),
     )
 
 
-def step_energy(store: Store, run: str, *, default_tdp_w: float = DEFAULT_TDP_W) -> pd.DataFrame:
+def step_energy(store: Store, run: str, *, tdp_w: float | None = None) -> pd.DataFrame:
     """Energy of each logged step (see analysis.energy.per_step): the Energy page's per-step chart."""
     return energy.per_step(
         queries.step_wall_times(store, run),
         meters(store, run),
         queries.segment_times(store, run),
-        nameplate(store, run, default_tdp_w),
+        nameplate(store, run, tdp_w),
         {r.segment_id: r for r in queries.effective_ranges(store, run)},
-        default_tdp_w,
     )
 
 
-def run_energy(store: Store, run: str, *, default_tdp_w: float = DEFAULT_TDP_W) -> dict:
+def run_energy(store: Store, run: str, *, tdp_w: float | None = None) -> dict:
     """Totals over every segment (all energy spent, wasted branches included), plus per-segment rows."""
-    return energy.totals(segment_energy(store, run, default_tdp_w=default_tdp_w))
+    return energy.totals(segment_energy(store, run, tdp_w=tdp_w))

@@ -6,7 +6,7 @@ import fnmatch
 import json
 
 from midflight.logbook.analysis import energy
-from midflight.logbook.analysis.energy import DEFAULT_TDP_W, J_PER_KWH
+from midflight.logbook.analysis.energy import J_PER_KWH
 from midflight.logbook.analysis.progress import planned_steps
 from midflight.logbook.record import records, runmeta
 from midflight.logbook.report import energy as energy_report
@@ -209,11 +209,12 @@ def summarize(
     region: str | None = None,
     intensity_g_per_kwh: float | None = None,
     pue: float | None = None,
+    tdp_w: float | None = None,
 ) -> dict:
     """Everything `summary --json` prints. CO2eq: the given intensity, else the region's, else the world average."""
     if region is None and intensity_g_per_kwh is None:
         region = energy.DEFAULT_REGION
-    power = energy_summary(store, run, region=region, intensity_g_per_kwh=intensity_g_per_kwh, pue=pue)
+    power = energy_summary(store, run, region=region, intensity_g_per_kwh=intensity_g_per_kwh, pue=pue, tdp_w=tdp_w)
     segs = queries.segments(store, run)
     segments = [
         {
@@ -271,14 +272,14 @@ def energy_summary(
     region: str | None = None,
     intensity_g_per_kwh: float | None = None,
     pue: float | None = None,
-    default_tdp_w: float = DEFAULT_TDP_W,
+    tdp_w: float | None = None,
 ) -> dict:
     """{"energy": {...}, "co2eq_kg": float | None, "co2": {...}, "wasted": [...]}, what `summary` prints.
 
     CO2eq follows analysis.energy.co2_basis: the given intensity, else the region's, else None.
     """
-    tot = energy_report.run_energy(store, run, default_tdp_w=default_tdp_w)
-    waste = wasted(store, run, default_tdp_w=default_tdp_w)
+    tot = energy_report.run_energy(store, run, tdp_w=tdp_w)
+    waste = wasted(store, run, tdp_w=tdp_w)
     wasted_j = sum(b["energy_j"] for b in waste if b["energy_j"] is not None) if waste else 0.0
     tokens = finite(queries.last_value(store, run, queries.TOKENS_METRIC))
     figures = {
@@ -289,6 +290,8 @@ def energy_summary(
         "metered_j": tot["metered_j"],
         "estimated_j": tot["estimated_j"],
         "nameplate_j": tot["nameplate_j"],
+        "nameplate_source": "; ".join(sorted({s["nameplate_source"] for s in tot["segments"] if s["nameplate_source"]}))
+        or None,
         "wasted_j": wasted_j,
         "j_per_token": tot["energy_j"] / tokens if tot["energy_j"] and tokens else None,
         "method": energy.ENERGY_METHOD,

@@ -11,8 +11,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from midflight import logbook
-from midflight.app import data, live_chart
-from midflight.app.source import DEFAULT_ROOT, ENV_RUNS, roots_from
+from midflight.app import data, live_chart, sample_runs
+from midflight.app.source import ENV_RUNS, roots_from
 from midflight.logbook.analysis import energy
 from midflight.logbook.record import annotations as ann_log
 
@@ -338,6 +338,7 @@ def test_energy_page_says_when_wall_times_are_estimated_from_iteration_times(tmp
         time.sleep(0.5)
         at.run()
     assert any("estimated from iteration times" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert any(i.value.startswith("No energy data") for i in at.info)  # no telemetry, no TDP: no silent 400 W
 
 
 # ----------------------------------------------------------------- compare
@@ -391,7 +392,7 @@ def test_intervention_cancel_writes_nothing(live_run):
 def test_roots_from(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    assert roots_from([], {}) == [DEFAULT_ROOT]
+    assert roots_from([], {}) == [sample_runs()] == [ROOT / "sample_runs"]  # a checkout: in place
     assert roots_from(["--runs", str(a), f"--runs={b}"], {}) == [a.resolve(), b.resolve()]
     env = {ENV_RUNS: f"{a}{os.pathsep}{b}"}
     assert roots_from([], env) == [a.resolve(), b.resolve()]

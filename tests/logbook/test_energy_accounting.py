@@ -1,6 +1,8 @@
 """Energy (metered / estimated / nameplate), CO2eq, projection and lineage accounting of wasted compute."""
 
 import math
+import subprocess
+import sys
 import time
 
 import pytest
@@ -105,17 +107,43 @@ def test_cpu_estimate_stays_labelled_estimated(clock, tmp_path):
     assert s["co2eq_kg"] == pytest.approx(15.0 / J_PER_KWH * 56.0 / 1000)
 
 
-def test_no_telemetry_falls_back_to_nameplate_estimate(clock, tmp_path):
+def test_no_telemetry_and_no_tdp_is_no_energy_data(clock, tmp_path):
+    """A loop with no power telemetry is never charged a silent default (it was 400 W x ranks x wall time)."""
     run_dir = tmp_path / "bare"
     run = logbook.init(run_dir, segment_id="a", flush_every=60)
     clock.t = 1100.0
     run.log({"loss": 1.0}, step=1)
     run.finish()
     store = _open(run_dir, tmp_path)
-    (seg,) = energy_report.segment_energy(store, "bare", default_tdp_w=250.0)
-    assert (seg["basis"], seg["estimated"]) == ("nameplate", True)
-    assert seg["energy_j"] == pytest.approx(250.0 * 100.0)  # 1 rank x 250 W x 100 s
-    assert energy_summary(store, "bare")["co2eq_kg"] is None  # no region, no intensity
+    (seg,) = energy_report.segment_energy(store, "bare")
+    assert (seg["energy_j"], seg["nameplate_j"], seg["basis"]) == (None, None, "none")
+    s = energy_summary(store, "bare", region="World")
+    assert s["energy"]["energy_j"] is None and s["energy"]["basis"] == "none" and s["co2eq_kg"] is None
+    out = subprocess.run(
+        [sys.executable, "-m", "midflight.logbook", "summary", str(run_dir)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "energy: no energy data" in out and "kWh" not in out
+    # given to the report: a labelled nameplate estimate, 1 rank x 250 W x 100 s
+    (seg,) = energy_report.segment_energy(store, "bare", tdp_w=250.0)
+    assert (seg["basis"], seg["estimated"], seg["energy_j"]) == ("nameplate", True, pytest.approx(250.0 * 100.0))
+    assert seg["nameplate_source"] == "TDP given: 250 W x 1 ranks"
+
+
+def test_a_tdp_given_at_init_is_a_labelled_nameplate_estimate(clock, tmp_path):
+    run_dir = tmp_path / "given"
+    run = logbook.init(run_dir, segment_id="a", flush_every=60, device="A100-SXM4-80GB", tdp_w=400, devices=8)
+    clock.t = 1010.0
+    run.log({"loss": 1.0}, step=1)
+    run.finish()
+    store = _open(run_dir, tmp_path)
+    s = energy_summary(store, "given")
+    assert s["energy"]["basis"] == "nameplate" and s["energy"]["estimated"] is True
+    assert s["energy"]["energy_j"] == pytest.approx(8 * 400.0 * 10.0)
+    assert s["energy"]["nameplate_source"] == "TDP given at init: A100-SXM4-80GB 400 W x 8"
+    with pytest.raises(ValueError, match="tdp_w must be a number of watts"):
+        logbook.init(tmp_path / "bad", tdp_w=-5)
+    with pytest.raises(ValueError, match="give tdp_w"):
+        logbook.init(tmp_path / "bad", device="A100")
 
 
 # ----------------------------------------------------------------- CO2 arithmetic and references
@@ -205,8 +233,10 @@ def test_wasted_compute_on_hand_built_lineage(clock, tmp_path):
     assert (b["first_step"], b["last_step"], b["steps"], b["tokens"]) == (51, 60, 10, 1000.0)
     assert b["wall_s"] == pytest.approx(11.0)
     assert (b["devices"], b["device_kind"]) == (1, "rank")  # no GPU telemetry: world size
-    assert b["metered_j"] is None and b["energy_basis"] == "nameplate" and b["estimated"]
-    assert b["nameplate_j"] == pytest.approx(energy.DEFAULT_TDP_W * 11.0)
+    assert b["metered_j"] is None and b["nameplate_j"] is None  # no telemetry, no TDP: no energy figure
+    assert (b["energy_j"], b["energy_basis"], b["estimated"]) == (None, "none", False)
+    (b_given,) = [r for r in wasted_report.wasted(store, "lin", tdp_w=300.0) if r["segment_id"] == "B"]
+    assert (b_given["energy_basis"], b_given["nameplate_j"]) == ("nameplate", pytest.approx(300.0 * 11.0))
 
     tot = accounting.totals([a, b])
     assert (tot["steps"], tot["tokens"], tot["wall_s"]) == (20, 2000.0, pytest.approx(22.0))

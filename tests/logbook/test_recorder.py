@@ -394,7 +394,7 @@ def test_blocks_are_strict_json_and_old_nan_tokens_still_read(tmp_path):
 
 
 def test_config_updates_after_init_are_recorded_as_diffs(tmp_path):
-    """W&B's run.config.update and Lightning's log_hyperparams come after init: a config event with its diff each."""
+    """W&B's run.config.update and Lightning's log_hyperparams come after init: each is a config event with a diff."""
     import json
 
     from midflight.logbook.store import memory, queries
