@@ -66,6 +66,12 @@ def runs(_src: Source, k: tuple) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
+def run_notes(_src: Source, k: tuple, run: str) -> dict:
+    """Tags, notes, group, summary values, config changes after init and alerts (report.summary.run_notes)."""
+    return summary.run_notes(_src.store, run)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
 def ingest_problems(_src: Source, k: tuple, run: str) -> list[dict]:
     return queries.ingest_problems(_src.store, run)
 

@@ -16,12 +16,16 @@ import importlib
 
 from midflight.logbook.record.annotations import KINDS as ANNOTATION_KINDS
 from midflight.logbook.record.annotations import annotate, delete_annotation, edit_annotation
+from midflight.logbook.record.histograms import Histogram
 from midflight.logbook.record.recorder import Run, event, finish, init, log
+from midflight.logbook.record.runmeta import Text
 
 __all__ = [
     "ANNOTATION_KINDS",
+    "Histogram",
     "Run",
     "Store",
+    "Text",
     "annotate",
     "delete_annotation",
     "edit_annotation",

@@ -3,6 +3,7 @@
     import midflight
     run = midflight.init("runs/opt", config=cfg)        # on any subset of ranks; never a collective
     midflight.log({"loss": loss, "lr": lr}, step=step)
+    midflight.log({"w": midflight.Histogram(w), "sample": midflight.Text(s)}, step=step)
     midflight.finish()
 
 The distribution is one namespace, `midflight`, so that installing it never shadows another
@@ -24,7 +25,9 @@ if not _os.path.isdir(_os.path.join(__path__[0], "logbook")):  # a checkout: the
 
 from midflight.logbook import (  # noqa: E402
     ANNOTATION_KINDS,
+    Histogram,
     Run,
+    Text,
     annotate,
     event,
     finish,
@@ -34,4 +37,16 @@ from midflight.logbook import (  # noqa: E402
 )
 
 __version__ = "0.2.0"
-__all__ = ["ANNOTATION_KINDS", "Run", "annotate", "event", "finish", "init", "log", "open_run", "__version__"]
+__all__ = [
+    "ANNOTATION_KINDS",
+    "Histogram",
+    "Run",
+    "Text",
+    "annotate",
+    "event",
+    "finish",
+    "init",
+    "log",
+    "open_run",
+    "__version__",
+]

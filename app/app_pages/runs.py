@@ -52,9 +52,12 @@ def table_region():
         incs, _ = data.incidents(ctx.src, run, wait=0.2)
         power, _ = data.energy_summary(ctx.src, run, wait=0.2)
         e_j = (power or {}).get("energy", {}).get("energy_j")
+        notes = data.run_notes(ctx.src, ctx.k, run)
         rows.append(
             {
                 "run": run,
+                "tags": ", ".join(notes["tags"]),  # text cells: st.dataframe never renders HTML
+                "group": notes["group"],
                 "status": data.run_status(ctx.src, ctx.k, run, data.tick()),
                 "segments": len(segs),
                 "last step": whole(segs["end_step"].max()) if len(segs) else None,

@@ -33,6 +33,7 @@ def format_text(s: dict) -> str:
         f"run {s['run']}: {s['status']}, last step {s['last_step']}, "
         f"{s['effective_steps']} effective steps, last loss {s['last_loss']}{named}"
     ]
+    lines += _notes(s)
     lines.append(f"segments ({len(s['segments'])}):")
     by_id = {seg["id"]: seg for seg in s["segments"]}
     for seg in s["segments"]:
@@ -107,6 +108,45 @@ def format_text(s: dict) -> str:
         for line_no, msg, snippet in p["examples"][:3]:
             lines.append(f"    line {line_no}: {msg}: {snippet[:80]}")
     return "\n".join(lines)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """User text on one line of the summary (line breaks as spaces, cut with an ellipsis): it stays text."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _notes(s: dict) -> list[str]:
+    """Tags, group, notes, summary values, config changes after init and alerts: what people said about the run."""
+    lines = []
+    labels = [
+        f"group {_one_line(s['group'])}" if s.get("group") else "",
+        f"job type {s['job_type']}" if s.get("job_type") else "",
+    ]
+    if s.get("tags") or any(labels):
+        tags = f"tags: {', '.join(s['tags'])}" if s.get("tags") else "tags: -"
+        lines.append("; ".join([tags] + [x for x in labels if x]))
+    if s.get("notes"):
+        lines.append(f"notes: {_one_line(s['notes'])}")
+    values = s.get("summary_values") or {}
+    if values:
+        lines.append("summary: " + ", ".join(f"{k}={_one_line(_g(v), 80)}" for k, v in values.items()))
+    for name, got in (s.get("metric_summaries") or {}).items():
+        lines.append(f"summary of {name}: " + ", ".join(f"{k} {_g(v)}" for k, v in got.items()))
+    changes = s.get("config_changes") or []
+    if changes:
+        more = s.get("config_change_count", len(changes)) - len(changes)
+        lines.append(
+            f"config changed after init ({len(changes) + more}{f', the last {len(changes)} shown' if more else ''}):"
+        )
+        for c in changes:
+            for key, (old, new) in c["diff"].items():
+                lines.append(
+                    f"    step {c['step']} ({c['segment']}): {key}: {_one_line(old, 80)} -> {_one_line(new, 80)}"
+                )
+    for a in s.get("alerts") or []:
+        lines.append(f"alert {a['level']} at step {a['step']}: {_one_line(a['title'], 120)}: {_one_line(a['text'])}")
+    return lines
 
 
 def _who(d) -> str:

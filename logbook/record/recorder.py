@@ -41,7 +41,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from midflight.logbook import roles as roles_vocab
-from midflight.logbook.record import dist, layout, records, segments
+from midflight.logbook.record import dist, layout, records, runmeta, segments
+from midflight.logbook.record.histograms import Histogram
+from midflight.logbook.record.runmeta import Summary, Text
 from midflight.logbook.values import STEP_LIMIT
 
 END_REASONS = ("completed", "crashed", "stopped", "rewound")
@@ -88,6 +90,10 @@ class Run:
         finish_wait_s: float = 30.0,
         telemetry_every: float = 5.0,
         config: dict | None = None,
+        tags: tuple = (),
+        notes: str | None = None,
+        group: str | None = None,
+        job_type: str | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.name = name
@@ -120,6 +126,11 @@ class Run:
         self._names_ok: set = set()  # metric names log() has checked (text, not reserved)
         self._header = header
         self.config: dict = dict(config or {})  # as given to init, then as update_config changed it
+        self._tags: tuple = tuple(tags)
+        self._notes = notes
+        self.group = group  # fixed at init (it places the run among others); in the header
+        self.job_type = job_type
+        self.summary = Summary(self._record_summary)  # run.summary["best"] = x: a `summary` event each change
         self._pending = bytearray()
         self._fd: int | None = None
         self._torn = False  # a failed write may have left a partial line on disk
@@ -163,11 +174,15 @@ class Run:
 
     # ------------------------------------------------------------------ hot path
     def log(self, metrics: dict, step: int | None = None) -> None:
-        """Record scalar metrics for a step.
+        """Record metrics (and text samples, histograms) for a step.
 
         Values: real numbers (int, float, bool as 0/1, `numbers.Real` such as numpy integer and float
         scalars, numpy bool), and 0-d (or one-element) numpy arrays and torch tensors of a real or bool
-        dtype. NaN and +-Inf are valid and recorded as such. Names: non-empty text other than the
+        dtype. NaN and +-Inf are valid and recorded as such. Beyond numbers: `Histogram(values)` records
+        the distribution as quantile metrics `<name>/p0 ... /p100` and `<name>/count` (record.histograms);
+        a `str` or `Text(...)` records a `text` event (name, text) at the step; a dict of such values records
+        its dotted names (`{"val": {"loss": x}}` -> `val.loss`). Anything else (an image, a table, a list,
+        a tensor of several elements) raises, saying what to do instead. Names: non-empty text other than the
         reserved `step` and `wall_time`. `step`: an integer (int or numpy integer; not a bool or a
         tensor), never lower than the last step logged by this `Run` unless `event("restart", step=K)`
         came in between (then never lower than K); the same step again is fine (eval metrics at a
@@ -188,8 +203,9 @@ class Run:
             _check_names("run.log()", values)
             if len(self._names_ok) < _MAX_NAMES:
                 self._names_ok.update(values)
-        if not _SCALARS.issuperset(map(type, values.values())):
-            _check_values("run.log()", values)
+        texts = None
+        if not _SCALARS.issuperset(map(type, values.values())):  # text, histograms, nested dicts, or misuse
+            values, texts = _log_values("run.log()", values)
         if step is None:
             step = self._next_step
         else:
@@ -207,7 +223,14 @@ class Run:
         if self._finished or len(self._q) >= self.max_queue:
             self._refuse()
             return
-        self._q.append((_METRICS, step, time.time(), values))
+        if texts is None:
+            self._q.append((_METRICS, step, time.time(), values))
+            return
+        t = time.time()
+        if values:
+            self._q.append((_METRICS, step, t, values))
+        for name, text in texts:
+            self._q.append((_EVENT, "text", step, t, {"name": name, "text": text}))
 
     def event(self, kind: str, step: int | None = None, **fields) -> None:
         """Record a discrete event: overflow, checkpoint, restart, intervention_applied, alert, ...
@@ -247,6 +270,49 @@ class Run:
         if diff:
             self.event("config", step=self._next_step if step is None else step, diff=diff)
         return diff
+
+    # ------------------------------------------------------------------ what people say about the run
+    @property
+    def tags(self) -> tuple:
+        """The run's tags (init's `tags=`); `run.tags = run.tags + ("best",)` records a `tags` event."""
+        return self._tags
+
+    @tags.setter
+    def tags(self, tags) -> None:
+        new = runmeta.check_tags("run.tags", tags)
+        added = [t for t in new if t not in self._tags]
+        removed = [t for t in self._tags if t not in new]
+        self._tags = new
+        if added or removed:
+            self.event("tags", step=self._current_step(), tags=list(new), added=added, removed=removed)
+
+    @property
+    def notes(self) -> str | None:
+        """The run's notes (init's `notes=`); setting them records a `notes` event."""
+        return self._notes
+
+    @notes.setter
+    def notes(self, notes) -> None:
+        notes = None if notes is None else runmeta.check_text("run.notes", notes, runmeta.MAX_NOTES, what="notes")
+        if notes != self._notes:
+            self._notes = notes
+            self.event("notes", step=self._current_step(), notes=notes)
+
+    def alert(self, title: str, text: str, level: str = "INFO", step: int | None = None) -> None:
+        """Record an `alert` event (title, text, level INFO / WARN / ERROR) at `step` (default: the last step
+        logged): W&B's `run.alert`. Routing alerts to people is the watcher's (issue 18); this records them."""
+        title, text, level = runmeta.check_alert(title, text, level)
+        self.event("alert", step=self._current_step() if step is None else step, title=title, text=text, level=level)
+
+    def _current_step(self) -> int | None:
+        """The last step logged, or None before the first."""
+        return self._next_step - 1 if self._next_step else None
+
+    def _record_summary(self, values: dict, removed: list) -> None:
+        fields = {"values": values}
+        if removed:
+            fields["removed"] = removed
+        self.event("summary", step=self._current_step(), **fields)
 
     def telemetry(self, values: dict, device: str, step: int | None = None) -> None:
         """Record one sample of device telemetry (GPU power, temperature, ...) for `device`.
@@ -453,6 +519,7 @@ class Run:
     def _encode_items(self, items: list) -> bytes:
         out: list[bytes] = []
         blocks: dict = {}  # (kind, device, names) -> (rows, nonfinite), in first-seen order
+        items = _merge_summaries(items)
         for item in items:
             tag = item[0]
             if tag == _METRICS:
@@ -676,6 +743,81 @@ def _node_record(key, group: list) -> bytes:
     )
 
 
+def _merge_summaries(items: list) -> list:
+    """The `summary` events of one flush as one (at the last one's place): a loop that sets the summary every
+    step writes one event per flush, not one per step. Last value wins per key, as when the summary is read."""
+    at = [i for i, item in enumerate(items) if item[0] == _EVENT and item[1] == "summary"]
+    if len(at) < 2:
+        return items
+    values: dict = {}
+    removed: dict = {}
+    for i in at:
+        fields = items[i][4]
+        for key in fields.get("removed", ()):
+            values.pop(key, None)
+            removed[key] = None
+        for key, value in fields["values"].items():
+            removed.pop(key, None)
+            values[key] = value
+    _, kind, step, t, _ = items[at[-1]]
+    merged = {"values": values, "removed": list(removed)} if removed else {"values": values}
+    skip = set(at[:-1])
+    return [(_EVENT, kind, step, t, merged) if i == at[-1] else item for i, item in enumerate(items) if i not in skip]
+
+
+_MAX_NESTING = 8  # dicts of dicts logged as dotted names, at most this deep
+
+
+def _log_values(where: str, values: dict, depth: int = 0) -> tuple[dict, list | None]:
+    """log()'s values beyond plain numbers: (numbers to record, [(name, text)] to record as `text` events).
+
+    A Histogram becomes its quantile metrics, a str or Text a text event, a dict of numbers its dotted names
+    (`{"val": {"loss": x}}` -> `val.loss`, as W&B names them); everything else must be a number
+    (`_check_values`, whose errors say what to do instead). Raises before anything is queued.
+    """
+    try:  # the common case, 0-d tensors and numpy scalars: one pass with the tensor fast path
+        _check_values(where, values, log=True)
+        return values, None
+    except (TypeError, ValueError):
+        pass  # text, a histogram, a dict, or misuse: value by value below (which raises misuse again, same message)
+    out: dict = {}
+    texts: list = []
+    for key, v in values.items():
+        if type(v) in _SCALARS:
+            out[key] = v
+        elif isinstance(v, Histogram):
+            out.update(v.metrics(key))
+        elif isinstance(v, Text):
+            texts.append((key, v.text))
+        elif isinstance(v, str):
+            texts.append((key, runmeta.check_text(f"{where}: metric {key!r:.80}", v, runmeta.MAX_TEXT)))
+        elif isinstance(v, Mapping):
+            if depth >= _MAX_NESTING:
+                raise ValueError(f"{where}: metric {key!r:.80} nests dicts more than {_MAX_NESTING} deep")
+            _check_names(where, v)
+            sub, subtexts = _log_values(where, {f"{key}.{k}": x for k, x in v.items()}, depth + 1)
+            out.update(sub)
+            texts += subtexts or ()
+        else:
+            _check_values(where, {key: v}, log=True)
+            out[key] = v
+    return out, texts or None
+
+
+def check_log_values(where: str, metrics) -> dict:
+    """`metrics` checked as `Run.log` checks it (TypeError / ValueError, one line), recording nothing, and flat:
+    histograms as their quantile metrics, text as Text, nested dicts as dotted names. For a caller that holds
+    values before logging them (W&B's `log(..., commit=False)` merges several calls into one step)."""
+    values = dict(metrics) if type(metrics) is dict else _as_dict(where, metrics)
+    _check_names(where, values)
+    if _SCALARS.issuperset(map(type, values.values())):
+        return values
+    flat, texts = _log_values(where, values)
+    for name, text in texts or ():
+        flat[name] = Text(text)
+    return flat
+
+
 def _as_dict(where: str, metrics) -> dict:
     """A copy of a Mapping other than a dict; TypeError for anything else (None, a list, a number)."""
     if isinstance(metrics, Mapping):
@@ -724,8 +866,13 @@ def _check_names(where: str, names) -> None:
             raise ValueError(f"{where}: a metric name must not be {what}; reserved: step, wall_time and ''")
 
 
-def _check_values(where: str, values: dict) -> None:
-    """Raise for the first value `log()`/`telemetry()` cannot record; return if all are fine."""
+_HISTOGRAM_HINT = "log one number per name, or wrap it in midflight.Histogram(...) to record its distribution"
+
+
+def _check_values(where: str, values: dict, log: bool = False) -> None:
+    """Raise for the first value `log()`/`telemetry()` cannot record; return if all are fine.
+
+    `log`: the message for run.log, which also takes histograms and text, says so."""
     for key, v in values.items():
         t = type(v)
         if t in _SCALARS:
@@ -733,7 +880,7 @@ def _check_values(where: str, values: dict) -> None:
         if t in _TENSOR_TYPES and v.dtype in _TENSOR_DTYPES and not v.ndim:  # two metadata reads
             continue
         if _module(v) == "torch":
-            _check_tensor(where, key, v)
+            _check_tensor(where, key, v, log)
             continue
         text = isinstance(v, (str, bytes))  # numpy's str_ and bytes_ too: refused below, never a number
         if not text and isinstance(v, numbers.Real):  # numpy integer and float scalars, Fraction, ...
@@ -743,17 +890,29 @@ def _check_values(where: str, values: dict) -> None:
             kind = getattr(getattr(v, "dtype", None), "kind", None)
             if kind in ("b", "i", "u", "f"):
                 if getattr(v, "size", 1) != 1:
-                    raise ValueError(f"{where}: metric {key!r} is an array of {v.size} values; log one number per name")
+                    hint = _HISTOGRAM_HINT if log else "log one number per name"
+                    raise ValueError(f"{where}: metric {key!r} is an array of {v.size} values; {hint}")
                 if isinstance(v, sys.modules["numpy"].generic):
                     _SCALARS.add(t)  # a scalar type (numpy.bool_): its values are always one number
                 continue
+        if not log:
+            raise TypeError(
+                f"{where}: metric {key!r} is {t.__name__} ({v!r:.80}), not a real number; "
+                "log an int, float, numpy scalar or 0-d tensor"
+            )
+        refusal = getattr(t, "_midflight_refusal", None)  # a W&B media type of midflight.wandb says what it is
+        if isinstance(refusal, str):
+            raise TypeError(f"{where}: metric {key!r}: {refusal}")
+        if isinstance(v, (list, tuple)) and all(isinstance(x, numbers.Real) for x in v):
+            raise TypeError(f"{where}: metric {key!r} is a {t.__name__} of {len(v)} numbers; {_HISTOGRAM_HINT}")
         raise TypeError(
-            f"{where}: metric {key!r} is {t.__name__} ({v!r:.80}), not a real number; "
-            "log an int, float, numpy scalar or 0-d tensor"
+            f"{where}: metric {key!r} is {t.__name__} ({v!r:.80}), not a real number; midflight records numbers, "
+            "histograms and text: log an int, float, numpy scalar or 0-d tensor, midflight.Histogram(values) "
+            "or midflight.Text(text)"
         )
 
 
-def _check_tensor(where: str, key, v) -> None:
+def _check_tensor(where: str, key, v, log: bool = False) -> None:
     """A torch tensor: one element of a real or bool dtype. Reads only metadata (no .item(), no GPU sync)."""
     dtype = getattr(v, "dtype", None)
     if dtype is None or getattr(dtype, "is_complex", False) or not hasattr(v, "numel"):
@@ -762,9 +921,10 @@ def _check_tensor(where: str, key, v) -> None:
             "log an int, float, numpy scalar or 0-d tensor"
         )
     if v.ndim != 0 and v.numel() != 1:
+        hint = ", or wrap it in midflight.Histogram(...) to record its distribution" if log else ""
         raise ValueError(
             f"{where}: metric {key!r} is a tensor of shape {tuple(v.shape)}; log one number per name "
-            "(a 0-d tensor such as loss.detach(), or t.mean())"
+            f"(a 0-d tensor such as loss.detach(), or t.mean()){hint}"
         )
     _TENSOR_TYPES.add(type(v))
     _TENSOR_DTYPES.add(dtype)
@@ -832,6 +992,10 @@ def init(
     tdp_w: float | None = None,
     devices: int | None = None,
     roles: dict | None = None,
+    tags=None,
+    notes: str | None = None,
+    group: str | None = None,
+    job_type: str | None = None,
 ) -> Run:
     """Start recording one launch (segment) of a run into `run_dir`.
 
@@ -856,10 +1020,17 @@ def init(
             (`{"loss": "my_loss", "lr": "sched/lr"}`; roles in logbook.roles: loss, eval_loss, lr, grad_norm,
             loss_scale, throughput, step_time, param_norm). Common names (`train/loss`, `learning_rate`, ...)
             need no declaration. Kept in the segment header; a bad one raises here.
+        tags, notes, group, job_type: what people say about the run (W&B's arguments), kept in the segment
+            header as text: tags a list of short labels (at most 100, 64 characters each), notes at most 4,096
+            characters, group and job_type one line each. Later changes: `run.tags = ...`, `run.notes = ...`.
     """
     given = _given_power(device, tdp_w, devices)
     global _current
     declared = roles_vocab.validate(roles)  # a caller's mistake raises here, before anything is written
+    tags = runmeta.check_tags("init()", tags)  # user text is checked before anything is written
+    notes = None if notes is None else runmeta.check_text("init()", notes, runmeta.MAX_NOTES, what="notes")
+    group = runmeta.check_label("init()", group, what="group")
+    job_type = runmeta.check_label("init()", job_type, what="job_type")
     run_dir = Path(run_dir)
     info = dist.detect()
     writes_header = info.is_main
@@ -887,6 +1058,7 @@ def init(
             reason=reason,
             world_size=info.world_size,
             roles=declared,
+            meta={"tags": list(tags), "notes": notes, "group": group, "job_type": job_type},
         )
     run = Run(
         run_dir,
@@ -901,6 +1073,10 @@ def init(
         finish_wait_s=finish_wait_s,
         telemetry_every=telemetry_every,
         config=header["config"] if header else config,
+        tags=tags,
+        notes=notes,
+        group=group,
+        job_type=job_type,
     )
     if header is not None and given is not None:  # once per launch, by the rank that writes the header
         n = given[2] or info.world_size

@@ -101,7 +101,10 @@ def build_header(
     reason: str | None,
     world_size: int,
     roles: dict | None = None,
+    meta: dict | None = None,
 ) -> dict:
+    """The header of a new segment. `meta`: what people said about the run at init (tags, notes, group,
+    job_type; checked text, see record.runmeta), stored as top-level keys beside the config."""
     parent_config = None
     if parent is not None:
         p = read_header(layout.segment_dir(run_dir, parent) / layout.SEGMENT_HEADER)
@@ -119,6 +122,7 @@ def build_header(
         "pid": os.getpid(),
         "config": config,
         "config_diff": config_diff(parent_config, config) if parent is not None else {},
+        **(meta or {}),
     }
     if roles:  # {role: metric name}, validated by the caller (logbook.roles.validate)
         header["roles"] = dict(roles)
@@ -168,6 +172,34 @@ def describe_end(run_dir: Path, segment_id: str, tail_bytes: int = 1 << 16) -> s
     if ended:
         return f"{segment_id} ended: {ended[0][1]}"
     return f"{segment_id}: no rank logs"
+
+
+def last_step(run_dir: Path, segment_id: str, tail_bytes: int = 1 << 20) -> int | None:
+    """The last step rank 0 of a segment recorded: its close record's `last_step`, else its last metrics row's step
+    (a launch that died without a close). Reads only the last `tail_bytes` of the log; None if nothing is found.
+    What a resumed W&B-style run continues its step count from (midflight.wandb)."""
+    path = layout.rank_file(Path(run_dir), segment_id, 0)
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - tail_bytes))
+            lines = f.read().split(b"\n")
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            rec = records.decode(line)
+        except Exception:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("k") == records.CLOSE and isinstance(rec.get("last_step"), int):
+            return rec["last_step"]
+        rows = rec.get("rows") if rec.get("k") == records.METRICS else None
+        if isinstance(rows, list) and rows and isinstance(rows[-1], list) and rows[-1]:
+            step = rows[-1][0]
+            if isinstance(step, int) and step >= 0:
+                return step
+    return None
 
 
 def latest(run_dir: Path) -> str | None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 
 from midflight.logbook.analysis import energy
 from midflight.logbook.analysis.energy import J_PER_KWH
 from midflight.logbook.analysis.progress import planned_steps
-from midflight.logbook.record import records
+from midflight.logbook.record import records, runmeta
 from midflight.logbook.report import energy as energy_report
 from midflight.logbook.report import incidents
 from midflight.logbook.report.wasted import wasted
@@ -31,6 +32,129 @@ def _interventions(store: Store, run: str) -> list[dict]:
         }
         for r in queries.interventions(store, run).itertuples()
     ]
+
+
+METRIC_SUMMARIES = ("min", "max", "mean", "last")  # define_metric(summary=...) kinds the summary computes
+MAX_LISTED = 200  # config changes and alerts listed in the summary (the newest; the count says how many in all)
+
+
+def _valid(check, *args):
+    try:
+        return check(*args), True
+    except (TypeError, ValueError):
+        return None, False
+
+
+def _summary_values(fields: dict) -> tuple[dict, list]:
+    """A summary event's values (numbers, bools, text of the summary's size, None) and removed keys; the rest of
+    a hostile or damaged log is left out."""
+    values = fields.get("values")
+    good = {}
+    for key, v in (values if isinstance(values, dict) else {}).items():
+        if (
+            isinstance(key, str)
+            and len(key) <= runmeta.MAX_LABEL
+            and (
+                v is None
+                or type(v) in (int, float, bool)
+                or (isinstance(v, str) and len(v) <= runmeta.MAX_SUMMARY_TEXT)
+            )
+        ):
+            good[key] = v
+    removed = fields.get("removed")
+    return good, [k for k in removed if isinstance(k, str)] if isinstance(removed, list) else []
+
+
+def run_notes(store: Store, run: str) -> dict:
+    """What people said about the run: tags, notes, group, job type, summary values, config changes after
+    init, alerts and define_metric summaries, folded from the headers and note events (queries.run_notes).
+
+    Tags: every header's tags (a relaunch may add some), then each `tags` event sets the whole list. Notes,
+    group, job type: the latest given. Summary: last value wins per key. Each value is checked as the Recorder
+    checks it (record.runmeta): a log is a file anyone can write, and what fails is left out.
+    """
+    tags: list = []
+    notes = group = job_type = None
+    values: dict = {}
+    changes, alerts, defined = [], [], {}
+    for r in queries.run_notes(store, run).itertuples():
+        try:
+            f = json.loads(r.fields)
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(f, dict):
+            continue
+        step = number(r.step)
+        if r.kind == "header":
+            got, ok = _valid(runmeta.check_tags, "header", f.get("tags"))
+            tags = list(dict.fromkeys(tags + list(got))) if ok else tags
+            note, ok = _valid(runmeta.check_text, "header", f.get("notes"), runmeta.MAX_NOTES)
+            notes = note if ok else notes
+            for key in ("group", "job_type"):
+                label, ok = _valid(lambda v, k=key: runmeta.check_label("header", v, what=k), f.get(key))
+                if ok and label is not None:
+                    group, job_type = (label, job_type) if key == "group" else (group, label)
+        elif r.kind == "tags":
+            got, ok = _valid(runmeta.check_tags, "tags", f.get("tags"))
+            tags = list(got) if ok else tags
+        elif r.kind == "notes":
+            note, ok = _valid(runmeta.check_text, "notes", f.get("notes"), runmeta.MAX_NOTES)
+            notes = note if ok else notes
+        elif r.kind == "summary":
+            good, removed = _summary_values(f)
+            for key in removed:
+                values.pop(key, None)
+            values.update(good)
+        elif r.kind == "config" and isinstance(f.get("diff"), dict):
+            changes.append({"segment": r.segment_id, "step": step, "diff": f["diff"]})
+        elif r.kind == "alert":
+            title, ok1 = _valid(lambda v: runmeta.check_label("alert", v, what="title"), f.get("title"))
+            text, ok2 = _valid(runmeta.check_text, "alert", f.get("text"), runmeta.MAX_NOTES)
+            if ok1 and ok2 and title is not None and f.get("level") in runmeta.ALERT_LEVELS:
+                alerts.append(
+                    {"title": title, "text": text, "level": f["level"], "step": step, "time": number(r.wall_time)}
+                )
+        elif r.kind == "define_metric" and isinstance(f.get("name"), str):
+            defined[f["name"]] = {k: f.get(k) for k in ("step_metric", "summary", "goal")}
+    return {
+        "tags": tags,
+        "notes": notes,
+        "group": group,
+        "job_type": job_type,
+        "summary_values": values,
+        "config_changes": changes[-MAX_LISTED:],
+        "config_change_count": len(changes),
+        "alerts": alerts[-MAX_LISTED:],
+        "alert_count": len(alerts),
+        "defined_metrics": defined,
+        "metric_summaries": metric_summaries(store, run, defined),
+    }
+
+
+def metric_summaries(store: Store, run: str, defined: dict) -> dict:
+    """{metric: {"min": v, ...}} for each define_metric(name, summary="min,max,...") the run recorded: W&B's
+    summary of a metric, computed from the store (min, max, mean over finite values; last: the last step's).
+    A name may be a glob (`val/*`), as in W&B; other summary kinds (best, copy, none) are recorded, not computed."""
+    wanted: dict = {}
+    names = None
+    for pattern, spec in defined.items():
+        kinds = [k.strip() for k in spec["summary"].split(",")] if isinstance(spec.get("summary"), str) else []
+        kinds = [k for k in kinds if k in METRIC_SUMMARIES]
+        if not kinds:
+            continue
+        if any(c in pattern for c in "*?["):
+            names = queries.metric_names(store, run) if names is None else names
+            matched = fnmatch.filter(names, pattern)
+        else:
+            matched = [pattern]
+        for name in matched:
+            wanted.setdefault(name, {}).update(dict.fromkeys(kinds))
+    found = queries.metric_aggregates(store, run, list(wanted))
+    out = {}
+    for name, kinds in wanted.items():
+        if name in found:
+            out[name] = {k: found[name][k] for k in kinds}
+    return out
 
 
 def wall_time(store: Store, run: str) -> dict:
@@ -118,6 +242,7 @@ def summarize(
     effective_steps = queries.effective_steps(store, run)
     summary = {
         "run": run,
+        **run_notes(store, run),
         "status": queries.run_status(store, run),
         "last_step": max(ends) if ends else None,
         "effective_steps": effective_steps,

@@ -6,6 +6,8 @@ at which step, what type of entry, what happened, the detail and who (a rank, an
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from midflight.logbook.store import queries
@@ -18,6 +20,24 @@ def _text(*parts) -> str:
     return " ".join(str(p) for p in parts if isinstance(p, str) and p).strip()
 
 
+def _event_detail(kind: str, fields) -> str:
+    """An event's fields as the timeline shows them: a text sample as `name: text`, an alert as `LEVEL title: text`
+    (plain text, as logged), anything else as its JSON."""
+    if kind not in ("text", "alert") or not isinstance(fields, str):
+        return fields
+    try:
+        f = json.loads(fields)
+    except ValueError:
+        return fields
+    if not isinstance(f, dict):
+        return fields
+    if kind == "text" and isinstance(f.get("text"), str):
+        return f"{f.get('name')}: {f['text']}"
+    if kind == "alert" and isinstance(f.get("title"), str):
+        return f"{f.get('level')} {f['title']}: {f.get('text')}"
+    return fields
+
+
 def timeline(store: Store, run: str) -> pd.DataFrame:
     """Every entry of the run, oldest first: time, step, type (event | intervention | annotation | segment),
     what, detail, who."""
@@ -27,7 +47,7 @@ def timeline(store: Store, run: str) -> pd.DataFrame:
             "step": r.step,
             "type": "event",
             "what": r.kind,
-            "detail": r.fields,
+            "detail": _event_detail(r.kind, r.fields),
             "who": f"rank {r.rank}",
         }
         for r in queries.events(store, run).itertuples()

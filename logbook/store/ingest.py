@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from midflight.logbook import roles
-from midflight.logbook.record import layout, records
+from midflight.logbook.record import layout, records, runmeta
 from midflight.logbook.store import schema, sealed
 from midflight.logbook.store.database import Store
 from midflight.logbook.values import optional_step, step
@@ -165,7 +165,13 @@ def _ingest_header(cur, run_id: str, run_dir: Path, path: Path, report: IngestRe
         try:  # declared roles: checked again here (a header is a file anyone can edit); bad ones are dropped, said
             declared = roles.validate(h.get("roles"))
         except (ValueError, TypeError) as exc:
-            malformed, examples = 1, [[1, f"segment header: declared roles ignored: {str(exc)[:200]}", ""]]
+            examples.append([1, f"segment header: declared roles ignored: {str(exc)[:200]}", ""])
+        meta, refused = _header_meta(h)
+        row.append(json.dumps(meta))
+        if refused:  # the header is kept; what it says about the run that is not text of the allowed size is not
+            examples.append([1, f"segment header: {refused[:200]}", ""])
+        if examples:  # one header, one malformed line, however many of its fields were refused
+            malformed = 1
             report.malformed += 1
             report.examples.append((run_id, rel, *examples[0]))
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
@@ -176,7 +182,12 @@ def _ingest_header(cur, run_id: str, run_dir: Path, path: Path, report: IngestRe
     cur.execute("BEGIN TRANSACTION")
     try:
         if row is not None:
-            cur.execute("INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)", row)
+            cur.execute(
+                "INSERT OR REPLACE INTO segments (run_id, segment_id, parent_id, resume_step, reason, start_time, "
+                "world_size, host, config, config_diff, meta, has_header) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)",
+                row,
+            )
             cur.execute("DELETE FROM segment_roles WHERE run_id = ? AND segment_id = ?", [run_id, row[1]])
             if declared:
                 cur.executemany(
@@ -191,6 +202,25 @@ def _ingest_header(cur, run_id: str, run_dir: Path, path: Path, report: IngestRe
     except duckdb.Error as exc:  # one header must not stop the rest of the folder from loading
         cur.execute("ROLLBACK")
         report.errors.append(f"{run_id}/{rel}: could not store the segment header: {str(exc)[:200]}")
+
+
+def _header_meta(h: dict) -> tuple[dict, str]:
+    """(tags, notes, group, job_type from a header, what was refused): a header is a file anyone can write, so
+    each is checked as init checks it (record.runmeta); one that fails is left out and said why."""
+    meta: dict = {"tags": [], "notes": None, "group": None, "job_type": None}
+    refused = []
+    checks = {
+        "tags": lambda v: list(runmeta.check_tags("tags", v)),
+        "notes": lambda v: None if v is None else runmeta.check_text("notes", v, runmeta.MAX_NOTES, what="notes"),
+        "group": lambda v: runmeta.check_label("group", v, what="group"),
+        "job_type": lambda v: runmeta.check_label("job_type", v, what="job_type"),
+    }
+    for key, check in checks.items():
+        try:
+            meta[key] = check(h.get(key))
+        except (TypeError, ValueError) as exc:
+            refused.append(f"{key} left out ({exc})")
+    return meta, "; ".join(refused)
 
 
 @dataclass(eq=False)

@@ -285,6 +285,52 @@ def events(store: Store, run: str, kinds: list[str] | None = None) -> pd.DataFra
     return _df(store.cursor(), sql + " ORDER BY wall_time, step", params)
 
 
+# What people said about a run beside its numbers (record.runmeta): the header's tags/notes/group/job_type, and the
+# events that change or add to them after init. Config changes after init are `config` events (Run.update_config).
+NOTE_KINDS = ("summary", "tags", "notes", "config", "alert", "define_metric")
+
+
+def run_notes(store: Store, run: str) -> pd.DataFrame:
+    """Every header's meta and every note event of the run, oldest first, in one query.
+
+    Columns: segment_id, rank (NULL for a header), step, wall_time, kind ('header' or one of NOTE_KINDS), fields
+    (JSON text: the header's meta {"tags", "notes", "group", "job_type"}, or the event's fields). Headers sort
+    before the events of the same time. Folding them into one answer (last value wins) is report.summary's.
+    """
+    return _df(
+        store.cursor(),
+        """
+        SELECT segment_id, NULL::INTEGER AS rank, NULL::BIGINT AS step, start_time AS wall_time, 'header' AS kind,
+               meta::VARCHAR AS fields, 0 AS ord
+        FROM segments WHERE run_id = ? AND meta IS NOT NULL
+        UNION ALL
+        SELECT segment_id, rank, step, wall_time, kind, fields::VARCHAR, 1
+        FROM events WHERE run_id = ? AND kind IN (SELECT unnest(?::VARCHAR[]))
+        ORDER BY wall_time NULLS FIRST, ord, rank, step""",
+        [run, run, list(NOTE_KINDS)],
+    ).drop(columns="ord")
+
+
+def metric_aggregates(store: Store, run: str, names: list[str]) -> dict[str, dict]:
+    """{name: {"min", "max", "mean" (of the finite values), "last" (the value at the last step)}} over the
+    effective history, every rank, for the given metric names (W&B's define_metric(summary=...))."""
+    if not names:
+        return {}
+    cond, params = _range_filter(effective_ranges(store, run), "effective")
+    rows = (
+        store.cursor()
+        .execute(
+            f"""SELECT m.name, min(m.value) FILTER (isfinite(m.value)), max(m.value) FILTER (isfinite(m.value)),
+                       avg(m.value) FILTER (isfinite(m.value)), arg_max(m.value, (m.step, m.wall_time, m.rank))
+                FROM metrics m WHERE m.run_id = ? AND m.name IN (SELECT unnest(?::VARCHAR[])) AND {cond}
+                GROUP BY m.name""",
+            [run, sorted(set(names))] + params,
+        )
+        .fetchall()
+    )
+    return {n: {"min": lo, "max": hi, "mean": mean, "last": last} for n, lo, hi, mean, last in rows}
+
+
 def event_counts(store: Store, run: str) -> dict[str, int]:
     rows = (
         store.cursor()

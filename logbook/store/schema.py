@@ -5,8 +5,9 @@ a store whose version differs is deleted and re-ingested (see store.py).
 Wall times are Unix seconds (DOUBLE); steps are BIGINT; metric rows are narrow.
 """
 
-# 7: segment_roles; 6: kept_results; 5: telemetry as series (telemetry_blocks, `telemetry` a view); 4: telemetry_tiles
-SCHEMA_VERSION = 7
+# 8: segment_roles and segments.meta (issue 17); 6: kept_results; 5: telemetry as series (telemetry_blocks,
+# `telemetry` a view); 4: telemetry_tiles
+SCHEMA_VERSION = 8
 TILE_SHIFT = 8  # metric_tiles cover 2**8 = 256 steps each
 # telemetry_tiles widths in seconds (docs/architecture.md, "Telemetry tiles"): a chart of W seconds in B buckets
 # reads the widest level no wider than W/B, so it reads at most ~64 x B tiles per series however long the run.
@@ -36,6 +37,7 @@ CREATE TABLE segments (
     config      JSON,
     config_diff JSON,                  -- {"dotted.key": [old, new]} against the parent
     has_header  BOOLEAN,               -- false when only rank logs were found
+    meta        JSON,                  -- the header's {"tags": [..], "notes", "group", "job_type"} (checked text)
     PRIMARY KEY (run_id, segment_id)
 );
 

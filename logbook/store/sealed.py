@@ -128,6 +128,7 @@ TABLES: dict[str, tuple[pa.Schema, str]] = {
                 ("config", pa.string()),  # JSON text
                 ("config_diff", pa.string()),  # JSON text
                 ("has_header", pa.bool_()),
+                ("meta", pa.string()),  # JSON text; absent from parts sealed before schema 7 (read as NULL)
             ]
         ),
         "segment_id",
@@ -156,7 +157,7 @@ TABLES: dict[str, tuple[pa.Schema, str]] = {
         "rank",
     ),
 }
-_JSON_COLUMNS = {"fields", "config", "config_diff"}  # JSON in the store, text in the Parquet
+_JSON_COLUMNS = {"fields", "config", "config_diff", "meta"}  # JSON in the store, text in the Parquet
 
 
 def root(run_dir) -> Path:
@@ -454,9 +455,13 @@ def _load_segment(cur, run_id, run_dir, segment_id, manifest, stats) -> None:
         if table == "telemetry":  # narrow rows in the Parquet, wide samples in the store (schema.py)
             got = _load_telemetry(cur, run_id, segment_id, path)
         else:
+            picked = cols
+            if table == "segments":  # a column added since (a pure addition, FORMAT unchanged) reads as NULL
+                present = set(pq.read_schema(path).names)
+                picked = [c if c in present else f"NULL AS {c}" for c in cols]
             (got,) = cur.execute(
                 f"{verb} INTO {table} (run_id, segment_id, {', '.join(cols)}) "
-                f"SELECT ?, ?, {', '.join(cols)} FROM read_parquet(?, hive_partitioning = false) "
+                f"SELECT ?, ?, {', '.join(picked)} FROM read_parquet(?, hive_partitioning = false) "
                 "WHERE segment_id = ?",
                 [run_id, segment_id, str(path), segment_id],
             ).fetchone()

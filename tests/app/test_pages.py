@@ -602,3 +602,13 @@ def test_synchronous_fleet_pages_show_each_ranks_own_work_and_the_fleets_energy(
     assert [t["name"] for t in cum["data"]] == ["leet-0: 48 devices (metered)"]  # one curve, not 48
     power = next(sp for title, sp in specs.items() if title.startswith("power (W) across 48 devices"))
     assert len(power["data"]) < 10  # a band, not 48 lines
+
+
+def test_runs_table_shows_tags_and_group_as_text(tmp_path, monkeypatch):
+    with logbook.init(tmp_path / "tagged", tags=["baseline", XSS[:60]], group="sweep <7>") as run:
+        run.log({"loss": 1.0}, step=0)
+        run.tags = run.tags + ("promoted",)
+    monkeypatch.setenv(ENV_RUNS, str(tmp_path))
+    table = frame(start(), "run", "tags", "group").set_index("run")
+    assert table.loc["tagged", "tags"] == f"baseline, {XSS[:60]}, promoted"  # the characters, in a text cell
+    assert table.loc["tagged", "group"] == "sweep <7>"
