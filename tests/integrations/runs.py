@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-SPIKE_FACTOR = 8.0
+SPIKE_FACTOR = 10.0
 VOCAB, SEQ = 64, 16
 
 
@@ -158,15 +158,19 @@ def lightning_module(spike_at: int | None = 40, lr: float = 0.05):
     return Regressor(lr=lr)
 
 
-def lightning_run(run_dir, steps: int = 60, spike_at: int | None = 40, *, batch: int = 16, **trainer_kwargs):
-    """Train `lightning_module` for `steps` steps with Trainer(logger=MidflightLogger(run_dir)). Returns the Trainer."""
+def lightning_run(
+    run_dir, steps: int = 60, spike_at: int | None = 40, *, batch: int = 128, module=None, **trainer_kwargs
+):
+    """Train `lightning_module` (or `module`) for `steps` steps with Trainer(logger=MidflightLogger(run_dir)).
+
+    `trainer_kwargs` go to the Trainer (devices=2, strategy="ddp" under torchrun). Returns the Trainer."""
     import lightning.pytorch as pl
     import torch
 
     from midflight.integrations.lightning import MidflightLogger
 
     pl.seed_everything(0, verbose=False)
-    module = lightning_module(spike_at)
+    module = module if module is not None else lightning_module(spike_at)
     loader = torch.utils.data.DataLoader(_Linear(steps * batch), batch_size=batch, shuffle=False)
     options = dict(
         accelerator="cpu",
@@ -183,7 +187,7 @@ def lightning_run(run_dir, steps: int = 60, spike_at: int | None = 40, *, batch:
     return trainer
 
 
-def accelerate_run(run_dir, steps: int = 60, spike_at: int | None = 40, *, batch: int = 16):
+def accelerate_run(run_dir, steps: int = 60, spike_at: int | None = 40, *, batch: int = 128):
     """A plain loop through an Accelerator with MidflightTracker(run_dir). Returns the Accelerator."""
     import torch
     from accelerate import Accelerator
