@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-SPIKE_FACTOR = 10.0
+SPIKE_FACTOR = 20.0  # large enough that the Live page's detector flags it after the fast early descent
 VOCAB, SEQ = 64, 16
 
 
@@ -125,13 +125,13 @@ def _mlp(dim: int = 8):
     return torch.nn.Sequential(torch.nn.Linear(dim, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
 
 
-def lightning_module(spike_at: int | None = 40, lr: float = 0.05):
+def lightning_module(spike_at: int | None = 40, lr: float = 0.15):
     """A LightningModule over `_mlp` that logs train_loss, lr and grad_norm each step, with a spike at `spike_at`."""
     import lightning.pytorch as pl
     import torch
 
     class Regressor(pl.LightningModule):
-        def __init__(self, lr: float = 0.05, hidden: int = 32):
+        def __init__(self, lr: float = 0.15, hidden: int = 32):
             super().__init__()
             self.save_hyperparameters()
             self.net = _mlp()
@@ -196,7 +196,7 @@ def accelerate_run(run_dir, steps: int = 60, spike_at: int | None = 40, *, batch
 
     torch.manual_seed(0)
     accelerator = Accelerator(cpu=True, log_with=MidflightTracker(run_dir))
-    config = {"lr": 0.05, "batch": batch, "steps": steps, "optimizer": "SGD"}
+    config = {"lr": 0.15, "batch": batch, "steps": steps, "optimizer": "SGD"}
     accelerator.init_trackers("regression", config=config)
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=config["lr"])

@@ -18,13 +18,13 @@ def test_the_tracker_records_config_loss_lr_grad_norm_and_a_completed_end(tmp_pa
     store = ingested(run)
     seg = queries.segments(store, "mlp")
     assert len(seg) == 1 and seg["end_reason"].tolist() == ["completed"]
-    assert json.loads(seg["config"].iloc[0]) == {"lr": 0.05, "batch": 128, "steps": 30, "optimizer": "SGD"}
+    assert json.loads(seg["config"].iloc[0]) == {"lr": 0.15, "batch": 128, "steps": 30, "optimizer": "SGD"}
     loss, lr, grad = (values(store, run, n) for n in ("loss", "lr", "grad_norm"))  # tensors, read by the Recorder
     assert sorted(loss) == sorted(lr) == sorted(grad) == list(range(1, 31))
     before = range(14, 20)
     assert loss[20] > 0.3 * SPIKE_FACTOR * median(loss[s] for s in before)  # the planted spike
     assert grad[20] > 0.3 * SPIKE_FACTOR * median(grad[s] for s in before)
-    assert lr == {s: 0.05 if s <= 20 else 0.025 for s in range(1, 31)}
+    assert lr == {s: 0.15 if s <= 20 else 0.075 for s in range(1, 31)}
 
 
 def test_what_is_not_a_number_is_skipped_counted_and_warned_about_once(tmp_path):

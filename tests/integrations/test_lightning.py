@@ -22,12 +22,12 @@ def test_the_logger_records_metrics_hyperparameters_checkpoints_and_a_completed_
     before = range(14, 20)
     assert loss[20] > 0.3 * SPIKE_FACTOR * median(loss[s] for s in before)  # the planted spike
     assert grad[20] > 0.3 * SPIKE_FACTOR * median(grad[s] for s in before)
-    assert lr == pytest.approx({s: 0.05 if s < 20 else 0.025 for s in range(30)})  # StepLR(20, 0.5)
+    assert lr == pytest.approx({s: 0.15 if s < 20 else 0.075 for s in range(30)})  # StepLR(20, 0.5)
     assert set(values(store, run, "epoch").values()) == {0.0}  # what Lightning adds to each log
 
     events = queries.events(store, "mlp")
     config = events[events["kind"] == "config"]
-    assert [json.loads(f)["diff"] for f in config["fields"]] == [{"lr": [None, 0.05], "hidden": [None, 32]}]
+    assert [json.loads(f)["diff"] for f in config["fields"]] == [{"lr": [None, 0.15], "hidden": [None, 32]}]
     saved = events[events["kind"] == "checkpoint"]
     path = json.loads(saved["fields"].iloc[0])["path"]
     assert saved["step"].tolist() == [30] and path == trainer.checkpoint_callback.best_model_path
