@@ -12,7 +12,8 @@ What it records (docs/architecture.md, "Integrations"):
   unchanged (loss, learning_rate, grad_norm, epoch, eval_loss, train_runtime, ...) at `state.global_step`.
 - `on_save`, process 0: a `checkpoint` event with the folder HF wrote.
 - `on_train_end`: finish, `completed`. A training that raises is recorded as `crashed` by the
-  Recorder's own exit hook.
+  Recorder's own exit hook. Metrics logged outside `train()` (`trainer.evaluate()` afterwards) go to
+  a child segment of the last one, ended by the next `train()` or at exit.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class MidflightCallback(TrainerCallback):
         self._run_dir = run_dir
         self._link = Link("MidflightCallback", run_dir if run_dir is not None else ".", init_kwargs)
         self._step_t0: float | None = None
+        self._training = False  # between on_train_begin and on_train_end
 
     @property
     def run(self):
@@ -47,7 +49,11 @@ class MidflightCallback(TrainerCallback):
     # ---------------------------------------------------------------- lifecycle
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         link = self._link
-        link.end("completed")  # a train() that ended without on_train_end (an exception caught by the caller)
+        if self._training:  # the last train() never reached on_train_end: an exception its caller caught
+            # (auto_find_batch_size retries after an out-of-memory error this way)
+            link.end("crashed", error="train() ended without on_train_end: an exception its caller caught")
+        link.end("completed")  # evaluation logged after the last train()
+        self._training = True
         link.run_dir = self._run_dir if self._run_dir is not None else args.output_dir
         config = _training_config(args, state, model)
         resume = state.global_step if state.global_step > 0 else None
@@ -59,6 +65,7 @@ class MidflightCallback(TrainerCallback):
         link.last_step = resume
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._training = False
         self._link.end("completed")
 
     # ---------------------------------------------------------------- per step, every process
@@ -73,6 +80,8 @@ class MidflightCallback(TrainerCallback):
     # ---------------------------------------------------------------- process 0
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
+            if self._link.run is None:  # trainer.evaluate() outside train(): a child of the last segment
+                self._link.start(continues=True)  # (ended by the next train() or at exit)
             self._link.log(logs, step=state.global_step)
 
     def on_save(self, args, state, control, **kwargs):

@@ -42,22 +42,33 @@ class _Counting:
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def hf_run(
+def hf_run(run_dir, steps: int = 60, spike_at: int | None = 40, *, resume: bool = False, **kwargs):
+    """Train a tiny GPT-2 for `steps` optimizer steps with a Trainer and MidflightCallback(run_dir).
+
+    The loss HF logs at step `spike_at` is SPIKE_FACTOR times the model's (None: no spike). With
+    `resume`, trains to `steps` from the latest checkpoint in run_dir/hf (a second segment). Other
+    keywords go to `hf_trainer`. Returns the Trainer."""
+    trainer = hf_trainer(run_dir, steps, spike_at, save=resume or "save_steps" in kwargs, **kwargs)
+    if resume:
+        trainer.train(resume_from_checkpoint=True)
+    else:
+        trainer.train()
+    return trainer
+
+
+def hf_trainer(
     run_dir,
     steps: int = 60,
     spike_at: int | None = 40,
     *,
     batch: int = 8,
-    resume: bool = False,
+    save: bool = False,
     midflight: dict | None = None,
     **kwargs,
 ):
-    """Train a tiny GPT-2 for `steps` optimizer steps with a Trainer and MidflightCallback(run_dir).
-
-    The loss HF logs at step `spike_at` is SPIKE_FACTOR times the model's (None: no spike). Extra
-    `kwargs` go to TrainingArguments (ddp_backend="gloo" for a torchrun test). With `resume`, trains to
-    `steps` from the latest checkpoint in run_dir/hf (a second segment). `midflight`: keywords for
-    MidflightCallback (midflight.init's). Returns the Trainer."""
+    """The Trainer `hf_run` trains, not yet trained. Extra `kwargs` go to TrainingArguments
+    (ddp_backend="gloo" for a torchrun test); `midflight`: keywords for MidflightCallback (midflight.init's).
+    Its `fail_at` attribute (None) makes compute_loss raise RuntimeError at that global step."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
@@ -66,7 +77,11 @@ def hf_run(
     torch.manual_seed(0)
 
     class SpikeTrainer(Trainer):
+        fail_at: int | None = None
+
         def compute_loss(self, model, inputs, return_outputs=False, **kw):
+            if self.fail_at is not None and self.state.global_step == self.fail_at:
+                raise RuntimeError(f"planted failure at step {self.fail_at}")
             out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
             # HF logs the loss of the step it is about to take at global_step + 1
             if spike_at is not None and model.training and self.state.global_step + 1 == spike_at:
@@ -83,7 +98,7 @@ def hf_run(
         warmup_steps=5,
         max_grad_norm=1.0,
         logging_steps=1,
-        save_strategy="steps" if resume or "save_steps" in kwargs else "no",
+        save_strategy="steps" if save else "no",
         report_to=[],
         use_cpu=True,
         disable_tqdm=True,
@@ -93,12 +108,7 @@ def hf_run(
     options.update(kwargs)
     args = TrainingArguments(**options)
     callback = MidflightCallback(run_dir, **(midflight or {}))
-    trainer = SpikeTrainer(model=model, args=args, train_dataset=_Counting(steps * batch), callbacks=[callback])
-    if resume:
-        trainer.train(resume_from_checkpoint=True)
-    else:
-        trainer.train()
-    return trainer
+    return SpikeTrainer(model=model, args=args, train_dataset=_Counting(steps * batch), callbacks=[callback])
 
 
 class _Linear:

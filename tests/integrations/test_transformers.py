@@ -5,9 +5,10 @@ import warnings
 
 import pytest
 
+from midflight.integrations.transformers import MidflightCallback
 from midflight.logbook.store import queries
 from tests.integrations.proc import ingested, torchrun, values
-from tests.integrations.runs import SPIKE_FACTOR, hf_run
+from tests.integrations.runs import SPIKE_FACTOR, _Counting, hf_run, hf_trainer
 
 
 def _logged(trainer, name) -> dict:
@@ -56,6 +57,36 @@ def test_resume_from_checkpoint_starts_a_child_segment_at_the_checkpoint_step(tm
     by_segment = queries.series(store, "gpt2", "loss")
     steps = by_segment.groupby("segment_id")["step"].agg(["min", "max"])
     assert steps.loc[first["segment_id"]].tolist() == [1, 20] and steps.loc[second["segment_id"]].tolist() == [21, 30]
+
+
+def test_evaluate_after_train_is_recorded_in_a_child_segment(tmp_path):
+    run = tmp_path / "gpt2"
+    trainer = hf_run(run, steps=10, spike_at=None)
+    metrics = trainer.evaluate(eval_dataset=_Counting(16, seed=1))
+    (callback,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, MidflightCallback)]
+    callback.run.finish()  # what the exit hook does at the end of the script
+    store = ingested(run)
+    segs = queries.segments(store, "gpt2").sort_values("start_time")
+    assert segs["end_reason"].tolist() == ["completed", "completed"]
+    assert segs["parent_id"].iloc[1] == segs["segment_id"].iloc[0] and segs["resume_step"].iloc[1] == 10
+    # at the last training step, which the parent owns: recorded, though outside the effective history
+    evals = queries.series(store, "gpt2", "eval_loss", which="all")
+    assert evals[["step", "segment_id"]].values.tolist() == [[10, segs["segment_id"].iloc[1]]]
+    assert evals["value"].tolist() == pytest.approx([metrics["eval_loss"]])
+
+
+def test_a_train_that_raised_and_was_caught_is_recorded_as_crashed_when_train_runs_again(tmp_path):
+    """What auto_find_batch_size does after an out-of-memory error: the caller catches it and trains again."""
+    run = tmp_path / "gpt2"
+    trainer = hf_trainer(run, steps=8, spike_at=None)
+    trainer.fail_at = 3
+    with pytest.raises(RuntimeError, match="planted failure"):
+        trainer.train()
+    trainer.fail_at = None
+    trainer.train()
+    segs = queries.segments(ingested(run), "gpt2").sort_values("start_time")
+    assert segs["end_reason"].tolist() == ["crashed", "completed"]
+    assert "without on_train_end" in segs["error"].iloc[0] and segs["end_step"].tolist() == [3, 8]
 
 
 @pytest.mark.parametrize(
