@@ -10,7 +10,8 @@ Everything else (name, dependencies, extras, the console script) is in pyproject
 from setuptools import find_packages, setup
 
 PARTS = ("logbook", "app", "trainer")
-packages = ["midflight", *(f"midflight.{p}" for p in find_packages(include=[f"{part}*" for part in PARTS]))]
+packages = ["midflight", "midflight.integrations"]  # the namespace, its modules and the library integrations
+packages += [f"midflight.{p}" for p in find_packages(include=[f"{part}*" for part in PARTS])]
 packages.append("midflight.sample_runs")  # data only: the runs the dashboard opens on when given none
 
 setup(
