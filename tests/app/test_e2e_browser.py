@@ -526,3 +526,74 @@ def test_the_per_rank_view_of_a_512_rank_run_shows_the_planted_straggler(page, f
     line = wait_for(lambda: page.get_by_text(worst).count() and page.get_by_text(worst).first.inner_text(), 30, worst)
     assert f"since step {s['first_step']:,}" in line, line
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+# ----------------------------------------------------------------- runs from a new user's own stack
+PLAIN = """
+import sys, midflight
+run = midflight.init(sys.argv[1], name="plain loop", config={"lr": 0.1})
+for step in range(1, 61):
+    loss = 2.0 / (1 + 0.05 * step) * (20.0 if step == 40 else 1.0)  # a planted spike at 40
+    run.log({"train/loss": loss, "train/lr": 0.1, "train/grad_norm": 1.0 + (30.0 if step == 40 else 0.0)}, step=step)
+run.finish()
+"""
+STACKS = {  # run -> how it is written: the integrations' own runs (tests/integrations/runs.py), a plain loop
+    "hf": "from tests.integrations.runs import hf_run; hf_run(sys.argv[1])",
+    "lightning": "from tests.integrations.runs import lightning_run; lightning_run(sys.argv[1])",
+    "plain": PLAIN,
+}
+
+
+@pytest.fixture(scope="module")
+def stack_server(tmp_path_factory):
+    """A dashboard over three runs recorded as a new user records them: a Hugging Face Trainer with
+    MidflightCallback, a Lightning Trainer with MidflightLogger, and a plain loop logging `train/*` names;
+    each with a loss spike planted at step 40."""
+    root = tmp_path_factory.mktemp("stacks") / "runs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    for name, code in STACKS.items():
+        out = subprocess.run([sys.executable, "-c", f"import sys\n{code}", str(root / name)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+    port = free_port()
+    log = open(root.parent / "server.log", "w")
+    cmd = [sys.executable, "-m", "midflight.app", str(root), "--port", str(port)]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _healthy(url) or proc.poll() is not None, 90, "the dashboard")
+        assert proc.poll() is None, (root.parent / "server.log").read_text()[-3000:]
+        yield url
+    finally:
+        stop(proc, signal.SIGINT)
+        log.close()
+
+
+def header_value(page, label: str) -> str | None:
+    metric = page.locator('[data-testid="stMetric"]').filter(has_text=label)
+    try:
+        return metric.first.locator('[data-testid="stMetricValue"]').inner_text(timeout=500).strip()
+    except Exception:
+        return None
+
+
+@pytest.mark.parametrize("run", list(STACKS))
+def test_a_new_users_run_shows_a_full_live_page(page, stack_server, run):
+    """Whatever the stack named them (`loss`/`learning_rate` for HF, `train_loss`/`lr` for Lightning, `train/*`
+    for the plain loop), the Live page draws loss, learning rate and grad norm, and the spike is an incident."""
+    open_page(page, stack_server, "live", run)
+    charts = plots_js("return plots().map(p => ({title: p.title, n: Math.max(0, ...p.gd._fullData.map(t => "
+                      "(t.x || []).length))}));")  # fmt: skip
+
+    def drawn():
+        got = {c["title"].split(" (")[0].split(" ·")[0]: c["n"] for c in page.evaluate(charts)}
+        return got if all(got.get(t, 0) >= 30 for t in ("loss", "grad norm", "learning rate")) else None
+
+    got = wait_for(drawn, 60, f"the loss, grad norm and learning rate charts of {run}", every=0.5)
+    assert got["loss"] >= 30
+    incidents = wait_for(lambda: (v := header_value(page, "open incidents")) not in (None, "…") and v, 60, "incidents")
+    assert int(incidents) >= 1, incidents  # the planted spike
+    assert page.locator('[data-testid="stException"]').count() == 0
