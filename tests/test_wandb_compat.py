@@ -4,11 +4,14 @@ The scripts below are written the way W&B's quickstart and its PyTorch examples 
 and config; `wandb.log` each step with W&B's auto-incrementing step; `wandb.config` read back; summary, tags,
 define_metric, alert, watch; finish). They run as real subprocesses (one process, then two under torchrun with
 only rank 0 calling init, the W&B habit), and what they recorded is read back through a real ingest into DuckDB
-and the `midflight summary` report. The real wandb package is never installed or imported.
+and the `midflight summary` report. The same quickstart also runs, unchanged but for its import, on the
+real wandb package (offline mode), and the module's public names and parameters are checked against the
+real ones: midflight.wandb must accept what W&B code writes, and invent nothing W&B code cannot call.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -78,7 +81,7 @@ QUICKSTART = textwrap.dedent("""
     wandb.summary.update({"epochs_done": wandb.config.epochs})
     run.tags = run.tags + ("done",)
     try:
-        wandb.log({"examples": wandb.Image(torch.zeros(8, 8))})
+        wandb.log({"examples": wandb.Image(torch.zeros(3, 8, 8))})
     except TypeError as exc:
         print("refused:", exc)
     print("dir:", run.dir, "step:", run.step)
@@ -246,3 +249,67 @@ def test_disabled_mode_records_nothing_and_misuse_raises_one_line(tmp_path, monk
     wandb.finish()
     store = _store(tmp_path / "p" / "misuse")
     assert queries.metric_names(store, "misuse") == ["ok"]  # nothing of the refused calls was recorded
+
+
+# ----------------------------------------------------------------- against the real wandb package
+REAL_SETTINGS = ("WANDB_MODE", "WANDB_SILENT", "WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")
+
+
+def test_the_same_quickstart_runs_on_the_real_wandb(tmp_path):
+    """The script is real W&B code: with `import wandb` it runs on wandb itself (offline, nothing sent)."""
+    pytest.importorskip("wandb")
+    script = tmp_path / "real.py"
+    script.write_text(QUICKSTART.replace("import midflight.wandb as wandb", "import wandb"))
+    env = {**_env(), **dict.fromkeys(REAL_SETTINGS[2:], str(tmp_path)), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "refused:" not in out.stdout and "step: 31" in out.stdout  # W&B logs the image we refuse: one more row
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+COMMON = {  # W&B's names that W&B code calls, and the parameters our versions must take by name
+    "init": (
+        "project",
+        "name",
+        "config",
+        "dir",
+        "tags",
+        "notes",
+        "group",
+        "job_type",
+        "mode",
+        "reinit",
+        "id",
+        "resume",
+    ),
+    "log": ("data", "step", "commit"),
+    "finish": ("exit_code",),
+    "define_metric": ("name", "step_metric", "step_sync", "hidden", "summary", "overwrite"),
+    "alert": ("title", "text", "level", "wait_duration"),
+    "watch": (),
+    "save": (),
+    "login": (),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMMON))
+def test_the_functions_take_what_wandbs_take(name):
+    real = pytest.importorskip("wandb")
+    ours, theirs = inspect.signature(getattr(wandb, name)), inspect.signature(getattr(real, name))
+    for param in COMMON[name]:
+        assert param in theirs.parameters, f"wandb.{name} has no {param!r}: the table above is wrong"
+        assert param in ours.parameters, f"midflight.wandb.{name} does not take {param!r} by name"
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in ours.parameters.values())
+    theirs_named = {p for p, v in theirs.parameters.items() if p != "self" and v.kind.name not in ("VAR_KEYWORD",)}
+    assert takes_any or theirs_named <= set(ours.parameters), theirs_named - set(ours.parameters)
+    # (ours may take more: older W&B releases' parameters, such as log(sync=) and finish(quiet=), still in scripts)
+
+
+def test_the_public_names_exist_in_wandb():
+    real = pytest.importorskip("wandb")
+    names = ["Histogram", "Image", "Table", "Html", "Video", "Audio", "Object3D", "Plotly", "AlertLevel", "Settings",
+             "Error", "config", "summary", "run", *COMMON]  # fmt: skip
+    missing = [n for n in names if not hasattr(real, n)]
+    assert not missing, missing
+    assert {lv.name for lv in real.AlertLevel} <= {n for n in vars(wandb.AlertLevel) if n.isupper()}
