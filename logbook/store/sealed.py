@@ -128,7 +128,7 @@ TABLES: dict[str, tuple[pa.Schema, str]] = {
                 ("config", pa.string()),  # JSON text
                 ("config_diff", pa.string()),  # JSON text
                 ("has_header", pa.bool_()),
-                ("meta", pa.string()),  # JSON text; absent from parts sealed before schema 7 (read as NULL)
+                ("meta", pa.string()),  # JSON text; absent from parts sealed before schema 8 (read as NULL)
             ]
         ),
         "segment_id",
