@@ -97,7 +97,7 @@ class _Refused:
     _kind = "media"
 
     def __init__(self, *args, **kwargs):
-        pass  # nothing is kept: an image or a table is never recorded
+        """Nothing is kept: an image or a table is never recorded."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -107,10 +107,10 @@ class _Refused:
         )
 
     def add_data(self, *args, **kwargs) -> None:  # wandb.Table
-        pass
+        """Accepted and dropped: the table is refused when it is logged, with the reason."""
 
     def add_column(self, *args, **kwargs) -> None:
-        pass
+        """Accepted and dropped: the table is refused when it is logged, with the reason."""
 
 
 class Image(_Refused):

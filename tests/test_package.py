@@ -167,11 +167,10 @@ def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 180) -> 
 
 def _assert_localhost_only(port: int) -> None:
     """The packaged safe default: bound to 127.0.0.1, so another address of this machine is refused."""
-    others = set()
     try:
         others = {ai[4][0] for ai in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
-    except OSError:
-        pass
+    except OSError:  # a host name that does not resolve: only loopback to try, nothing to check
+        others = set()
     others = {a for a in others if not a.startswith("127.")}
     for addr in others:
         with socket.socket() as s, pytest.raises(OSError):

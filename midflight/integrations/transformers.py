@@ -100,8 +100,8 @@ def _training_config(args, state, model) -> dict:
     if model_config is not None and hasattr(model_config, "to_dict"):
         try:
             config["model"] = model_config.to_dict()
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as exc:  # noqa: BLE001  (a custom config that cannot say itself: record the rest)
+            config["model"] = f"unreadable model config: {type(exc).__name__}"
     if isinstance(getattr(state, "max_steps", None), int) and state.max_steps > 0:
         config["steps"] = state.max_steps
     return config

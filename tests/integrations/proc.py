@@ -37,3 +37,17 @@ def torchrun(library: str, run_dir) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd += [str(MAIN), library, str(run_dir)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=offline_env(), cwd=run_dir.parent)
+
+
+def rank0_only_run(library: str, run_dir):
+    """The 2-process torchrun job of a library that calls its logger or tracker on rank 0 only (Lightning,
+    Accelerate): it must finish, leaving one completed segment of world size 2 that rank 0 alone wrote.
+    Returns the store holding it."""
+    out = torchrun(library, run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (segment,) = (run_dir / "segments").iterdir()
+    assert sorted(p.name for p in segment.iterdir()) == ["rank-00000.jsonl", "segment.json"]
+    store = ingested(run_dir)
+    seg = queries.segments(store, Path(run_dir).name)
+    assert seg["world_size"].tolist() == [2] and seg["end_reason"].tolist() == ["completed"]
+    return store

@@ -8,7 +8,7 @@ import pytest
 
 from midflight.logbook.record.recorder import RecorderWarning
 from midflight.logbook.store import queries
-from tests.integrations.proc import ingested, torchrun, values
+from tests.integrations.proc import ingested, rank0_only_run, values
 from tests.integrations.runs import SPIKE_FACTOR, accelerate_run
 
 
@@ -70,11 +70,5 @@ def test_what_is_not_a_number_is_skipped_counted_and_warned_about_once(tmp_path)
 @pytest.mark.slow
 def test_two_processes_under_torchrun_finish_and_the_main_process_records_one_segment(tmp_path):
     run = tmp_path / "ddp"
-    out = torchrun("accelerate", run)
-    assert out.returncode == 0, out.stderr[-3000:]
-    (segment,) = (run / "segments").iterdir()
-    assert sorted(p.name for p in segment.iterdir()) == ["rank-00000.jsonl", "segment.json"]
-    store = ingested(run)
-    seg = queries.segments(store, "ddp")
-    assert seg["world_size"].tolist() == [2] and seg["end_reason"].tolist() == ["completed"]
+    store = rank0_only_run("accelerate", run)
     assert sorted(values(store, run, "loss")) == list(range(1, 11))  # 20 batches shared by 2 processes

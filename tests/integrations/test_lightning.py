@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from midflight.logbook.store import queries
-from tests.integrations.proc import ingested, torchrun, values
+from tests.integrations.proc import ingested, rank0_only_run, values
 from tests.integrations.runs import SPIKE_FACTOR, lightning_module, lightning_run
 
 
@@ -73,11 +73,5 @@ def test_logging_after_finalize_starts_a_child_segment(tmp_path):
 @pytest.mark.slow
 def test_two_processes_under_torchrun_finish_and_rank_0_records_one_segment(tmp_path):
     run = tmp_path / "ddp"
-    out = torchrun("lightning", run)
-    assert out.returncode == 0, out.stderr[-3000:]
-    (segment,) = (run / "segments").iterdir()
-    assert sorted(p.name for p in segment.iterdir()) == ["rank-00000.jsonl", "segment.json"]
-    store = ingested(run)
-    seg = queries.segments(store, "ddp")
-    assert seg["world_size"].tolist() == [2] and seg["end_reason"].tolist() == ["completed"]
+    store = rank0_only_run("lightning", run)
     assert sorted(values(store, run, "train_loss")) == list(range(20))
