@@ -335,9 +335,11 @@ def test_megatron_without_timestamps_gets_labelled_wall_times_from_iteration_tim
     assert t[31214] == pytest.approx(105.22 + (31214 - 12695) * 106.46)
     assert t[31215] == pytest.approx(t[31214] + 105.90)
     assert all(b > a for a, b in zip(list(t.values()), list(t.values())[1:]))
-    s = summarize(store, run)
+    assert summarize(store, run)["energy"]["energy_j"] is None  # no telemetry, no TDP: no energy figure
+    s = summarize(store, run, tdp_w=400.0)  # BLOOM's A100s, given as `summary --tdp-w 400` would
     assert s["wall_time"]["estimated"] and s["wall_time"]["segments"] == [header["segment"]]
     assert s["energy"]["energy_j"] > 0 and "estimated from iteration times" in s["energy"]["wall_time"]
+    assert s["energy"]["basis"] == "nameplate" and s["energy"]["nameplate_source"] == "TDP given: 400 W x 1 ranks"
     assert "estimated from iteration times" in s["energy"]["method"]
     text = format_text(s)
     assert "wall times: estimated from iteration times" in text

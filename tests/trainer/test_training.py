@@ -123,7 +123,7 @@ def _rank_pid(run_dir, rank: int) -> int | None:
             env = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if str(run_dir).encode() in cmd and b"trainer" in cmd and f"RANK={rank}".encode() in env:
+        if str(run_dir).encode() in cmd and b"midflight.trainer" in cmd and f"RANK={rank}".encode() in env:
             if b"torch.distributed.run" not in cmd:
                 return int(entry.name)
     return None
