@@ -44,13 +44,21 @@ def detect() -> DistInfo:
     return DistInfo(_env_int("RANK", 0), local_rank, _env_int("WORLD_SIZE", 1))
 
 
-AGREE_WAIT_S = 10.0
+ENV_AGREE_WAIT = "MIDFLIGHT_AGREE_WAIT_S"  # how long a rank waits for rank 0's segment id (default 10 s)
+
+
+def agree_wait_s() -> float:
+    try:
+        wait = float(os.environ.get(ENV_AGREE_WAIT, "10"))
+    except ValueError:
+        return 10.0
+    return wait if 0 <= wait <= 3600 else 10.0
 
 
 def agree_on(value: str, info: DistInfo, scope: str) -> tuple[str | None, bool]:
     """Rank 0's `value` on every rank that asks, through the process group's key-value store: never a collective.
 
-    Rank 0 writes it and goes on; any other rank waits for it at most AGREE_WAIT_S (rank 0 normally gets
+    Rank 0 writes it and goes on; any other rank waits for it at most agree_wait_s() (rank 0 normally gets
     there at the same moment). A collective such as broadcast_object_list would hang the job whenever only
     some ranks call init, which is how W&B users, Lightning loggers and Accelerate trackers call it (rank 0
     only). `scope` names the agreement (the run directory and how many inits this process made there), so
@@ -73,7 +81,7 @@ def agree_on(value: str, info: DistInfo, scope: str) -> tuple[str | None, bool]:
     try:
         import datetime
 
-        store.wait([key], datetime.timedelta(seconds=AGREE_WAIT_S))
+        store.wait([key], datetime.timedelta(seconds=agree_wait_s()))
         return store.get(key).decode(), False
     except Exception:  # noqa: BLE001  (torch raises its own timeout types, which differ between versions)
         return None, True

@@ -148,11 +148,11 @@ def test_open_button_survives_the_analyses_settling_during_the_click(runs, monke
     """The flaky CI failure, made deterministic: the analyses finish during the page run that carries the
     click, and the table region's rerun must not swallow it."""
     at = start()
-    totals = frame(at, "incidents", "energy kWh")[["incidents", "energy kWh"]]
+    totals = frame(at, "incidents", "energy basis")[["incidents", "energy basis"]]  # energy basis: None until summed
     deadline = time.time() + 30
     while totals.isna().any(axis=None) and time.time() < deadline:  # every scan and energy total is in
         time.sleep(0.5)
-        totals = frame(at.run(), "incidents", "energy kWh")[["incidents", "energy kWh"]]
+        totals = frame(at.run(), "incidents", "energy basis")[["incidents", "energy basis"]]
     ready = data.analyses_ready
     checks = []
 

@@ -1,5 +1,6 @@
 """Real torch.distributed (gloo, 2 processes under torchrun): ranks share one segment, each writes its own log."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -107,7 +108,8 @@ def test_init_on_any_subset_of_ranks_never_blocks(tmp_path, who):
     script = tmp_path / "train.py"
     script.write_text(SUBSET)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
-    out = subprocess.run([*cmd, str(tmp_path / "run"), who], capture_output=True, text=True, timeout=170)
+    env = {**os.environ, "MIDFLIGHT_AGREE_WAIT_S": "2"}  # rank 1 alone waits this long for rank 0, twice
+    out = subprocess.run([*cmd, str(tmp_path / "run"), who], capture_output=True, text=True, timeout=170, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     store = memory()
     ingest(store, [tmp_path / "run"])
