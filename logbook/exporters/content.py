@@ -25,7 +25,7 @@ from midflight.logbook.store.database import Store
 from midflight.logbook.values import finite, text, whole
 
 CHART_BUCKETS = 1000  # M4 buckets per curve: ~one per pixel column of a chart; no spike is ever dropped
-CHARTS = (  # metric, title, log y; drawn when the run logged the metric
+CHARTS = (  # role, title, log y; drawn when a metric of the run plays the role (its own name kept in the title)
     ("loss", "Loss", False),
     ("grad_norm", "Gradient norm (before clipping)", True),
     ("lr", "Learning rate", False),
@@ -45,7 +45,7 @@ class Curve:
 
 @dataclass
 class Chart:
-    metric: str
+    metric: str  # the role it draws ("loss"): its id in file names and figure keys, whatever the run calls it
     title: str
     curves: list[Curve]
     log_y: bool = False
@@ -172,17 +172,19 @@ def gather(
 def charts(store: Store, run: str, names: list[str], buckets: int) -> list[Chart]:
     """The key curves, M4-downsampled: the effective history, and for the loss each abandoned branch faded."""
     out = []
-    for metric, title, log_y in CHARTS:
-        if metric not in names:
+    found = queries.metric_roles(store, run, names)  # train/loss, learning_rate, lm loss, ... (logbook.roles)
+    for role, title, log_y in CHARTS:
+        if role not in found:
             continue
+        metric, title = found[role].metric, found[role].title(title)
         eff = queries.series(store, run, metric, buckets=buckets)
         curves = [Curve(metric, eff["step"].to_numpy(), eff["value"].to_numpy(dtype="float64"))]
-        if metric == "loss":
+        if role == "loss":
             sup = queries.series(store, run, metric, which="superseded", buckets=buckets)
             for seg, g in sup.groupby("segment_id", sort=False):
                 g = g.sort_values("step")
                 curves.append(
                     Curve(f"{seg} (abandoned)", g["step"].to_numpy(), g["value"].to_numpy(dtype="float64"), True)
                 )
-        out.append(Chart(metric, title, curves, log_y))
+        out.append(Chart(role, title, curves, log_y))
     return out

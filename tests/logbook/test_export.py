@@ -355,3 +355,27 @@ def test_a_log_chart_with_no_positive_value_still_draws(values):
     steps = list(range(len(values)))
     chart = Chart("grad_norm", "Gradient norm", [Curve("grad_norm", np.array(steps), np.array(values))], log_y=True)
     assert chart_png(chart, [Marker("restart", 5, "a restart")]).startswith(PNG_SIGNATURE)
+
+
+def test_the_logbook_charts_a_runs_own_names_for_loss_lr_and_grad_norm(tmp_path):
+    """A Hugging Face-style run (`train/loss`, `learning_rate`, `grad_norm`): its exported logbook has the loss,
+    gradient-norm and learning-rate charts, titled with the run's own names (logbook.roles), not none at all."""
+    from midflight.logbook.exporters import content
+    from midflight.logbook.store import memory
+    from midflight.logbook.store.ingest import ingest
+
+    with logbook.init(tmp_path / "hf", name="hf") as run:
+        for step in range(1, 41):
+            run.log({"train/loss": 3.0 / step, "learning_rate": 1e-3, "grad_norm": 1.0 + step % 3}, step=step)
+    store = memory()
+    ingest(store, [tmp_path / "hf"])
+    charts = content.charts(store, "hf", queries.metric_names(store, "hf"), buckets=100)
+    assert [(c.metric, c.title) for c in charts] == [
+        ("loss", "Loss (train/loss)"),
+        ("grad_norm", "Gradient norm (before clipping)"),
+        ("lr", "Learning rate (learning_rate)"),
+    ]
+    assert len(charts[0].curves[0].step) == 40
+    book = export(store, "hf", "markdown", tmp_path / "out" / "book.md")[0].read_text()
+    assert "![Loss \\(train/loss\\)](book_files/loss.png)" in book  # Markdown-escaped user text
+    assert "book_files/lr.png" in book and "book_files/grad_norm.png" in book
