@@ -454,3 +454,31 @@ def _num(v) -> str:
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
         return f"{v:.4g}"
     return str(v)
+
+
+_LEVELS = {"INFO": "low", "WARN": "medium", "ERROR": "high"}
+
+
+def from_user_alerts(run: str, rows: list[dict]) -> list:
+    """The training code's own `run.alert(title, text, level)` events (instant): rows with segment_id,
+    step, rank and fields (the event's JSON text: title, text, level)."""
+    import json
+
+    out = []
+    for r in rows:
+        try:
+            f = json.loads(r.get("fields") or "{}")
+        except (TypeError, ValueError):
+            f = {}
+        f = f if isinstance(f, dict) else {}
+        title, text = str(f.get("title") or "alert")[:300], str(f.get("text") or "")[:2000]
+        step = r.get("step")
+        step = int(step) if isinstance(step, (int, float)) and step == step else None
+        sev = _LEVELS.get(str(f.get("level", "INFO")).upper(), "low")
+        tag = hashlib.sha1(f"{title}\n{text}".encode()).hexdigest()[:8]
+        key = alert_key(run, "user_alert", r.get("segment_id"), step, f"{r.get('rank')}-{tag}")
+        snap = snapshot(
+            run, "user_alert", sev, step, title, text=f"{run}: {title}: {text}", values={"level": f.get("level")}
+        )
+        out.append(Wanted(key, snap, active=False, instant=True))
+    return out

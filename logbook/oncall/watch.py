@@ -71,6 +71,10 @@ class RunWatch:
         out += alerts_mod.from_interventions(
             run, [{k: (None if _missing(v) else v) for k, v in r.items()} for r in ivs.to_dict("records")]
         )
+        ev = queries.events(store, run, kinds=["alert"])
+        out += alerts_mod.from_user_alerts(
+            run, [{k: (None if _missing(v) else v) for k, v in r.items()} for r in ev.to_dict("records")]
+        )
         head = rows[-1] if rows else None
         open_seg = head["segment_id"] if head and head.get("end_reason") in ("running", "unknown") else None
         out += alerts_mod.stall(

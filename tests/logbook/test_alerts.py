@@ -260,6 +260,7 @@ def test_crash_restart_intervention_and_ack(tmp_path, receiver):
 
     b = midflight.init(run_dir, segment_id="b", resume_step=40, reason="restart after crash", flush_every=60)
     _log(b, range(41, 60), rng)
+    b.alert("data loader slow", "shard 7 took 30 s", "WARN")  # the training code's own alert
     req = interventions.request(run_dir, "lr_multiplier", {"factor": 0.5}, note="calm down", author="ana")
     interventions.resolve(run_dir, req, applied=True, step=55)
     bad = interventions.request(run_dir, "clip", {"max_norm": 0.3}, note="tighter", author="bo")
@@ -271,6 +272,8 @@ def test_crash_restart_intervention_and_ack(tmp_path, receiver):
     assert ("intervention_applied", "opened") in got and ("intervention_rejected", "opened") in got
     rej = next(x for x in receiver.bodies if x["kind"] == "intervention_rejected")
     assert "clip is locked" in rej["text"] and rej["severity"] == "medium"
+    (user,) = [x for x in receiver.bodies if x["kind"] == "user_alert"]
+    assert user["severity"] == "medium" and user["step"] == 59 and "shard 7 took 30 s" in user["text"]
     b.finish()
 
     out = subprocess.run(
