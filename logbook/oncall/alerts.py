@@ -92,6 +92,7 @@ class Alert:
     acked_by: str | None = None
     opened_t: float = 0.0
     last_notify_t: float = 0.0
+    last_change_t: float = 0.0
     notifications: list = field(default_factory=list)  # [(delivery_id, op, t, snapshot)]
 
     @property
@@ -152,6 +153,8 @@ class Outbox:
         elif alert is None:
             self.rejected += 1
             return
+        if op in ("opened", "updated", "resolved"):
+            alert.last_change_t = t
         if op in ("updated", "resolved") and isinstance(rec.get("alert"), dict):
             alert.snapshot = rec["alert"]
         if op == "resolved":
@@ -243,13 +246,26 @@ def history(run_dir) -> list[dict]:
     return rows
 
 
-def reconcile(box: Outbox, run: str, wanted: list[Wanted], *, now: float, resend_after_s: float | None) -> int:
+UPDATE_EVERY_S = 30.0  # a growing incident's silent updates are recorded at most this often (escalations at once)
+
+
+def reconcile(
+    box: Outbox,
+    run: str,
+    wanted: list[Wanted],
+    *,
+    now: float,
+    resend_after_s: float | None,
+    update_every_s: float = UPDATE_EVERY_S,
+) -> int:
     """Bring the outbox in line with what the data says now; returns how many records were appended.
 
     New key: opened (and at once resolved, without a second message, for an instant event or one that
     already ended). Known key: updated when it changed (notified when severity or classification did),
     resolved when it ended. An open alert of this run that nothing wants any more is resolved. An open,
-    unacknowledged alert whose last message is older than resend_after_s is sent again."""
+    unacknowledged alert whose last message is older than resend_after_s is sent again. A change that is
+    not an escalation is recorded at most every update_every_s (a slow divergence grows at every step; the
+    outbox need not), and always with the resolution."""
     n = 0
     seen = set()
     wanted = list({w.key: w for w in wanted}.values())  # one per key (the last)
@@ -267,12 +283,13 @@ def reconcile(box: Outbox, run: str, wanted: list[Wanted], *, now: float, resend
         if alert.state != "open":
             continue
         old = alert.snapshot
-        if _changed(old, w.snapshot):
+        if _changed(old, w.snapshot) and w.active:
             escalated = severity_rank(w.snapshot.get("severity")) > severity_rank(old.get("severity")) or (
                 w.snapshot.get("classification") != old.get("classification")
             )
-            box.update(aid, w.snapshot, notify=escalated)
-            n += 1
+            if escalated or now - alert.last_change_t >= update_every_s:
+                box.update(aid, w.snapshot, notify=escalated)
+                n += 1
         if not w.active:
             box.resolve(aid, w.snapshot, reason="ended")
             n += 1

@@ -272,6 +272,8 @@ class Dispatcher:
 
     def flush(self, boxes: list, *, wait: bool = False) -> None:
         """Start a delivery round on every channel that is idle and not backing off; wait=True waits for it."""
+        for box in boxes:
+            box.refresh()  # the `sent` records of the last round
         now = time.monotonic()
         started = []
         for ch in self.cfg.channels:

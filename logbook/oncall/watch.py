@@ -120,9 +120,13 @@ def _missing(v) -> bool:
 
 
 def watch(run_dirs, cfg: channels_mod.Config, *, once: bool = False, stop=None, log=None) -> int:
-    """Watch until `stop` (a threading.Event) is set; once=True: one pass, then wait for its deliveries."""
+    """Watch until `stop` (a threading.Event) is set; once=True: one pass, then wait for its deliveries
+    (returns 1 if some are still owed, for cron). A path may be a run or a folder of runs."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    runs = [RunWatch(Path(d)) for d in run_dirs]
+    found: list[Path] = []
+    for d in run_dirs:  # a folder of runs: each run in it (those there at start)
+        found += [p for p in layout.discover_runs(Path(d)) if p not in found]
+    runs = [RunWatch(p) for p in found]
     disp = channels_mod.Dispatcher(cfg, log=log)
     try:
         while True:
@@ -138,9 +142,13 @@ def watch(run_dirs, cfg: channels_mod.Config, *, once: bool = False, stop=None, 
                 rw.box.refresh()
             disp.flush([rw.box for rw in runs], wait=once)
             if once:
+                owed = 0
                 for rw in runs:
                     rw.box.refresh()
-                return 0
+                    owed += sum(len(rw.box.undelivered(ch.name, ch.min_severity)) for ch in cfg.channels)
+                if owed:
+                    log(f"{owed} notification(s) not delivered yet: the next run of the watcher retries them")
+                return 1 if owed else 0
             if stop is not None and stop.wait(cfg.poll_s):
                 return 0
             if stop is None:

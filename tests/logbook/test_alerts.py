@@ -380,3 +380,30 @@ def test_a_watcher_killed_at_random_points_loses_no_alert(tmp_path):
         assert box.undelivered("hook") == []
     finally:
         slow.close()
+
+
+def test_updates_notify_on_escalation_only_and_a_vanished_alert_resolves(tmp_path):
+    box = alerts.Outbox(tmp_path)
+    t0 = time.time()  # the outbox stamps its records with the clock
+
+    def want(sev, end, cls="transient"):
+        snap = alerts.snapshot("r", "loss_spike", sev, 10, "t", end_step=end, classification=cls)
+        return alerts.Wanted(alerts.alert_key("r", "loss_spike", "a", 10), snap, active=True)
+
+    alerts.reconcile(box, "r", [want("low", 10)], now=t0, resend_after_s=None)
+    (a,) = box.alerts.values()
+    alerts.reconcile(box, "r", [want("low", 11)], now=t0 + 1, resend_after_s=None)  # grows: within 30 s, not kept
+    assert len(a.notifications) == 1 and a.snapshot["end_step"] == 10
+    alerts.reconcile(box, "r", [want("low", 12)], now=t0 + 100, resend_after_s=None)  # grows: kept, silently
+    assert len(a.notifications) == 1 and a.snapshot["end_step"] == 12
+    alerts.reconcile(box, "r", [want("high", 13)], now=t0 + 101, resend_after_s=None)  # escalates: a message
+    assert [n[1] for n in a.notifications] == ["opened", "updated"] and a.notifications[1][3]["severity"] == "high"
+    alerts.reconcile(box, "r", [want("high", 14, "divergent")], now=t0 + 102, resend_after_s=None)  # reclassified
+    assert len(a.notifications) == 3
+    assert [note[0] for _, note in box.undelivered("pager", "high")] == [
+        n[0] for n in a.notifications[1:]
+    ]  # severity floor
+    alerts.reconcile(box, "r", [], now=t0 + 103, resend_after_s=None)  # detection no longer finds it
+    assert a.state == "resolved" and [n[1] for n in a.notifications][-1] == "resolved"
+    alerts.reconcile(box, "r", [want("high", 14)], now=t0 + 104, resend_after_s=None)  # the same key: no reopening
+    assert len(box.alerts) == 1 and len(a.notifications) == 4
