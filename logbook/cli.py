@@ -173,6 +173,8 @@ def cmd_watch(args) -> int:
     from midflight.logbook.oncall.watch import watch
 
     cfg = channels.load_config(args.alerts) if args.alerts else channels.Config(channels=[])
+    for path in args.paths:
+        layout.discover_runs(path)  # a missing or foreign path: one error line before anything else
     if not cfg.channels:
         print("note: no channels configured: alerts go to each run's alerts.jsonl only", file=sys.stderr)
     stop = threading.Event()

@@ -407,3 +407,19 @@ def test_updates_notify_on_escalation_only_and_a_vanished_alert_resolves(tmp_pat
     assert a.state == "resolved" and [n[1] for n in a.notifications][-1] == "resolved"
     alerts.reconcile(box, "r", [want("high", 14)], now=t0 + 104, resend_after_s=None)  # the same key: no reopening
     assert len(box.alerts) == 1 and len(a.notifications) == 4
+
+
+def test_cli_mistakes_are_one_line_errors(tmp_path, capsys):
+    from midflight.logbook import cli
+
+    run_dir = tmp_path / "r"
+    midflight.init(run_dir, segment_id="a").finish()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[channel]]\ntype = "webhook"\nurl = "ftp://x"\n')
+    assert cli.main(["watch", str(tmp_path / "missing")]) == 2
+    assert cli.main(["watch", str(run_dir), "--alerts", str(bad)]) == 2
+    assert cli.main(["alerts", "ack", str(run_dir), "nope"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert "does not exist" in err[0] and "http://" in err[1] and "no alert 'nope'" in err[2]
+    assert cli.main(["watch", str(run_dir), "--once"]) == 0  # no channels: the outbox only
