@@ -17,6 +17,7 @@ import streamlit as st
 
 from midflight.app.source import Source
 from midflight.logbook import exporters
+from midflight.logbook.oncall import alerts as alert_log
 from midflight.logbook.report import energy as energy_report
 from midflight.logbook.report import progress as progress_report
 from midflight.logbook.report import summary
@@ -222,3 +223,21 @@ def metric_view(
 @st.cache_data(max_entries=64, show_spinner=False)
 def telemetry_view(_src: Source, k: tuple, run: str, name: str, buckets: int, group="device", cell=None):
     return ranks.telemetry_view(_src.store, run, name, buckets=buckets, group=group, cell=cell)
+
+
+def alert_history(run_dir) -> list[dict]:
+    """The run's alerts (the watcher's outbox, RUN_DIR/alerts.jsonl: logbook.oncall.alerts), newest first.
+    Cached on the file's size and mtime: the outbox is not in the store, and a watcher or an ack may grow
+    it at any time."""
+    if run_dir is None:
+        return []
+    try:
+        info = (Path(run_dir) / alert_log.OUTBOX).stat()
+    except OSError:
+        return []
+    return _alert_history(str(run_dir), (info.st_size, info.st_mtime_ns))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _alert_history(run_dir: str, stamp: tuple) -> list[dict]:
+    return alert_log.history(run_dir)

@@ -1,4 +1,5 @@
-"""The dashboard's only writes: annotations (create, edit, delete) and interventions (choose, review, confirm).
+"""The dashboard's only writes: annotations (create, edit, delete), interventions (choose, review, confirm) and
+alert acknowledgements.
 
 Both go through the logbook's own appenders (logbook.record.annotations and .interventions), which
 validate and audit them. User text is shown with st.text / st.dataframe / st.code, never as markdown.
@@ -15,6 +16,7 @@ from midflight.app import data
 from midflight.app.context import Ctx, author, plain
 from midflight.app.selection import clear_selection, selection
 from midflight.app.zoom import set_zoom
+from midflight.logbook.oncall import alerts as alert_log
 from midflight.logbook.present.text import one_line
 from midflight.logbook.record import annotations as ann_log
 from midflight.logbook.record import interventions as iv_log
@@ -245,3 +247,44 @@ def intervention_status(ctx: Ctx) -> None:
         hide_index=True,
         key=f"ivstatus:{ctx.run}",
     )
+
+
+def alert_history(ctx: Ctx, prefix: str) -> None:
+    """The run's alert history (what the watcher sent: `midflight watch`), and Acknowledge for an open,
+    unacknowledged one, which stops its re-sends (the same record as `midflight alerts ack`)."""
+    rows = data.alert_history(ctx.run_dir)
+    st.subheader("Alerts")
+    if not rows:
+        st.caption("No alerts: none found yet, or no watcher (`midflight watch RUN_DIR --alerts alerts.toml`).")
+        return
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "id": [r["id"] for r in rows],
+                "opened": pd.to_datetime([r["opened"] for r in rows], unit="s"),
+                "kind": [r["kind"] for r in rows],
+                "severity": [r["severity"] for r in rows],
+                "step": [r["step"] for r in rows],
+                "what": [one_line(str(r["title"] or "")) for r in rows],
+                "state": [r["state"] for r in rows],
+                "acked by": [r["acked_by"] or "" for r in rows],
+                "messages": [r["notifications"] for r in rows],
+            }
+        ),
+        hide_index=True,
+        key=f"{prefix}:table",
+    )
+    unacked = [r for r in rows if r["state"] == "open" and not r["acked"]]
+    if not unacked:
+        return
+    c1, c2 = st.columns([4, 1])
+    labels = {r["id"]: f"{r['id']} · {one_line(str(r['title'] or ''))}" for r in unacked}
+    chosen = c1.selectbox("Open alert", list(labels), format_func=labels.get, key=f"{prefix}:pick")
+    if c2.button("Acknowledge", key=f"{prefix}:ack"):
+        try:
+            alert_log.ack(ctx.run_dir, chosen, author=author())
+        except (KeyError, ValueError, OSError) as exc:
+            st.error(f"could not acknowledge: {exc}")
+            return
+        st.toast(f"alert {chosen} acknowledged: it will not be re-sent")
+        st.rerun()

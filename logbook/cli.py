@@ -168,6 +168,45 @@ def cmd_intervene(args) -> int:
     return 0
 
 
+def cmd_watch(args) -> int:
+    from midflight.logbook.oncall import channels
+    from midflight.logbook.oncall.watch import watch
+
+    cfg = channels.load_config(args.alerts) if args.alerts else channels.Config(channels=[])
+    for path in args.paths:
+        layout.discover_runs(path)  # a missing or foreign path: one error line before anything else
+    if not cfg.channels:
+        print("note: no channels configured: alerts go to each run's alerts.jsonl only", file=sys.stderr)
+    stop = threading.Event()
+    if not args.once:  # our own handlers (see cmd_ingest): a service manager stops a watcher with SIGTERM
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        print(f"watching {len(args.paths)} run(s) every {cfg.poll_s:g} s (Ctrl-C or SIGTERM to stop)", flush=True)
+    return watch(args.paths, cfg, once=args.once, stop=stop)
+
+
+def cmd_alerts(args) -> int:
+    from midflight.logbook.oncall import alerts
+
+    if not layout.is_run_dir(args.path):
+        raise ValueError(f"{args.path!r} is not a midflight run directory (no '{layout.SEGMENTS}/' folder)")
+    if args.alerts_command == "ack":
+        alerts.ack(args.path, args.alert_id, author=args.author, note=args.note)
+        print(f"alert {args.alert_id} acknowledged: it will not be re-sent")
+        return 0
+    rows = alerts.history(args.path)
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    if not rows:
+        print("no alerts")
+    for r in rows:
+        state = r["state"] + (f", acked by {r['acked_by']}" if r["acked"] else "")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["opened"]))
+        print(f"{r['id']}  {when}  {str(r['severity']):6}  {state:28}  {r['title']}")
+    return 0
+
+
 def build_parser(prog: str = "midflight", epilog: str | None = None) -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="midflight logbook: ingest and read run logs", epilog=epilog)
     sub = p.add_subparsers(dest="command", required=True)
@@ -222,6 +261,25 @@ def build_parser(prog: str = "midflight", epilog: str | None = None) -> argparse
     sp.add_argument("--note", required=True, help="why: kept in the audit record")
     sp.add_argument("--author", default=None)
     sp.set_defaults(func=cmd_intervene)
+
+    sp = sub.add_parser("watch", help="alert on incidents, crashes, restarts, stalls and interventions (headless)")
+    sp.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories to watch")
+    sp.add_argument("--alerts", default=None, metavar="TOML", help="channels and thresholds (see docs: Alerts)")
+    sp.add_argument("--once", action="store_true", help="one pass: update the alerts, deliver, exit")
+    sp.set_defaults(func=cmd_watch)
+
+    sp = sub.add_parser("alerts", help="list or acknowledge a run's alerts")
+    asub = sp.add_subparsers(dest="alerts_command", required=True)
+    ap = asub.add_parser("list", help="every alert of the run, newest first")
+    ap.add_argument("path", help="the run directory")
+    ap.add_argument("--json", action="store_true")
+    ap.set_defaults(func=cmd_alerts)
+    ap = asub.add_parser("ack", help="acknowledge an alert (stops re-sends)")
+    ap.add_argument("path", help="the run directory")
+    ap.add_argument("alert_id")
+    ap.add_argument("--author", default=None)
+    ap.add_argument("--note", default=None)
+    ap.set_defaults(func=cmd_alerts)
 
     from midflight.logbook.exporters.cli import add_parser as add_export
     from midflight.logbook.importers.cli import add_parser as add_import

@@ -22,7 +22,8 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 # layer -> (the project layers it may import, the third-party packages it may import; None = any but BANNED)
 ALL_LOGBOOK = {
-    *("values", "roles", "record", "store", "analysis", "report", "present", "importers", "exporters", "logbook")
+    *("values", "roles", "record", "store", "analysis", "report", "present", "oncall", "importers", "exporters"),
+    "logbook",
 }
 RULES: dict[str, tuple[set[str], set[str] | None]] = {
     "values": (set(), set()),  # the standard library only
@@ -32,6 +33,8 @@ RULES: dict[str, tuple[set[str], set[str] | None]] = {
     "analysis": ({"values", "roles"}, {"numpy", "pandas"}),  # pure: no database, no figures
     "report": ({"values", "roles", "record", "store", "analysis"}, {"numpy", "pandas"}),
     "present": ({"values", "roles", "analysis"}, {"numpy", "pandas", "plotly"}),
+    # on call (alerts, channels, the watcher): reads like the dashboard, talks out with the stdlib only
+    "oncall": ({"values", "roles", "record", "store", "analysis", "report", "present"}, {"numpy", "pandas"}),
     "importers": ({"values", "roles", "record"}, None),  # other trainers' logs in, midflight's logs out
     "exporters": ({"values", "roles", "record", "store", "analysis", "report", "present"}, None),
     "logbook": (ALL_LOGBOOK, None),  # logbook/__init__.py, __main__.py, cli.py: the front door
@@ -47,6 +50,7 @@ BANNED = {
     "store": {"plotly", "streamlit", "torch", "matplotlib"},
     "importers": {"duckdb", "plotly", "streamlit", "torch"},
     "exporters": {"streamlit", "torch"},
+    "oncall": {"streamlit", "torch", "requests", "httpx", "aiohttp"},
     "logbook": {"streamlit", "torch"},
     "trainer": {"duckdb", "streamlit", "plotly", "pandas", "pyarrow"},
     "app": {"torch"},
@@ -166,6 +170,8 @@ def test_every_import_follows_the_layer_rules():
         ("midflight.integrations.transformers", "from midflight.logbook.store import queries"),
         ("midflight.integrations.lightning", "import pandas"),  # engines read the Parquet from outside
         ("midflight.logbook.exporters.parquet", "def f():\n    import pyspark"),
+        ("midflight.logbook.oncall.channels", "import requests"),  # stdlib networking only
+        ("midflight.logbook.oncall.watch", "from midflight.logbook.exporters import markdown"),
     ],
 )
 def test_the_rules_catch_a_forbidden_import(module, source):

@@ -618,6 +618,16 @@ def rank_hosts(store: Store, run: str) -> dict[tuple[str, int], str | None]:
     return {(seg, rank): host for seg, rank, host in rows}
 
 
+def recent_steps(store: Store, run: str, n: int = 32) -> list[tuple[int, float]]:
+    """(step, wall time) of rank 0's newest n steps, newest first: how fast a run was going lately (the
+    stall check of logbook.oncall). Only steps count: a hung rank's telemetry thread may go on writing."""
+    sql = """SELECT step, max(wall_time) FROM metrics
+             WHERE run_id = ? AND rank = 0 AND step >= (SELECT max(step) FROM metrics WHERE run_id = ? AND rank = 0) - ?
+             GROUP BY step ORDER BY step DESC LIMIT ?"""
+    rows = store.cursor().execute(sql, [run, run, 64 * n, n]).fetchall()
+    return [(int(s), float(t)) for s, t in rows if s is not None and t is not None]
+
+
 def step_wall_times(store: Store, run: str) -> pd.DataFrame:
     """segment_id, step, wall_time: when each step was logged (rank 0's latest record of it)."""
     sql = """SELECT segment_id, step, max(wall_time) AS wall_time FROM metrics
