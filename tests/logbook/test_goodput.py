@@ -238,3 +238,22 @@ def test_opt175b_timeline_gives_a_flagged_estimate_with_its_assumptions(opt_stor
 def test_an_explicit_step_time_overrides_the_published_one(opt_store):
     g = goodput.ledger(opt_store, "opt175b-timeline", step_s=20.0)
     assert g["assumed_step_s"] == 20.0 and any("20 s per step (given)" in a for a in g["assumptions"])
+
+
+# ----------------------------------------------------------------- the exports
+def test_markdown_and_html_logbooks_have_a_goodput_section(ledger_run, tmp_path):
+    from midflight.logbook.exporters import export
+
+    paths = export(ledger_run, "ledger", "markdown", tmp_path / "book.md")
+    md = (tmp_path / "book.md").read_text()
+    section = md[md.index("## Goodput") :]
+    section = section[: section.index("\n## ", 4)]
+    assert "Effective training time: 29.7%" in section
+    assert "| stalls | 20 s | 31.2% |" in section and "| productive steps (effective path) | 19 s |" in section
+    assert "| straggler loss | 0 s | 0.0% | 0 | estimated |" in section
+    assert "An estimate" not in section and "****" not in section
+    assert "goodput.png" in section and any(p.name == "goodput.png" for p in paths)
+    (html,) = export(ledger_run, "ledger", "html", tmp_path / "book.html")
+    page = html.read_text()
+    assert "Goodput" in page and "Effective training time: 29.7%" in page
+    assert "where the wall-clock time went" in page  # the stacked-bar figure
