@@ -668,5 +668,5 @@ def straggler_excess(store: Store, run: str, name: str = "compute_s") -> pd.Data
     cond, params = _range_filter(effective_ranges(store, run), "effective")
     sql = f"""SELECT m.segment_id, m.step, max(m.value) - quantile_cont(m.value, 0.5) AS excess, count(*) AS ranks
               FROM metrics m WHERE m.run_id = ? AND m.name = ? AND isfinite(m.value) AND {cond}
-              GROUP BY m.segment_id, m.step HAVING count(DISTINCT m.rank) > 1 ORDER BY m.segment_id, m.step"""
+              GROUP BY m.segment_id, m.step HAVING max(m.rank) > min(m.rank) ORDER BY m.segment_id, m.step"""
     return _df(store.cursor(), sql, [run, name, *params])

@@ -4,7 +4,8 @@ the test, so every second is known), ingested into a real DuckDB store, read by 
 Run "ledger": segment A (t=1000..1041) logs steps 1..16 at 1 s a step, saves a 2 s checkpoint at step 5 and a
 1 s one at step 12, stalls 20 s before step 11, and crashes at 1041; segment B resumes from 12 at t=1050
 (9 s of restart gap), loads the checkpoint in 3 s, has an overflow-skipped step 15, saves 10 s at step 17 (a long
-gap that is a save, not a stall) and 1.5 s at step 20, and finishes at 1074. The expected split is worked out second by second in `EXPECTED`.
+gap that is a save, not a stall) and 1.5 s at step 20, and finishes at 1074. The expected split is worked out
+second by second in `EXPECTED`.
 """
 
 import json
