@@ -261,3 +261,31 @@ def test_markdown_and_html_logbooks_have_a_goodput_section(ledger_run, tmp_path)
     page = html.read_text()
     assert "Goodput" in page and "Effective training time: 25.7%" in page
     assert "where the wall-clock time went" in page  # the stacked-bar figure
+
+
+def test_hostile_event_values_never_break_the_sum(tmp_path, clock):
+    """A log is a file anyone can write: a save time that is text, negative, NaN or absurd, a load time of 1e300, a
+    skipped count of a billion: each is ignored or capped at its interval, and the parts still add up."""
+    path = tmp_path / "hostile"
+    clock.t = 0.0
+    run = logbook.init(path, name="hostile", segment_id="seg-h")
+    for k in range(1, 11):
+        _log(run, clock, k, float(k))
+    run.event("checkpoint_saved", step=2, seconds="abc")
+    run.event("checkpoint_saved", step=3, seconds=-5.0)
+    run.event("checkpoint_saved", step=4, seconds=float("nan"))
+    run.event("checkpoint_saved", step=5, seconds=1e300)
+    run.event("skipped_iterations", step=7, count=10**9)
+    run.event("restart", step=0, load_seconds=1e300)
+    clock.t = 10.0
+    run.finish()
+    store, _ = ingest.open_run(path)
+    try:
+        g = goodput.ledger(store, "hostile")
+    finally:
+        store.close()
+    cats = {k: c["s"] for k, c in g["categories"].items()}
+    assert g["wall_s"] == pytest.approx(10.0) and sum(cats.values()) == pytest.approx(10.0)
+    assert cats["checkpoint"] == pytest.approx(1.0 + 1.0)  # the 1e300 save fills its 1 s gap; the load, the lead-in
+    assert cats["skipped"] == pytest.approx(1.0)  # at most the steps of its interval (one)
+    assert all(v >= 0 for v in cats.values())
