@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from midflight.logbook.analysis import goodput
+from midflight.logbook.analysis import accounting, goodput
 from midflight.logbook.record import records
 from midflight.logbook.report.wasted import branches
 from midflight.logbook.store import lineage, queries
@@ -21,9 +21,17 @@ def published_reference(name: str | None) -> dict | None:
     return next((ref for k, ref in goodput.PUBLISHED.items() if k in key), None)
 
 
-def ledger(store: Store, run: str, *, step_s: float | None = None, stall_factor: float = goodput.STALL_FACTOR) -> dict:
+def ledger(
+    store: Store,
+    run: str,
+    *,
+    step_s: float | None = None,
+    stall_factor: float = goodput.STALL_FACTOR,
+    wasted: list[dict] | None = None,
+) -> dict:
     """The goodput ledger of `run` (analysis.goodput.ledger). step_s: the time per step to assume for launches
-    that logged no step times; by default the published figure for a run whose name matches one."""
+    that logged no step times; by default the published figure for a run whose name matches one. wasted: the
+    run's `report.wasted.wasted` rows when the caller has them already (the summary does), else computed."""
     info = queries.segments(store, run)
     if info.empty:
         return goodput.ledger([], queries.step_wall_times(store, run), [], None, None)
@@ -71,7 +79,7 @@ def ledger(store: Store, run: str, *, step_s: float | None = None, stall_factor:
     return goodput.ledger(
         launches,
         steps,
-        branches(store, run),
+        branches(store, run) if wasted is None else [accounting.Branch(**b) for b in wasted],
         events,
         queries.straggler_excess(store, run),
         stall_factor=stall_factor,

@@ -262,7 +262,7 @@ def summarize(
         "projection": projection(store, run, power, effective_steps),
         "wasted": power["wasted"],  # computed once, by the energy summary that sums its energy
         "wall_time": power["wall_time"],
-        "goodput": goodput.ledger(store, run, step_s=step_s),
+        "goodput": goodput.ledger(store, run, step_s=step_s, wasted=power["wasted"]),
         "references": {k: {"co2eq_t": v["co2eq_t"], "method": v["method"]} for k, v in energy.REFERENCES.items()},
         "ingest_problems": queries.ingest_problems(store, run),
     }
