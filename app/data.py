@@ -19,6 +19,7 @@ from midflight.app.source import Source
 from midflight.logbook import exporters
 from midflight.logbook.oncall import alerts as alert_log
 from midflight.logbook.report import energy as energy_report
+from midflight.logbook.report import goodput as goodput_report
 from midflight.logbook.report import progress as progress_report
 from midflight.logbook.report import summary
 from midflight.logbook.report import timeline as timeline_report
@@ -133,6 +134,11 @@ def last_value(_src: Source, k: tuple, run: str, name: str) -> float | None:
 @st.cache_data(max_entries=64, show_spinner=False)
 def wasted(_src: Source, k: tuple, run: str) -> list[dict]:
     return wasted_report.wasted(_src.store, run)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def goodput(_src: Source, k: tuple, run: str, tick: int) -> dict:
+    return goodput_report.ledger(_src.store, run)
 
 
 # ----------------------------------------------------------------- slow analyses, off the page thread

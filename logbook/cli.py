@@ -95,7 +95,13 @@ def cmd_summary(args) -> int:
             raise ValueError(f"no run named {run!r} in {args.path}")
         out.append(
             summarize(
-                store, run, region=args.region, intensity_g_per_kwh=args.intensity, pue=args.pue, tdp_w=args.tdp_w
+                store,
+                run,
+                region=args.region,
+                intensity_g_per_kwh=args.intensity,
+                pue=args.pue,
+                tdp_w=args.tdp_w,
+                step_s=args.step_seconds,
             )
         )
     if args.json:
@@ -243,6 +249,13 @@ def build_parser(prog: str = "midflight", epilog: str | None = None) -> argparse
         default=None,
         metavar="WATTS",
         help="per-rank TDP for segments without power telemetry: a labelled nameplate estimate (default: none)",
+    )
+    sp.add_argument(
+        "--step-seconds",
+        type=_positive_number,
+        default=None,
+        metavar="S",
+        help="goodput ledger: time per step to assume where a run logged none (default: a published figure)",
     )
     sp.set_defaults(func=cmd_summary)
 

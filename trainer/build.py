@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,7 +169,9 @@ def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: b
         floor=cfg.precision.scale_floor,
     )
 
+    t_load = time.perf_counter()
     state = ckpt.load(start.resume_step, model, optimizer) if start.load else {}
+    load_s = time.perf_counter() - t_load if start.load else None  # the goodput ledger's checkpoint load time
     # Knobs an intervention set before this checkpoint; after a rewind, those in force when it was asked for
     # (a rewind rolls back weights, optimizer, data and loss scale, not the operator's decisions).
     changed = {**state.get("changed", {}), **start.carry}
@@ -236,6 +239,7 @@ def run_segment(base: TrainConfig, info: DistInfo, start: Start, *, telemetry: b
                 reason=start.reason,
                 changes=start.changes,
                 superseded_checkpoints=superseded,
+                load_seconds=None if load_s is None else round(load_s, 3),
             )
         parts = Parts(
             cfg=cfg,

@@ -105,6 +105,34 @@ if waste:
 else:
     st.caption("No abandoned branches: every logged step is on the effective history.")
 
+# --- the goodput ledger: where the wall-clock time went, launch by launch
+st.subheader("Goodput: where the time went")
+ledger = data.goodput(ctx.src, ctx.k, ctx.run, data.tick())
+if ledger.get("wall_s"):
+    st.plotly_chart(figures.goodput_figure(ledger), key="lineage:goodput", config={"displaylogo": False})
+    if ledger["estimated"]:
+        st.warning("An estimate: " + "; ".join(ledger["assumptions"]), icon="⚠️")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "category": k,
+                    "hours": c["s"] / 3600.0,
+                    "share": c["s"] / ledger["wall_s"],
+                    "device-hours": c["device_hours"],
+                    "how": "estimated" if c["estimated"] else "measured",
+                    "method": c["method"],
+                }
+                for k, c in ledger["categories"].items()
+            ]
+        ),
+        hide_index=True,
+        key="lineage:goodput_table",
+    )
+    st.caption("Each second counts once, in the first category that claims it: " + " > ".join(ledger["precedence"]))
+else:
+    st.caption("No wall-clock times recorded yet: no goodput ledger.")
+
 # --- one timeline: events, interventions, annotations
 st.subheader("Timeline")
 tl = data.timeline(ctx.src, ctx.k, ctx.run)

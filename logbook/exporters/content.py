@@ -74,6 +74,7 @@ class Logbook:
     charts: list[Chart] = field(default_factory=list)
     markers: list[Marker] = field(default_factory=list)
     lanes: list[dict] = field(default_factory=list)  # the restart tree (present.tree.lanes)
+    goodput: dict = field(default_factory=dict)  # the goodput ledger (report.goodput via the summary)
 
 
 def gather(
@@ -161,6 +162,7 @@ def gather(
         ingest_problems=s["ingest_problems"],
         metrics=s["metrics"],
         events=s["events"],
+        goodput=s.get("goodput") or {},
     )
     book.markers = run_markers(seg_frame, s["incidents"], ann_frame, queries.interventions(store, run))
     book.lanes = tree.lanes(seg_frame)

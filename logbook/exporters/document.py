@@ -165,7 +165,7 @@ def build(book: Logbook) -> list:
     doc.append(Heading(2, ["Chronicle"]))
     doc += chronicle(book)
     doc += segments(book) + incidents(book) + interventions(book) + annotations(book)
-    doc += energy_section(book) + wasted(book) + events(book) + ingest_problems(book)
+    doc += energy_section(book) + wasted(book) + goodput(book) + events(book) + ingest_problems(book)
     return doc
 
 
@@ -478,6 +478,54 @@ def wasted(book: Logbook) -> list:
     ]
     headers = ["segment", "discarded by", "steps", "tokens", "wall time", "device-hours", "energy", "basis"]
     return out + [Table(headers, rows)]
+
+
+GOODPUT_LABELS = {
+    "productive": "productive steps (effective path)",
+    "wasted": "thrown away by rollbacks and crashes",
+    "downtime": "restart downtime",
+    "checkpoint": "checkpoint save and load",
+    "skipped": "skipped and overflow-skipped steps",
+    "stall": "stalls",
+    "straggler": "straggler loss",
+    "unattributed": "unattributed",
+}
+
+
+def goodput(book: Logbook) -> list:
+    """The goodput ledger: where the wall-clock time and device-hours went, each figure with its method."""
+    out: list = [Heading(2, ["Goodput"])]
+    g = book.goodput
+    if not g or not g.get("wall_s"):
+        return out + [Para(["No wall-clock times recorded: no goodput ledger."])]
+    ratio = g["effective_ratio"]
+    out.append(
+        Para(
+            [B("An estimate. ")] * bool(g["estimated"])
+            + [
+                f"Effective training time: {100 * ratio:.1f}% of {duration(g['wall_s'])} of wall-clock time "
+                f"({num(g['device_hours'])} device-hours). Each second counts once, in the first category that "
+                f"claims it: {' > '.join(g['precedence'])}.",
+            ]
+        )
+    )
+    rows = [
+        [
+            GOODPUT_LABELS.get(k, k),
+            duration(c["s"]),
+            f"{100 * c['s'] / g['wall_s']:.1f}%",
+            num(c["device_hours"]),
+            "estimated" if c["estimated"] else "measured",
+            U(c["method"]),
+        ]
+        for k, c in g["categories"].items()
+    ]
+    out.append(Table(["category", "wall time", "share", "device-hours", "how", "method"], rows))
+    if len(g.get("segments") or []) > 0:
+        out.append(Chart("goodput", "Goodput per segment"))
+    if g.get("assumptions"):
+        out += [Para(["Assumptions:"]), Bullets([[U(a)] for a in g["assumptions"]])]
+    return out
 
 
 def events(book: Logbook) -> list:

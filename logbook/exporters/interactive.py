@@ -39,4 +39,6 @@ def figures_of(book: Logbook) -> list[tuple[str, go.Figure]]:
     out = [(c.metric, chart_figure(c, book.markers)) for c in book.charts]
     if book.lanes:
         out.append(("restart_tree", figures.lineage_tree_figure(book.lanes, template=TEMPLATE)))
+    if book.goodput.get("wall_s"):
+        out.append(("goodput", figures.goodput_figure(book.goodput)))
     return out

@@ -77,6 +77,8 @@ def write(book: Logbook, out: Path, *, progress: Callable[[str], None] | None = 
     pngs = [(c.metric, lambda c=c: png.chart_png(c, book.markers)) for c in book.charts]
     if book.segments:
         pngs.append(("restart_tree", lambda: png.tree_png(book)))
+    if book.goodput.get("wall_s"):
+        pngs.append(("goodput", lambda: png.goodput_png(book)))
     written, images = [], {}
     if pngs:
         files_dir.mkdir(exist_ok=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from midflight.logbook.exporters.content import Chart, Logbook
 from midflight.logbook.present.markers import Marker
-from midflight.logbook.present.palette import END_COLOURS, MARKER_COLOURS
+from midflight.logbook.present.palette import END_COLOURS, GOODPUT_COLOURS, MARKER_COLOURS
 
 DPI = 110
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -117,4 +117,28 @@ def tree_png(book: Logbook) -> bytes:
     ax.grid(axis="x", alpha=0.25)
     if lanes:
         fig.legend(fontsize=7, loc="outside lower center", ncols=6, frameon=False)
+    return _png(fig)
+
+
+def goodput_png(book: Logbook) -> bytes:
+    """The goodput ledger as the dashboard draws it: a stacked bar per segment plus the run total, in hours."""
+    g = book.goodput
+    rows = g.get("segments") or []
+    labels = [_label(r["segment_id"]) for r in rows] + ["run total"]
+    fig = _new(9.0, max(1.8, 0.9 + (0.4 if len(labels) <= 12 else 0.26) * len(labels)))
+    ax = fig.add_subplot()
+    left = np.zeros(len(labels))
+    for cat, colour in GOODPUT_COLOURS.items():
+        hours = np.array([r["parts"][cat]["s"] / 3600.0 for r in rows] + [g["categories"][cat]["s"] / 3600.0])
+        if not hours.any():
+            continue
+        ax.barh(range(len(labels)), hours, left=left, color=colour, label=cat)
+        left += hours
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlabel("wall-clock (h)")
+    est = " (estimate)" if g.get("estimated") else ""
+    ax.set_title(f"Goodput: where the wall-clock time went{est}", fontsize=11)
+    ax.grid(axis="x", alpha=0.25)
+    fig.legend(fontsize=7, loc="outside lower center", ncols=8, frameon=False)
     return _png(fig)

@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from midflight.logbook.present.markers import Marker
-from midflight.logbook.present.palette import END_COLOURS, MARKER_COLOURS, MARKER_SYMBOLS
+from midflight.logbook.present.palette import END_COLOURS, GOODPUT_COLOURS, MARKER_COLOURS, MARKER_SYMBOLS
 from midflight.logbook.present.text import safe
 
 MARKER_STYLE = {kind: (MARKER_COLOURS[kind], symbol) for kind, symbol in MARKER_SYMBOLS.items()}
@@ -354,6 +354,43 @@ def bar_figure(title: str, labels: list[str], values: list[float], *, unit: str,
         height=280,
         margin={"l": 50, "r": 10, "t": 32, "b": 40},
         yaxis={"title": unit},
+    )
+    return fig
+
+
+def goodput_figure(ledger: dict, *, unit: str = "h", height: int | None = None) -> go.Figure:
+    """The goodput ledger as stacked horizontal bars: one per launch (segment), then the run's total, each split
+    into the ledger's categories (hours of wall-clock time). Segment ids are user text: escaped."""
+    rows = ledger.get("segments") or []
+    labels = [safe(r["segment_id"], 40) + ("" if r["on_path"] else " (abandoned)") for r in rows] + ["run total"]
+    est = " (estimate)" if ledger.get("estimated") else ""
+    fig = go.Figure()
+    for cat, colour in GOODPUT_COLOURS.items():
+        hours = [r["parts"][cat]["s"] / 3600.0 for r in rows] + [ledger["categories"][cat]["s"] / 3600.0]
+        if not any(hours):
+            continue
+        fig.add_trace(
+            go.Bar(
+                name=cat,
+                y=labels,
+                x=hours,
+                orientation="h",
+                marker_color=colour,
+                hovertemplate=f"%{{y}}: {cat} %{{x:.3g}} {unit}<extra></extra>",
+            )
+        )
+    ratio = ledger.get("effective_ratio")
+    title = "Goodput: where the wall-clock time went" + est
+    if ratio is not None:
+        title += f"; effective training time {100 * ratio:.1f}%"
+    fig.update_layout(
+        barmode="stack",
+        title={"text": title, "font": {"size": 14}},
+        height=height or max(220, 26 * len(labels) + 110),
+        margin={"l": 10, "r": 10, "t": 40, "b": 40},
+        xaxis={"title": f"wall-clock ({unit})"},
+        yaxis={"autorange": "reversed", "automargin": True},
+        legend={"orientation": "h", "y": -0.15},
     )
     return fig
 

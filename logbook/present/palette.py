@@ -14,3 +14,13 @@ END_COLOURS = {
 }
 MARKER_COLOURS = {"restart": "#ff7f0e", "incident": "#d62728", "annotation": "#1f77b4", "intervention": "#9467bd"}
 MARKER_SYMBOLS = {"restart": "diamond", "incident": "x", "annotation": "triangle-down", "intervention": "star"}
+GOODPUT_COLOURS = {  # the goodput ledger's categories (analysis.goodput.CATEGORIES)
+    "productive": "#2ca02c",
+    "wasted": "#d62728",
+    "downtime": "#7f7f7f",
+    "checkpoint": "#1f77b4",
+    "skipped": "#ff7f0e",
+    "stall": "#9467bd",
+    "straggler": "#8c564b",
+    "unattributed": "#c7c7c7",
+}

@@ -103,6 +103,7 @@ def format_text(s: dict) -> str:
             f"{_g(b['wall_s'])} s, {_g(b['device_hours'])} {b['device_kind']}-hours{energy_txt}{guess}), "
             f"discarded by {b['discarded_by']}"
         )
+    lines += goodput_lines(s.get("goodput"))
     for p in s["ingest_problems"]:
         lines.append(f"warning: {p['file']}: {p['malformed']} malformed lines skipped")
         for line_no, msg, snippet in p["examples"][:3]:
@@ -162,3 +163,39 @@ def _who(d) -> str:
     if host is not None and isinstance(ranks, list):
         return f" on {host} ({len(ranks)} ranks)"
     return ""
+
+
+GOODPUT_LABELS = {
+    "productive": "productive steps",
+    "wasted": "thrown away (rollbacks, crashes)",
+    "downtime": "restart downtime",
+    "checkpoint": "checkpoint save/load",
+    "skipped": "skipped steps",
+    "stall": "stalls",
+    "straggler": "straggler loss",
+    "unattributed": "unattributed",
+}
+
+
+def goodput_lines(g: dict | None) -> list[str]:
+    """The goodput ledger as text: the ratio, each category with its share and method, the assumptions."""
+    if not g or not g.get("wall_s"):
+        return []
+    flag = " (ESTIMATE)" if g["estimated"] else ""
+    ratio = g["effective_ratio"]
+    lines = [
+        f"goodput{flag}: effective training time {100 * ratio:.1f}% of {_g(g['wall_s'] / 3600)} h wall-clock, "
+        f"{_g(g['device_hours'])} device-hours"
+    ]
+    for k, c in g["categories"].items():
+        if not c["s"] and k in ("unattributed",):
+            continue
+        share = 100 * c["s"] / g["wall_s"]
+        est = "estimated" if c["estimated"] else "measured"
+        lines.append(
+            f"    {GOODPUT_LABELS.get(k, k)}: {_g(c['s'] / 3600)} h ({share:.1f}%), {_g(c['device_hours'])} "
+            f"device-hours [{est}: {c['method']}]"
+        )
+    for a in g.get("assumptions") or []:
+        lines.append(f"    assumption: {a}")
+    return lines

@@ -10,7 +10,7 @@ from midflight.logbook.analysis.energy import J_PER_KWH
 from midflight.logbook.analysis.progress import planned_steps
 from midflight.logbook.record import records, runmeta
 from midflight.logbook.report import energy as energy_report
-from midflight.logbook.report import incidents
+from midflight.logbook.report import goodput, incidents
 from midflight.logbook.report.wasted import wasted
 from midflight.logbook.store import queries
 from midflight.logbook.store.database import Store
@@ -210,8 +210,10 @@ def summarize(
     intensity_g_per_kwh: float | None = None,
     pue: float | None = None,
     tdp_w: float | None = None,
+    step_s: float | None = None,
 ) -> dict:
-    """Everything `summary --json` prints. CO2eq: the given intensity, else the region's, else the world average."""
+    """Everything `summary --json` prints. CO2eq: the given intensity, else the region's, else the world average.
+    step_s: the goodput ledger's assumed time per step where a run logged none."""
     if region is None and intensity_g_per_kwh is None:
         region = energy.DEFAULT_REGION
     power = energy_summary(store, run, region=region, intensity_g_per_kwh=intensity_g_per_kwh, pue=pue, tdp_w=tdp_w)
@@ -260,6 +262,7 @@ def summarize(
         "projection": projection(store, run, power, effective_steps),
         "wasted": power["wasted"],  # computed once, by the energy summary that sums its energy
         "wall_time": power["wall_time"],
+        "goodput": goodput.ledger(store, run, step_s=step_s, wasted=power["wasted"]),
         "references": {k: {"co2eq_t": v["co2eq_t"], "method": v["method"]} for k, v in energy.REFERENCES.items()},
         "ingest_problems": queries.ingest_problems(store, run),
     }

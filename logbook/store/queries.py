@@ -648,3 +648,35 @@ def gpu_counts(store: Store, run: str) -> dict[str, int]:
         .fetchall()
     )
     return {seg: int(n) for seg, n in rows}
+
+
+# ----------------------------------------------------------------- the goodput ledger's inputs
+GOODPUT_EVENT_KINDS = ("checkpoint_saved", "restart", "overflow", "nonfinite_grad_skipped", "skipped_iterations")
+
+
+def goodput_events(store: Store, run: str) -> pd.DataFrame:
+    """segment_id, step, kind, n, seconds: one row per (segment, step, kind) of the events the goodput ledger
+    reads, aggregated in SQL. n: steps whose update was skipped (an overflow the scaler skipped, a skipped
+    non-finite gradient: 1; Megatron's skipped_iterations: its count; 0 for an overflow recorded as not
+    skipped); seconds: a checkpoint's save time, a restart's load time (NULL where not recorded or not a number).
+    The same event on several ranks counts once (max over ranks)."""
+    sql = """SELECT segment_id, step, kind,
+                    max(CASE WHEN kind = 'skipped_iterations'
+                                  THEN greatest(coalesce(TRY_CAST(fields->>'count' AS BIGINT), 0), 0)
+                             WHEN kind = 'overflow' AND fields->>'skipped' = 'false' THEN 0
+                             WHEN kind IN ('overflow', 'nonfinite_grad_skipped') THEN 1 ELSE 0 END) AS n,
+                    max(TRY_CAST(CASE WHEN kind = 'restart' THEN fields->>'load_seconds' ELSE fields->>'seconds' END
+                                 AS DOUBLE)) AS seconds
+             FROM events WHERE run_id = ? AND step IS NOT NULL AND kind IN (SELECT unnest(?::VARCHAR[]))
+             GROUP BY segment_id, step, kind ORDER BY segment_id, step"""
+    return _df(store.cursor(), sql, [run, list(GOODPUT_EVENT_KINDS)])
+
+
+def straggler_excess(store: Store, run: str, name: str = "compute_s") -> pd.DataFrame:
+    """segment_id, step, excess, ranks: at each step of the effective history that 2+ ranks logged `name`, the
+    slowest rank's value minus the median rank's, computed in SQL (one row per step, never per rank)."""
+    cond, params = _range_filter(effective_ranges(store, run), "effective")
+    sql = f"""SELECT m.segment_id, m.step, max(m.value) - quantile_cont(m.value, 0.5) AS excess, count(*) AS ranks
+              FROM metrics m WHERE m.run_id = ? AND m.name = ? AND isfinite(m.value) AND {cond}
+              GROUP BY m.segment_id, m.step HAVING max(m.rank) > min(m.rank) ORDER BY m.segment_id, m.step"""
+    return _df(store.cursor(), sql, [run, name, *params])

@@ -612,3 +612,22 @@ def test_runs_table_shows_tags_and_group_as_text(tmp_path, monkeypatch):
     table = frame(start(), "run", "tags", "group").set_index("run")
     assert table.loc["tagged", "tags"] == f"baseline, {XSS[:60]}, promoted"  # the characters, in a text cell
     assert table.loc["tagged", "group"] == "sweep <7>"
+
+
+def test_lineage_page_shows_the_goodput_ledger(runs):
+    """One stacked bar per segment plus the run total; the OPT-175B timeline's ledger is flagged as an estimate."""
+    at = start("lineage", run=OPT)
+    fig = next(s for s in plotly_specs(at) if s["layout"]["title"]["text"].startswith("Goodput"))
+    assert "(estimate)" in fig["layout"]["title"]["text"] and fig["layout"]["barmode"] == "stack"
+    bars = fig["data"]
+    assert {t["orientation"] for t in bars} == {"h"}
+    labels = bars[0]["y"]
+    assert len(labels) == 49 + 1 and labels[-1] == "run total" and "11.0 (abandoned)" in labels
+    assert {t["name"] for t in bars} >= {"productive", "wasted", "downtime", "unattributed"}
+    assert any("14.4 s per step" in w.value and "arXiv:2205.01068" in w.value for w in at.warning)
+    table = frame(at, "category", "hours", "how", "method")
+    assert table.set_index("category").loc["productive", "how"] == "estimated"
+    at = start("lineage", run=FAULTS)  # a trainer run: measured, three segments plus the total
+    fig = next(s for s in plotly_specs(at) if s["layout"]["title"]["text"].startswith("Goodput"))
+    assert "(estimate)" not in fig["layout"]["title"]["text"] and len(fig["data"][0]["y"]) == 4
+    assert frame(at, "category", "how").set_index("category").loc["productive", "how"] == "measured"

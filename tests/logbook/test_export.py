@@ -107,6 +107,7 @@ def test_markdown_has_every_segment_incident_and_annotation_and_its_pngs(sample,
         "lr.png",
         "loss_scale.png",
         "restart_tree.png",
+        "goodput.png",
     }
     for link in links:
         assert not Path(link).is_absolute() and link.startswith("faults_files/")
@@ -150,7 +151,7 @@ def test_html_is_one_escaped_self_contained_page(hostile, tmp_path):
     assert "<script src" not in page and '<link rel="stylesheet"' not in page  # nothing to fetch
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; | **bold**" in page
     assert "<img src=x" not in page
-    assert page.count('class="plotly-graph-div"') == 5  # loss, grad norm, LR, loss scale, restart tree
+    assert page.count('class="plotly-graph-div"') == 6  # loss, grad norm, LR, loss scale, restart tree, goodput
 
 
 def browser_or_skip():
@@ -204,7 +205,7 @@ def test_html_renders_in_chromium_offline_without_errors(hostile, tmp_path):
         finally:
             browser.close()
     assert errors == []
-    assert graphs == 5 and traces >= 5
+    assert graphs == 6 and traces >= 6  # the goodput bars too
     assert dialogs == []
     assert [u for u in requests if not u.startswith("file://")] == []
     assert XSS in body  # shown as the characters typed

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from midflight.logbook.report import goodput
 from midflight.logbook.store import queries
 
 from .helpers import ROOT, Proc, Recorded, child_env, train, trainer_cmd
@@ -111,6 +112,17 @@ def test_crash_restarts_automatically_under_torchrun(tmp_path):
     normal = sorted(slow[s] for s in range(35, 41))[3]
     # against the rank's own normal steps, not a wall-clock bound that a busy machine's normal steps exceed
     assert stalled >= 0.25 and stalled - normal >= 0.1
+    # the goodput ledger of these real processes: the restart loaded its checkpoint in a recorded time, the
+    # straggler's 5 x 250 ms shows as straggler loss (rank 1's compute_s over the median of the two), the
+    # replayed steps 21..25 as waste, and the parts add up to the run's wall-clock time
+    assert restart[0][1]["load_seconds"] > 0
+    g = goodput.ledger(rec.store, rec.run)
+    cats = g["categories"]
+    assert cats["straggler"]["s"] >= 5 * 0.1 and cats["straggler"]["estimated"]
+    assert cats["checkpoint"]["s"] > restart[0][1]["load_seconds"]  # the load plus four saves
+    assert cats["wasted"]["s"] > 0 and cats["downtime"]["s"] > 0 and cats["productive"]["s"] > 0
+    assert g["wall_s"] == pytest.approx(sum(c["s"] for c in cats.values()))
+    assert g["wall_s"] == pytest.approx(segs.end_time.max() - segs.start_time.min(), rel=0.01)
 
 
 def _rank_pid(run_dir, rank: int) -> int | None:
