@@ -22,7 +22,8 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 # layer -> (the project layers it may import, the third-party packages it may import; None = any but BANNED)
 ALL_LOGBOOK = {
-    *("values", "roles", "record", "store", "analysis", "report", "present", "importers", "exporters", "logbook")
+    *("values", "roles", "record", "store", "analysis", "report", "present", "oncall", "importers", "exporters"),
+    "logbook",
 }
 RULES: dict[str, tuple[set[str], set[str] | None]] = {
     "values": (set(), set()),  # the standard library only
@@ -32,6 +33,8 @@ RULES: dict[str, tuple[set[str], set[str] | None]] = {
     "analysis": ({"values", "roles"}, {"numpy", "pandas"}),  # pure: no database, no figures
     "report": ({"values", "roles", "record", "store", "analysis"}, {"numpy", "pandas"}),
     "present": ({"values", "roles", "analysis"}, {"numpy", "pandas", "plotly"}),
+    # on call (issue 18): alerts and the autopilot; reads runs through report, acts through record.interventions
+    "oncall": ({"values", "roles", "record", "store", "analysis", "report", "present", "oncall"}, None),
     "importers": ({"values", "roles", "record"}, None),  # other trainers' logs in, midflight's logs out
     "exporters": ({"values", "roles", "record", "store", "analysis", "report", "present"}, None),
     "logbook": (ALL_LOGBOOK, None),  # logbook/__init__.py, __main__.py, cli.py: the front door
