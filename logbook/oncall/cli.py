@@ -51,12 +51,18 @@ def cmd_replay(args) -> int:
 
 def cmd_run(args) -> int:
     from midflight.logbook.oncall import autopilot
+    from midflight.logbook.record import layout
 
     policies = autopilot.load_policies(args.policy)
-    pilot = autopilot.Pilot(args.path, policies, store=_store(args))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    waited = time.monotonic()
+    while not layout.is_run_dir(args.path):  # started before the run: wait for its first segment
+        if stop.is_set() or time.monotonic() - waited > args.wait:
+            raise FileNotFoundError(f"{args.path!r} is not a midflight run directory (waited {args.wait:g}s)")
+        stop.wait(0.2)
+    pilot = autopilot.Pilot(args.path, policies, store=_store(args), log=lambda m: print(m, flush=True))
     print(
         f"autopilot on {args.path}: {len(policies)} policies, every {args.every:g}s (Ctrl-C or SIGTERM to stop)",
         flush=True,
@@ -126,6 +132,7 @@ def add_parser(sub) -> None:
     p.add_argument("--store", default=None, help="DuckDB store file (default: PATH/.midflight/store.duckdb)")
     p.add_argument("--every", type=float, default=2.0, help="seconds between looks at the run")
     p.add_argument("--until-finished", action="store_true", help="stop once the run has finished or crashed")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the run directory to appear")
     p.set_defaults(func=cmd_run)
 
     p = ap.add_parser("approve", help="approve (or --decline) a proposal of an `ask` policy")
