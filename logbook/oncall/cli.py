@@ -51,12 +51,20 @@ def cmd_replay(args) -> int:
 
 def cmd_run(args) -> int:
     from midflight.logbook.oncall import autopilot
-    from midflight.logbook.record import layout
 
     policies = autopilot.load_policies(args.policy)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _follow(args, autopilot, policies, stop)
+    finally:
+        for sig, handler in before.items():  # in-process callers (tests) get their handlers back
+            signal.signal(sig, handler)
+
+
+def _follow(args, autopilot, policies, stop) -> int:
+    from midflight.logbook.record import layout
+
     waited = time.monotonic()
     while not layout.is_run_dir(args.path):  # started before the run: wait for its first segment
         if stop.is_set() or time.monotonic() - waited > args.wait:
@@ -67,15 +75,12 @@ def cmd_run(args) -> int:
         f"autopilot on {args.path}: {len(policies)} policies, every {args.every:g}s (Ctrl-C or SIGTERM to stop)",
         flush=True,
     )
-    seen_running = False
     while not stop.is_set():
         pilot.tick()
         status = pilot.status()
-        seen_running = seen_running or status == "running"
-        if args.until_finished and status in ("finished", "crashed") and seen_running:
-            if not autopilot.pending_autopilot(pilot.run_dir):
-                print(f"the run is {status}: autopilot stops", flush=True)
-                break
+        if args.until_finished and status in ("finished", "crashed") and not autopilot.pending_autopilot(pilot.run_dir):
+            print(f"the run is {status}: autopilot stops", flush=True)
+            break
         stop.wait(args.every)
     return 0
 

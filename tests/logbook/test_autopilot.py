@@ -355,3 +355,17 @@ def test_pilot_tick_acts_once_on_a_run(run_dir, tmp_path):
     again = ap.Pilot(run_dir, pols, store=pilot.store, log=said.append)  # a restarted autopilot remembers
     assert [d for d in again.tick() if d.held is None] == []
     assert any("autopilot:rollback" == r["author"] for r in interventions.pending(run_dir))
+
+
+def test_autopilot_run_cli_acts_and_stops_on_a_finished_run(run_dir, tmp_path, capsys):
+    pol = tmp_path / "p.toml"
+    pol.write_text(
+        ROLLBACK.format(mode="suggest", per_hour=2, cooldown=0).replace('classification = "divergent"\n', "")
+    )
+    assert main(["autopilot", "run", str(run_dir), "--policy", str(pol), "--every", "0.1", "--until-finished"]) == 0
+    out = capsys.readouterr().out
+    assert "suggest rollback on loss_spike:loss@300" in out and "the run is finished: autopilot stops" in out
+    (entry,) = [e for e in ap.Ledger(run_dir).entries() if e["incident"] == "loss_spike:loss@300"]
+    assert entry["mode"] == "suggest" and entry["request"] is None
+    assert main(["autopilot", "run", str(tmp_path / "nowhere"), "--policy", str(pol), "--wait", "0.3"]) == 2
+    assert "is not a midflight run directory" in capsys.readouterr().err
