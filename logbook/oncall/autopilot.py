@@ -558,6 +558,15 @@ def proposal_for(run_dir, incident: Incident) -> dict | None:
     return found[-1] if found else None
 
 
+def proposals(
+    policies: list[Policy], incident: Incident, checkpoints=(), *, lr_multiplier: float = 1.0
+) -> list[Decision]:
+    """What the policies would propose for one incident, ignoring limits and history (pure; nothing recorded):
+    for an alert that carries the proposed action when no autopilot runs. `proposal_for` reads what one did."""
+    state = State(step=incident.end_step, lr_multiplier=lr_multiplier)
+    return decide(policies, [replace(incident, superseded=False)], state, checkpoints)
+
+
 # ------------------------------------------------------------------------------------ reading a run's state
 def checkpoint_steps(store, run: str, run_dir=None) -> list[int]:
     """Complete checkpoints on the run's current branch. A live run's own folder decides when there is one

@@ -369,3 +369,13 @@ def test_autopilot_run_cli_acts_and_stops_on_a_finished_run(run_dir, tmp_path, c
     assert entry["mode"] == "suggest" and entry["request"] is None
     assert main(["autopilot", "run", str(tmp_path / "nowhere"), "--policy", str(pol), "--wait", "0.3"]) == 2
     assert "is not a midflight run directory" in capsys.readouterr().err
+
+
+def test_proposals_for_an_alert_without_a_running_autopilot():
+    text = ROLLBACK.format(mode="auto", per_hour=2, cooldown=0) + (
+        '[[policy]]\nname="tell"\nmode="suggest"\n[policy.then]\naction="clip"\nmax_norm=0.5\n'
+    )
+    got = ap.proposals(ap.parse_policies(text), spike(300, 305), [250], lr_multiplier=0.5)
+    assert [(d.policy, d.action) for d in got] == [("rollback", "rewind"), ("tell", "clip")]
+    assert got[0].params["changes"]["lr_multiplier"] == 0.25
+    assert ap.proposals(ap.parse_policies(text), spike(cls="transient"), [250])[0].policy == "tell"
