@@ -14,7 +14,8 @@ Three 2-rank CPU runs of the real trainer (`torchrun -m midflight.trainer`, gloo
 A slow last rank (`slow-rank`, 60 ms a step) gives the autopilot, which polls every 0.5 s on a shared 2-core
 machine, time to act before the plain run's divergence becomes NaN (about 140 steps after the onset).
 
-    python -m benchmarks.autopilot_rescue [--out docs/autopilot_rescue.png] [--json results.json]
+    python -m benchmarks.autopilot_rescue [--out docs/autopilot_rescue.png] [--json results.json] [--keep DIR]
+    bash scripts/demo.sh --autopilot    # the same, runs kept in runs/autopilot-demo, then the dashboard on them
 
 prints the three final losses and writes the chart of the three loss curves (the effective history: the
 autopilot run's abandoned branch is drawn dashed). tests/trainer/test_autopilot_rescue.py runs the same
@@ -189,11 +190,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "autopilot_rescue.png"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--keep", default=None, metavar="DIR", help="keep the three runs in DIR (for the dashboard)")
     args = ap.parse_args(argv)
     results = {}
+    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
+        ap.error(f"--keep {args.keep}: the folder is not empty")
     with tempfile.TemporaryDirectory() as tmp:
+        where = Path(args.keep or tmp)
+        where.mkdir(parents=True, exist_ok=True)
         for arm, inject, pilot in (("clean", False, False), ("plain", True, False), ("autopilot", True, True)):
-            res = run_scenario(Path(tmp) / arm, inject=inject, autopilot=pilot)
+            res = run_scenario(where / arm, inject=inject, autopilot=pilot)
             results[arm] = res
             print(
                 f"{arm:9} status {res['status']:8} last step {res['last_step']} final loss {res['final_loss']} "
