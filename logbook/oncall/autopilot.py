@@ -480,11 +480,9 @@ class Ledger:
                     "params": rec.get("params") if isinstance(rec.get("params"), dict) else {},
                     "note": str(rec.get("note"))[:2000],
                     "request": rec.get("request") if isinstance(rec.get("request"), str) else None,
-                    "status": "applied-requested" if rec.get("mode") == "auto" else rec.get("mode"),
+                    "status": {"auto": "issued", "ask": "pending"}.get(rec.get("mode"), "suggested"),
                     "by": None,
                 }
-                if props[pid]["mode"] == "ask":
-                    props[pid]["status"] = "pending"
             elif rec.get("op") in ("approved", "declined") and pid in props and props[pid]["status"] == "pending":
                 props[pid]["status"] = rec["op"]
                 props[pid]["by"] = str(rec.get("by"))[:200]
