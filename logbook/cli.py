@@ -296,9 +296,11 @@ def build_parser(prog: str = "midflight", epilog: str | None = None) -> argparse
 
     from midflight.logbook.exporters.cli import add_parser as add_export
     from midflight.logbook.importers.cli import add_parser as add_import
+    from midflight.logbook.oncall.cli import add_parser as add_autopilot
 
     add_import(sub)
     add_export(sub)
+    add_autopilot(sub)
     return p
 
 

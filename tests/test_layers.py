@@ -33,8 +33,9 @@ RULES: dict[str, tuple[set[str], set[str] | None]] = {
     "analysis": ({"values", "roles"}, {"numpy", "pandas"}),  # pure: no database, no figures
     "report": ({"values", "roles", "record", "store", "analysis"}, {"numpy", "pandas"}),
     "present": ({"values", "roles", "analysis"}, {"numpy", "pandas", "plotly"}),
-    # on call (alerts, channels, the watcher): reads like the dashboard, talks out with the stdlib only
-    "oncall": ({"values", "roles", "record", "store", "analysis", "report", "present"}, {"numpy", "pandas"}),
+    # on call (issue 18: alerts, channels, the watcher, the autopilot): reads runs like the dashboard, acts
+    # through record.interventions, talks out with the stdlib only
+    "oncall": ({"values", "roles", "record", "store", "analysis", "report", "present", "oncall"}, {"numpy", "pandas"}),
     "importers": ({"values", "roles", "record"}, None),  # other trainers' logs in, midflight's logs out
     "exporters": ({"values", "roles", "record", "store", "analysis", "report", "present"}, None),
     "logbook": (ALL_LOGBOOK, None),  # logbook/__init__.py, __main__.py, cli.py: the front door

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KIND@STEP",
-        help="fault: spike|nan|overflow|crash|slow-rank|disk-full",
+        help="fault: spike|nan|overflow|crash|slow-rank|disk-full|diverge",
     )
     p.add_argument(
         "--resume",

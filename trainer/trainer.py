@@ -131,6 +131,10 @@ class Trainer:
                 p.faults.fire(spike, s)
                 self.event("fault_injected", step=s, fault="spike", lr_factor=p.faults.spike_lr_factor)
 
+            poison = p.faults.poisoned(self.batch_index)  # diverge: this batch is bad data, every time it is read
+            if poison and p.faults.surge(poison, s):
+                self.event("fault_injected", step=s, fault="diverge", lr_factor=p.faults.spike_lr_factor)
+
             # -- learning rate for this step
             lr = self._lr(s) * p.faults.lr_factor(s)
             for group in opt.param_groups:
@@ -139,8 +143,8 @@ class Trainer:
             # -- batch (a pure function of the batch index: resumes and skips are exact)
             x, y = p.data.batch(self.batch_index, p.rank, p.world)
             self.batch_index += 1
-            if spike:  # a corrupted batch: uniformly random tokens, nothing like the text the model has seen
-                gen = torch.Generator().manual_seed(s)
+            if spike or poison:  # a corrupted batch: uniformly random tokens, nothing like the text the model has seen
+                gen = torch.Generator().manual_seed(s if spike else 1_000_003 + self.batch_index)
                 x = torch.randint(0, int(y.max()) + 1, x.shape, generator=gen)
                 y = torch.randint(0, int(y.max()) + 1, y.shape, generator=gen)
             x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
