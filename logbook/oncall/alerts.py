@@ -467,6 +467,37 @@ def stall(run: str, recent: list[tuple[int, float]], *, now: float, open_segment
     return [Wanted(alert_key(run, "stall", open_segment, last_step), snap, active=True)]
 
 
+def budgets(run: str, power: dict | None, *, energy_kwh: float | None, co2_kg: float | None) -> list:
+    """An alert, once, when the run's energy or CO2eq passes its budget (`power`: report.summary.energy_summary).
+
+    The figure is whatever the run has, labelled with its basis (metered, estimate, nameplate); a run with
+    no energy data has nothing to compare and raises nothing. Energy only grows, so the alert is an instant
+    event: it says the budget was crossed, once (its key has no step)."""
+    e = (power or {}).get("energy") or {}
+    if e.get("energy_j") is None:
+        return []
+    kwh, kg, basis = e["energy_j"] / 3.6e6, power.get("co2eq_kg"), e.get("basis")
+    out = []
+    for kind, value, budget, unit in (
+        ("energy_budget", kwh, energy_kwh, "kWh"),
+        ("co2_budget", kg, co2_kg, "kg CO2eq"),
+    ):
+        if budget is None or value is None or value <= budget:
+            continue
+        title = f"{kind.replace('_', ' ')} crossed: {_num(value)} {unit} > {_num(budget)} {unit} ({basis})"
+        snap = snapshot(
+            run,
+            kind,
+            "medium",
+            None,
+            title,
+            text=f"{run}: {title}",
+            values={"value": value, "budget": budget, "unit": unit, "basis": basis},
+        )
+        out.append(Wanted(alert_key(run, kind), snap, active=False, instant=True))
+    return out
+
+
 def _num(v) -> str:
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
         return f"{v:.4g}"

@@ -63,6 +63,11 @@ class Config:
     poll_s: float = 1.0
     backoff_s: float = 1.0
     backoff_max_s: float = 300.0
+    energy_budget_kwh: float | None = None  # alert once when the run's energy passes it (any basis but none)
+    co2_budget_kg: float | None = None  # ... or its CO2eq, at `region`'s grid x `pue`
+    region: str | None = None  # the grid for CO2eq (as `summary --region`); None: the world average
+    pue: float | None = None
+    budget_every_s: float = 60.0  # how often the energy total is added up again (incremental, but not free)
 
 
 def _number(table: dict, key: str, default, lo: float, hi: float, where: str, *, whole: bool = False):
@@ -97,6 +102,11 @@ def parse_config(data: dict) -> Config:
         "poll_s",
         "backoff_s",
         "backoff_max_s",
+        "energy_budget_kwh",
+        "co2_budget_kg",
+        "region",
+        "pue",
+        "budget_every_s",
         "channel",
     }
     extra = set(data) - known
@@ -112,6 +122,11 @@ def parse_config(data: dict) -> Config:
         poll_s=_number(data, "poll_s", 1.0, 0.05, 3600, "alerts config"),
         backoff_s=_number(data, "backoff_s", 1.0, 0.01, 3600, "alerts config"),
         backoff_max_s=_number(data, "backoff_max_s", 300.0, 0.01, 86400, "alerts config"),
+        energy_budget_kwh=_number(data, "energy_budget_kwh", None, 1e-9, 1e12, "alerts config"),
+        co2_budget_kg=_number(data, "co2_budget_kg", None, 1e-9, 1e12, "alerts config"),
+        region=_text(data, "region", "alerts config"),
+        pue=_number(data, "pue", None, 1.0, 10.0, "alerts config"),
+        budget_every_s=_number(data, "budget_every_s", 60.0, 0.0, 86400, "alerts config"),
     )
     if cfg.resend_after_s == 0:
         cfg.resend_after_s = None  # 0: never re-send

@@ -12,15 +12,18 @@ delivers what is owed.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
+from midflight.logbook.analysis.energy import DEFAULT_REGION
 from midflight.logbook.oncall import alerts as alerts_mod
 from midflight.logbook.oncall import channels as channels_mod
 from midflight.logbook.record import layout
 from midflight.logbook.report.incidents import LiveIncidents
+from midflight.logbook.report.summary import energy_summary
 from midflight.logbook.store import open_store, queries
 from midflight.logbook.store.ingest import ingest
 
@@ -47,6 +50,7 @@ class RunWatch:
         self.store = open_store(store_path or layout.default_store_path(self.run_dir))
         self.live = LiveIncidents()
         self.box = alerts_mod.Outbox(self.run_dir)
+        self._power: tuple[float, list] = (-math.inf, [])  # when the energy was last added up, its alerts
 
     def wanted(self, cfg: channels_mod.Config, now: float) -> list:
         store, run = self.store, self.run
@@ -80,6 +84,7 @@ class RunWatch:
         out += alerts_mod.stall(
             run, recent, now=now, open_segment=open_seg, factor=cfg.stall_factor, min_s=cfg.stall_min_s
         )
+        out += self._budgets(cfg, now)
         for w in out:  # the values around an incident, read only for an alert that is new or changed
             aid = self.box.by_key.get(w.key)
             old = self.box.alerts[aid].snapshot if aid else None
@@ -88,6 +93,16 @@ class RunWatch:
             elif old is not None and "around" in old.get("values", {}):
                 w.snapshot["values"]["around"] = old["values"]["around"]
         return out
+
+    def _budgets(self, cfg: channels_mod.Config, now: float) -> list:
+        """Energy and CO2 budget alerts, the total added up at most every cfg.budget_every_s."""
+        if cfg.energy_budget_kwh is None and cfg.co2_budget_kg is None:
+            return []
+        if now - self._power[0] >= cfg.budget_every_s:
+            power = energy_summary(self.store, self.run, region=cfg.region or DEFAULT_REGION, pue=cfg.pue)
+            found = alerts_mod.budgets(self.run, power, energy_kwh=cfg.energy_budget_kwh, co2_kg=cfg.co2_budget_kg)
+            self._power = (now, found)
+        return self._power[1]
 
     def _around(self, snap: dict) -> list:
         lo = max(0, int(snap["start_step"]) - AROUND)

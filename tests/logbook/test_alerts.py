@@ -423,3 +423,30 @@ def test_cli_mistakes_are_one_line_errors(tmp_path, capsys):
     assert len(err) == 3 and all(line.startswith("error: ") for line in err)
     assert "does not exist" in err[0] and "http://" in err[1] and "no alert 'nope'" in err[2]
     assert cli.main(["watch", str(run_dir), "--once"]) == 0  # no channels: the outbox only
+
+
+def test_an_energy_or_co2_budget_crossed_alerts_once_with_its_basis(tmp_path, receiver):
+    """A metered run (an energy counter rising 1 kJ a step) passes a 0.01 kWh budget at step 36: one alert,
+    saying the figure is metered; a run with no energy data never alerts, whatever its budget."""
+    run_dir = tmp_path / "metered"
+    with midflight.init(run_dir, segment_id="a", flush_every=60) as run:
+        for s in range(1, 51):
+            run.log({"loss": 3.0}, step=s)
+            run.telemetry({"energy_j": 1000.0 * s}, device="gpu0", step=s)
+    chan = [{"name": "hook", "type": "webhook", "url": receiver.url}]
+    cfg = _cfg(energy_budget_kwh=0.01, co2_budget_kg=1e6, budget_every_s=0, channel=chan)
+    watch([run_dir], cfg, once=True, log=lambda m: None)
+    watch([run_dir], cfg, once=True, log=lambda m: None)  # a second pass: the same crossing is not sent again
+    sent = [b for b in receiver.bodies if b["alert"]["kind"].endswith("_budget")]
+    assert len(sent) == 1, sent
+    got = sent[0]["alert"]
+    assert got["kind"] == "energy_budget" and got["values"]["basis"] == "metered"
+    assert got["values"]["value"] == pytest.approx(50_000 / 3.6e6)  # the counter counts from 0 at its start
+    bare = tmp_path / "bare"
+    with midflight.init(bare, segment_id="a", flush_every=60) as run:
+        for s in range(1, 51):
+            run.log({"loss": 3.0}, step=s)
+    watch([bare], _cfg(energy_budget_kwh=1e-9, budget_every_s=0, channel=chan), once=True, log=lambda m: None)
+    assert not [b for b in receiver.bodies if b["alert"]["run"] == "bare" and b["alert"]["kind"].endswith("_budget")]
+    with pytest.raises(ValueError, match="energy_budget_kwh must be a number"):
+        _cfg(energy_budget_kwh=-1)
