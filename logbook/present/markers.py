@@ -1,4 +1,5 @@
-"""The typed markers drawn on every chart of a run: restarts, incidents, annotations and applied interventions.
+"""The typed markers drawn on every chart of a run: restarts, incidents, annotations, applied interventions and
+the autopilot's actions (an intervention authored `autopilot:<policy>`, a type of its own).
 
 One builder for the dashboard and the exported logbooks, from what the store and the detector give
 (`queries.segments`, incidents, `queries.annotations`, `queries.interventions`), so a chart on a
@@ -15,7 +16,8 @@ import pandas as pd
 
 from midflight.logbook.values import first, missing
 
-KINDS = ("restart", "incident", "annotation", "intervention")
+KINDS = ("restart", "incident", "annotation", "intervention", "autopilot")
+AUTOPILOT = "autopilot:"  # the author prefix of the interventions the autopilot issues (oncall.autopilot)
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,10 @@ def run_markers(
     for iv in interventions.itertuples() if len(interventions) else ():
         if iv.status == "applied" and not missing(iv.applied_step):
             note = f": {iv.note}" if isinstance(iv.note, str) and iv.note else ""
-            out.append(Marker("intervention", int(iv.applied_step), f"{iv.action} {_params(iv.params)}".strip() + note))
+            author = getattr(iv, "author", None)
+            kind = "autopilot" if isinstance(author, str) and author.startswith(AUTOPILOT) else "intervention"
+            label = f"{iv.action} {_params(iv.params)}".strip() + note
+            out.append(Marker(kind, int(iv.applied_step), f"[{author}] {label}" if kind == "autopilot" else label))
     return sorted(out, key=lambda m: (m.step, m.kind))
 
 

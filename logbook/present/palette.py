@@ -12,8 +12,20 @@ END_COLOURS = {
     "rewound": "#ff7f0e",
     "unknown": "#7f7f7f",
 }
-MARKER_COLOURS = {"restart": "#ff7f0e", "incident": "#d62728", "annotation": "#1f77b4", "intervention": "#9467bd"}
-MARKER_SYMBOLS = {"restart": "diamond", "incident": "x", "annotation": "triangle-down", "intervention": "star"}
+MARKER_COLOURS = {
+    "restart": "#ff7f0e",
+    "incident": "#d62728",
+    "annotation": "#1f77b4",
+    "intervention": "#9467bd",
+    "autopilot": "#17becf",  # an intervention the autopilot issued under a policy (author autopilot:<policy>)
+}
+MARKER_SYMBOLS = {
+    "restart": "diamond",
+    "incident": "x",
+    "annotation": "triangle-down",
+    "intervention": "star",
+    "autopilot": "hexagram",
+}
 GOODPUT_COLOURS = {  # the goodput ledger's categories (analysis.goodput.CATEGORIES)
     "productive": "#2ca02c",
     "wasted": "#d62728",

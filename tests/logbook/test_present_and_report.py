@@ -13,7 +13,7 @@ from midflight import logbook
 from midflight.logbook.analysis import energy, progress
 from midflight.logbook.analysis import incidents as triage
 from midflight.logbook.analysis.divergence import Incident
-from midflight.logbook.present import markers, tree
+from midflight.logbook.present import figures, markers, tree
 from midflight.logbook.report import progress as progress_report
 from midflight.logbook.report import timeline
 from midflight.logbook.store import queries
@@ -164,3 +164,13 @@ def test_the_summary_json_is_built_from_the_same_pieces(run):
     assert s["co2"]["source"].startswith("World") and s["energy"]["basis"] == "none"  # no telemetry, no TDP
     assert [i["kind"] for i in s["interventions"]] == ["clip", "stop"]
     assert time.time() - s["segments"][0]["start_time"] < 600
+
+
+def test_an_autopilot_action_is_a_marker_type_of_its_own(run):
+    """The same intervention, authored by the autopilot under a policy, is drawn as its own marker type,
+    labelled with the policy, so a reader tells a person's move from the autopilot's on every chart."""
+    ivs = queries.interventions(run, "r").assign(author="autopilot:rollback-spike")
+    ms = markers.run_markers(queries.segments(run, "r"), None, queries.annotations(run, "r"), ivs)
+    (auto,) = [m for m in ms if m.step == 60]
+    assert auto.kind == "autopilot" and auto.label == "[autopilot:rollback-spike] clip (max_norm=0.3): spiky"
+    assert "autopilot" in figures.MARKER_STYLE
