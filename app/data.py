@@ -18,6 +18,7 @@ import streamlit as st
 from midflight.app.source import Source
 from midflight.logbook import exporters
 from midflight.logbook.oncall import alerts as alert_log
+from midflight.logbook.oncall import autopilot
 from midflight.logbook.report import energy as energy_report
 from midflight.logbook.report import goodput as goodput_report
 from midflight.logbook.report import progress as progress_report
@@ -247,3 +248,23 @@ def alert_history(run_dir) -> list[dict]:
 @st.cache_data(max_entries=64, show_spinner=False)
 def _alert_history(run_dir: str, stamp: tuple) -> list[dict]:
     return alert_log.history(run_dir)
+
+
+def autopilot_proposals(run_dir) -> list[dict]:
+    """The autopilot's proposals for the run (its ledger, RUN_DIR/autopilot.jsonl), oldest first; cached on the
+    file's size and mtime like the alert history: an autopilot or an approval may grow it at any time."""
+    if run_dir is None:
+        return []
+    try:
+        info = (Path(run_dir) / autopilot.LEDGER).stat()
+    except OSError:
+        return []
+    return _autopilot_proposals(str(run_dir), (info.st_size, info.st_mtime_ns))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _autopilot_proposals(run_dir: str, stamp: tuple) -> list[dict]:
+    try:
+        return autopilot.Ledger(run_dir).entries()
+    except FileNotFoundError:
+        return []

@@ -17,6 +17,7 @@ from midflight.app.context import Ctx, author, plain
 from midflight.app.selection import clear_selection, selection
 from midflight.app.zoom import set_zoom
 from midflight.logbook.oncall import alerts as alert_log
+from midflight.logbook.oncall import autopilot
 from midflight.logbook.present.text import one_line
 from midflight.logbook.record import annotations as ann_log
 from midflight.logbook.record import interventions as iv_log
@@ -288,3 +289,46 @@ def alert_history(ctx: Ctx, prefix: str) -> None:
             return
         st.toast(f"alert {chosen} acknowledged: it will not be re-sent")
         st.rerun()
+
+
+def autopilot_approvals(ctx: Ctx, prefix: str) -> None:
+    """The autopilot's `ask` proposals waiting for a person: one click approves (the intervention is issued,
+    authored by the policy, the approver named in its note) or declines (recorded, never asked again).
+    The same records as `midflight autopilot approve RUN_DIR ID [--decline] --author NAME`."""
+    rows = data.autopilot_proposals(ctx.run_dir)
+    if not rows:
+        return
+    st.subheader("Autopilot")
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "id": [r["id"] for r in rows],
+                "step": [r["step"] for r in rows],
+                "policy": [r["policy"] for r in rows],
+                "mode": [r["mode"] for r in rows],
+                "proposes": [one_line(f"{r['action']} {json.dumps(r['params'])}") for r in rows],
+                "why": [one_line(r["note"]) for r in rows],
+                "status": [r["status"] for r in rows],
+                "by": [r["by"] or "" for r in rows],
+            }
+        ),
+        hide_index=True,
+        key=f"{prefix}:table",
+    )
+    pending = [r for r in rows if r["status"] == "pending"]
+    if not pending:
+        return
+    labels = {r["id"]: one_line(f"{r['id']} · {r['policy']}: {r['action']} {json.dumps(r['params'])}") for r in pending}
+    c1, c2, c3 = st.columns([4, 1, 1])
+    chosen = c1.selectbox("Waiting for approval", list(labels), format_func=labels.get, key=f"{prefix}:pick")
+    for col, decline, word in ((c2, False, "Approve"), (c3, True, "Decline")):
+        if col.button(word, key=f"{prefix}:{word.lower()}"):
+            try:
+                done = autopilot.approve(ctx.run_dir, chosen, author=author(), decline=decline)
+            except (ValueError, OSError) as exc:
+                st.error(f"could not {word.lower()}: {exc}")
+                return
+            st.toast(
+                f"proposal {chosen} {done['status']}" + (f": intervention {done['request']}" if done["request"] else "")
+            )
+            st.rerun()

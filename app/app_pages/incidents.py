@@ -23,6 +23,7 @@ if incs is None:
 if busy:
     st.caption("A newer scan is running; these are the incidents of the previous one.")
 forms.alert_history(ctx, "incidents:alerts")
+forms.autopilot_approvals(ctx, "incidents:autopilot")
 show_sup = st.toggle("Include incidents inside abandoned branches", key="incidents:sup")
 incs = [i for i in incs if show_sup or not i.superseded]
 if not incs:

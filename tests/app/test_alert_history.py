@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from midflight.logbook.oncall import alerts
+from midflight.logbook.oncall import alerts, autopilot
+from midflight.logbook.record import records
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app" / "streamlit_app.py")
@@ -47,3 +48,18 @@ def test_alert_history_and_ack_on_the_incidents_page(runs, sources):
     table = next(df.value for df in at.dataframe if {"id", "acked by"} <= set(df.value.columns))
     assert table.set_index("id").loc[crash_id, "acked by"].endswith("(dashboard)")
     assert not [s for s in at.selectbox if s.key == "incidents:alerts:pick"]  # nothing left to acknowledge
+
+    # an `ask` proposal of the autopilot waits on the same page: one click approves it, through the channel
+    decision = autopilot.Decision(
+        "halve-lr", "ask", "loss_spike/loss/300", 310, "lr_multiplier", {"factor": 0.5}, "spike"
+    )
+    proposal = autopilot.act(runs / RUN, decision)
+    at.run()
+    assert at.selectbox(key="incidents:autopilot:pick").value == proposal["id"]
+    at.button(key="incidents:autopilot:approve").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (entry,) = autopilot.Ledger(runs / RUN).entries()
+    assert entry["status"] == "approved" and entry["by"].endswith("(dashboard)")
+    requests = [r for r in records.iter_records(runs / RUN / "interventions.jsonl") if r.get("id") == entry["request"]]
+    assert requests and requests[0]["author"] == "autopilot:halve-lr" and "approved by" in requests[0]["note"]
+    assert not [s for s in at.selectbox if s.key == "incidents:autopilot:pick"]  # nothing left to approve
