@@ -9,7 +9,11 @@ from pathlib import Path
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run app/streamlit_app.py` from anywhere
+# `streamlit run app/streamlit_app.py` from anywhere: the folder that holds the `midflight` package goes on the
+# path (the checkout's top; site-packages when installed), never a folder of its parts (it would shadow PyPI's
+# logbook and Coqui's trainer)
+_top = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_top if (_top / "midflight" / "__init__.py").is_file() else _top.parent))
 from midflight.app import context, data  # noqa: E402
 
 st.set_page_config(page_title="midflight", page_icon=":material/flight_takeoff:", layout="wide")

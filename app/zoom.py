@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from midflight.app.context import AXES, Ctx
+from midflight.logbook.values import optional_step
 
 
 def _zoom_key(ctx: Ctx) -> str:
@@ -26,6 +27,25 @@ def set_zoom(ctx: Ctx, x_range: tuple | None) -> None:
         st.session_state.pop(_zoom_key(ctx), None)
     else:
         st.session_state[_zoom_key(ctx)] = (float(x_range[0]), float(x_range[1]))
+
+
+LINK_STEPS = 200  # a link to a step (?step=N: an alert's) opens the charts on N +- this many steps
+
+
+def follow_link(ctx: Ctx) -> int | None:
+    """Zoom to the step a link names (`?run=NAME&step=N`, as the watcher's alerts send), once per link: a
+    later zoom or reset by the user is kept. Returns the linked step, or None (no link, or not a valid step)."""
+    try:
+        linked = optional_step(st.query_params.get("step"))
+    except ValueError as exc:  # a hand-edited or hostile link: say so, show the whole run
+        st.warning(f"?step= is not a step ({exc}); showing the whole run.")
+        return None
+    if linked is None or ctx.axis != "step":
+        return None
+    if st.session_state.get("zoom:linked") != (ctx.run, linked):
+        st.session_state["zoom:linked"] = (ctx.run, linked)
+        set_zoom(ctx, (max(0, linked - LINK_STEPS), linked + LINK_STEPS))
+    return linked
 
 
 def zoom_bar(ctx: Ctx, prefix: str) -> None:

@@ -34,6 +34,7 @@ TELEMETRY = [  # (title, names tried in order, unit)
 ]
 
 ctx = context.context()
+zoom.follow_link(ctx)  # ?step=N (an alert's link): open on that step
 context.require_run(ctx)
 st.title(f"Live · {context.plain(ctx.run)}")
 c1, c2, c3 = st.columns([1, 1, 4])

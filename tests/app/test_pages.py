@@ -168,6 +168,23 @@ def test_open_button_survives_the_analyses_settling_during_the_click(runs, monke
 
 
 # ----------------------------------------------------------------- live
+def test_an_alerts_link_opens_live_on_its_step_once(runs):
+    """The watcher's alerts link to BASE_URL/live?run=NAME&step=N: Live opens zoomed around N, once (a reset
+    by the user is kept), and a hostile step is a warning, never an exception."""
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params["run"] = FAULTS
+    at.query_params["step"] = "300"
+    at.run()
+    at.switch_page("app_pages/live.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state[f"zoom:{FAULTS}:step"] == (100.0, 500.0)
+    at.button(key="live:unzoom").click().run()  # the user resets the zoom: the same link does not zoom again
+    assert f"zoom:{FAULTS}:step" not in at.session_state
+    at.query_params["step"] = "1e30"
+    at.run()
+    assert not at.exception and any("?step= is not a step" in w.value for w in at.warning)
+
+
 def test_live_header_on_a_finished_run(runs):
     at = start("live", run=FAULTS)
     m = metrics(at)
