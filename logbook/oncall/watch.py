@@ -138,13 +138,26 @@ def watch(run_dirs, cfg: channels_mod.Config, *, once: bool = False, stop=None, 
     """Watch until `stop` (a threading.Event) is set; once=True: one pass, then wait for its deliveries
     (returns 1 if some are still owed, for cron). A path may be a run or a folder of runs."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    found: list[Path] = []
-    for d in run_dirs:  # a folder of runs: each run in it (those there at start)
-        found += [p for p in layout.discover_runs(Path(d)) if p not in found]
-    runs = [RunWatch(p) for p in found]
+    runs: list[RunWatch] = []
+
+    def discover(later: bool) -> None:  # a folder of runs: each run in it, those started after the watcher too
+        known = {rw.run_dir for rw in runs}
+        for d in run_dirs:
+            for p in layout.discover_runs(Path(d)):
+                if p not in known:
+                    runs.append(RunWatch(p))
+                    known.add(p)
+                    if later:
+                        log(f"watch: a new run, {p}")
+
+    discover(later=False)
     disp = channels_mod.Dispatcher(cfg, log=log)
     try:
         while True:
+            try:
+                discover(later=True)
+            except (OSError, ValueError) as exc:  # a folder gone or unreadable for a moment: the others go on
+                log(f"watch: could not look for new runs: {exc!r:.300}")
             for rw in runs:
                 try:
                     n = rw.step(cfg)

@@ -450,3 +450,28 @@ def test_an_energy_or_co2_budget_crossed_alerts_once_with_its_basis(tmp_path, re
     assert not [b for b in receiver.bodies if b["alert"]["run"] == "bare" and b["alert"]["kind"].endswith("_budget")]
     with pytest.raises(ValueError, match="energy_budget_kwh must be a number"):
         _cfg(energy_budget_kwh=-1)
+
+
+def test_a_run_started_after_the_watcher_in_a_watched_folder_is_watched(tmp_path, receiver):
+    """`midflight watch runs/` keeps looking: a run that appears in the folder later gets its alerts too."""
+    import threading as _threading
+
+    root = tmp_path / "runs"
+    rng = np.random.default_rng(3)
+    with midflight.init(root / "first", segment_id="a", flush_every=60) as run:
+        _log(run, range(1, 60), rng)
+    cfg = _cfg(poll_s=0.1, channel=[{"name": "hook", "type": "webhook", "url": receiver.url}])
+    stop, logged = _threading.Event(), []
+    t = _threading.Thread(target=watch, args=([root], cfg), kwargs={"stop": stop, "log": logged.append})
+    t.start()
+    try:
+        with midflight.init(root / "later", segment_id="a", flush_every=60) as run:  # after the watcher started
+            _log(run, range(1, 400), rng, spikes={300})
+        deadline = time.time() + 30
+        while time.time() < deadline and not [b for b in receiver.bodies if b["alert"]["run"] == "later"]:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        t.join(30)
+    assert any("a new run" in m and "later" in m for m in logged), logged
+    assert [b["alert"]["kind"] for b in receiver.bodies if b["alert"]["run"] == "later"][0] == "loss_spike"
