@@ -261,7 +261,8 @@ def reconcile(
     """Bring the outbox in line with what the data says now; returns how many records were appended.
 
     New key: opened (and at once resolved, without a second message, for an instant event or one that
-    already ended). Known key: updated when it changed (notified when severity or classification did),
+    already ended). Known key: updated when it changed (notified when severity, classification or the
+    autopilot's proposal did),
     resolved when it ended. An open alert of this run that nothing wants any more is resolved. An open,
     unacknowledged alert whose last message is older than resend_after_s is sent again. A change that is
     not an escalation is recorded at most every update_every_s (a slow divergence grows at every step; the
@@ -284,8 +285,10 @@ def reconcile(
             continue
         old = alert.snapshot
         if _changed(old, w.snapshot) and w.active:
-            escalated = severity_rank(w.snapshot.get("severity")) > severity_rank(old.get("severity")) or (
-                w.snapshot.get("classification") != old.get("classification")
+            escalated = (
+                severity_rank(w.snapshot.get("severity")) > severity_rank(old.get("severity"))
+                or w.snapshot.get("classification") != old.get("classification")
+                or w.snapshot.get("autopilot") != old.get("autopilot")  # the autopilot proposed or acted: say so
             )
             if escalated or now - alert.last_change_t >= update_every_s:
                 box.update(aid, w.snapshot, notify=escalated)
@@ -312,7 +315,7 @@ def reconcile(
     return n
 
 
-_TRACKED = ("severity", "classification", "end_step", "peak_step", "peak_value", "step", "title")
+_TRACKED = ("severity", "classification", "end_step", "peak_step", "peak_value", "step", "title", "autopilot")
 
 
 def _changed(old: dict, new: dict) -> bool:
@@ -330,12 +333,14 @@ def link(base_url: str | None, run: str, step) -> str | None:
     return f"{base_url.rstrip('/')}/live?{urlencode(query)}"
 
 
-def from_incidents(run: str, incidents, *, last_step, running: bool, resolve_after_steps: int) -> list:
+def from_incidents(run: str, incidents, *, last_step, running: bool, resolve_after_steps: int, proposal=None) -> list:
     """One alert per incident. It is active while the run runs and the incident ended fewer than
     resolve_after_steps steps before the newest step detection has seen (an incident on a branch a
-    rollback abandoned has ended)."""
+    rollback abandoned has ended). `proposal(incident)`: what the autopilot proposed or did for it (its
+    ledger entry, or None), which the alert carries: a `suggest` policy's action reaches people this way."""
     out = []
     for inc in incidents:
+        prop = proposal(inc) if proposal is not None else None
         detail = inc.detail if isinstance(inc.detail, dict) else {}
         rank = detail.get("rank", detail.get("device"))
         key = alert_key(run, inc.kind, inc.segment_id, inc.start_step, rank)
@@ -348,6 +353,10 @@ def from_incidents(run: str, incidents, *, last_step, running: bool, resolve_aft
             + (f" (baseline {_num(inc.baseline)})" if inc.baseline is not None else "")
             + (f"; suggested: {inc.suggested_action}" if inc.suggested_action else "")
         )
+        if prop:
+            text += (
+                f"; autopilot ({prop['policy']}, {prop['mode']}): {prop['action']} {prop['params']} [{prop['status']}]"
+            )
         snap = snapshot(
             run,
             inc.kind,
@@ -368,6 +377,10 @@ def from_incidents(run: str, incidents, *, last_step, running: bool, resolve_aft
             suggested_action=inc.suggested_action,
             values={"before": inc.context or {}},
         )
+        if prop:
+            snap["autopilot"] = {
+                k: _json_safe(prop.get(k)) for k in ("id", "policy", "mode", "action", "params", "status")
+            }
         out.append(Wanted(key, snap, active=running and not ended))
     return out
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from midflight.logbook.analysis.energy import DEFAULT_REGION
 from midflight.logbook.oncall import alerts as alerts_mod
+from midflight.logbook.oncall import autopilot
 from midflight.logbook.oncall import channels as channels_mod
 from midflight.logbook.record import layout
 from midflight.logbook.report.incidents import LiveIncidents
@@ -63,12 +64,14 @@ class RunWatch:
         recent = queries.recent_steps(store, run)
         last_step = recent[0][0] if recent else None
         incs = self.live.incidents(store, run)
+        proposed = self._proposals()
         out = alerts_mod.from_incidents(
             run,
             incs,
             last_step=last_step,
             running=status in ("running", "unknown"),
             resolve_after_steps=cfg.resolve_after_steps,
+            proposal=lambda inc: proposed.get(autopilot.incident_key(inc)),
         )
         out += alerts_mod.from_segments(run, rows)
         ivs = queries.interventions(store, run)
@@ -93,6 +96,15 @@ class RunWatch:
             elif old is not None and "around" in old.get("values", {}):
                 w.snapshot["values"]["around"] = old["values"]["around"]
         return out
+
+    def _proposals(self) -> dict:
+        """incident key -> the autopilot's newest proposal for it (its ledger, RUN_DIR/autopilot.jsonl), so that
+        an alert carries what a `suggest` (or `ask`, or `auto`) policy proposed. Empty without an autopilot."""
+        try:
+            entries = autopilot.Ledger(self.run_dir).entries()
+        except (FileNotFoundError, OSError):
+            return {}
+        return {e["incident"]: e for e in entries}  # the newest last: it wins
 
     def _budgets(self, cfg: channels_mod.Config, now: float) -> list:
         """Energy and CO2 budget alerts, the total added up at most every cfg.budget_every_s."""

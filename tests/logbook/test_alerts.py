@@ -475,3 +475,36 @@ def test_a_run_started_after_the_watcher_in_a_watched_folder_is_watched(tmp_path
         t.join(30)
     assert any("a new run" in m and "later" in m for m in logged), logged
     assert [b["alert"]["kind"] for b in receiver.bodies if b["alert"]["run"] == "later"][0] == "loss_spike"
+
+
+def test_an_alert_carries_what_the_autopilot_proposed_for_its_incident(tmp_path, receiver):
+    """A `suggest` policy proposes; the people on call learn it from the alert: the incident's alert is
+    notified again with the proposal (its policy, mode, action and status) in the payload and the text."""
+    from midflight.logbook.oncall import autopilot
+
+    run_dir = tmp_path / "spiky"
+    rng = np.random.default_rng(5)
+    run = midflight.init(run_dir, segment_id="a", flush_every=60)  # still running: its alert stays open
+    _log(run, range(1, 330), rng, spikes={300})
+    run.flush()
+    cfg = _cfg(channel=[{"name": "hook", "type": "webhook", "url": receiver.url}])
+    rw = RunWatch(run_dir)
+    rw.step(cfg)
+    (spike,) = [a for a in rw.box.alerts.values() if a.snapshot["kind"] == "loss_spike"]
+    inc = next(i for i in rw.live.incidents(rw.store, "spiky") if i.kind == "loss_spike")
+    decision = autopilot.Decision("halve-lr", "suggest", autopilot.incident_key(inc), 329, "lr_multiplier",
+                                  {"factor": 0.5}, "loss spike")  # fmt: skip
+    autopilot.act(run_dir, decision)
+    rw.step(cfg)
+    rw.box.refresh()
+    carried = rw.box.alerts[spike.id].snapshot["autopilot"]
+    assert (carried["policy"], carried["mode"], carried["action"], carried["status"]) == (
+        "halve-lr",
+        "suggest",
+        "lr_multiplier",
+        "suggested",
+    )
+    assert "autopilot (halve-lr, suggest): lr_multiplier" in rw.box.alerts[spike.id].snapshot["text"]
+    assert [n[1] for n in rw.box.alerts[spike.id].notifications] == ["opened", "updated"]  # a message, not a note
+    rw.close()
+    run.finish()
