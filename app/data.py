@@ -232,17 +232,22 @@ def telemetry_view(_src: Source, k: tuple, run: str, name: str, buckets: int, gr
     return ranks.telemetry_view(_src.store, run, name, buckets=buckets, group=group, cell=cell)
 
 
-def alert_history(run_dir) -> list[dict]:
-    """The run's alerts (the watcher's outbox, RUN_DIR/alerts.jsonl: logbook.oncall.alerts), newest first.
-    Cached on the file's size and mtime: the outbox is not in the store, and a watcher or an ack may grow
-    it at any time."""
+def _file_stamp(run_dir, name: str) -> tuple | None:
+    """(size, mtime) of one of a run's append-only files, the cache key of what is read from it: such files
+    are not in the store, and a watcher, an autopilot or a click may grow them at any time. None: no file."""
     if run_dir is None:
-        return []
+        return None
     try:
-        info = (Path(run_dir) / alert_log.OUTBOX).stat()
+        info = (Path(run_dir) / name).stat()
     except OSError:
-        return []
-    return _alert_history(str(run_dir), (info.st_size, info.st_mtime_ns))
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+def alert_history(run_dir) -> list[dict]:
+    """The run's alerts (the watcher's outbox, RUN_DIR/alerts.jsonl: logbook.oncall.alerts), newest first."""
+    stamp = _file_stamp(run_dir, alert_log.OUTBOX)
+    return [] if stamp is None else _alert_history(str(run_dir), stamp)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -251,15 +256,9 @@ def _alert_history(run_dir: str, stamp: tuple) -> list[dict]:
 
 
 def autopilot_proposals(run_dir) -> list[dict]:
-    """The autopilot's proposals for the run (its ledger, RUN_DIR/autopilot.jsonl), oldest first; cached on the
-    file's size and mtime like the alert history: an autopilot or an approval may grow it at any time."""
-    if run_dir is None:
-        return []
-    try:
-        info = (Path(run_dir) / autopilot.LEDGER).stat()
-    except OSError:
-        return []
-    return _autopilot_proposals(str(run_dir), (info.st_size, info.st_mtime_ns))
+    """The autopilot's proposals for the run (its ledger, RUN_DIR/autopilot.jsonl), oldest first."""
+    stamp = _file_stamp(run_dir, autopilot.LEDGER)
+    return [] if stamp is None else _autopilot_proposals(str(run_dir), stamp)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
