@@ -552,10 +552,12 @@ def stack_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("stacks") / "runs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}  # fmt: skip
+    script = "import sys\nroot = sys.argv[1]\n"  # one process writes the three (torch and friends load once)
     for name, code in STACKS.items():
-        out = subprocess.run([sys.executable, "-c", f"import sys\n{code}", str(root / name)], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert out.returncode == 0, out.stderr[-3000:]
+        script += f"sys.argv[1] = root + '/{name}'\n{code}\n"
+    out = subprocess.run([sys.executable, "-c", script, str(root)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
     port = free_port()
     log = open(root.parent / "server.log", "w")
     cmd = [sys.executable, "-m", "midflight.app", str(root), "--port", str(port)]
