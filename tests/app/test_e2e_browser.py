@@ -330,14 +330,17 @@ def test_an_intervention_sent_from_the_ui_is_applied_by_the_live_trainer(page, s
 def test_annotation_html_is_shown_inert(page, server):
     open_page(page, server, "lineage", FAULTS)
     page.wait_for_load_state("networkidle")
-    # the lineage curves: the chart that draws the annotations (the page's other charts come and go: the goodput bars)
-    find = plots_js("return plots().findIndex(p => p.gd._fullData.some(t => t.name === 'annotations'));")
-    i = wait_for(lambda: (k := page.evaluate(find)) >= 0 and k + 1, 30, "the lineage curves") - 1
-    marks = [t for t in plot_traces(page, i) if t["name"] == "annotations"]
-    assert marks and any("&lt;script&gt;" in h for h in marks[0]["hovertext"])  # escaped for Plotly's hover
+    # the lineage curves: the chart whose annotation markers hold the planted text, found by that and not by its
+    # place (the page's other charts arrive as their analyses finish: the goodput bars may come before it)
+    chart = "const p = plots().find(p => p.gd._fullData.some(t => t.name === 'annotations' && (t.hovertext || [])" \
+            ".some(h => h.includes('pwned'))));"  # fmt: skip
+    hover_texts = plots_js(chart + "return p ? p.gd._fullData.find(t => t.name === 'annotations').hovertext : null;")
+    marks = wait_for(lambda: page.evaluate(hover_texts), 30, "the lineage curves")
+    assert any("&lt;script&gt;" in h for h in marks)  # escaped for Plotly's hover
     # hover the annotation's marker: Plotly shows the text typed, as text
     where = plots_js(
-        f"""const p = plots()[{i}], gd = p && p.gd;
+        chart
+        + """const gd = p && p.gd;
         const t = gd && gd._fullData.find(t => t.name === 'annotations'); if (!t) return null;
         const k = t.hovertext.findIndex(h => h.includes('pwned')), fl = gd._fullLayout;
         return [p.x + fl.xaxis._offset + fl.xaxis.l2p(t.x[k]), p.y + fl.yaxis2._offset + fl.yaxis2.l2p(t.y[k])];"""
