@@ -49,7 +49,7 @@ def receiver():
             self.end_headers()
 
         def log_message(self, *a):
-            pass
+            """Quiet: http.server would print every request to stderr."""
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=srv.serve_forever, daemon=True).start()

@@ -56,7 +56,7 @@ class Receiver:
                 self.end_headers()
 
             def log_message(self, *a):
-                pass
+                """Quiet: http.server would print every request to stderr."""
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
